@@ -1,0 +1,52 @@
+# ebt: `make` builds libebt.a, libebt.so and the examples; `make test` builds
+# and runs every test (non-zero exit on any failure); `make asan` runs the
+# tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+CC      ?= cc
+OPT     ?= -O2 -g
+STD      = -std=c99 -Wall -Wextra -Wpedantic
+CFLAGS  += $(STD) $(OPT)
+LDLIBS   = -lopenblas -lm
+BUILD   ?= build
+
+EXAMPLES = $(BUILD)/minimal
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput
+
+.PHONY: all test asan clean ref
+all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/ebt.o: ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -fPIC -c ebt.c -o $@
+
+$(BUILD)/libebt.a: $(BUILD)/ebt.o
+	ar rcs $@ $^
+
+$(BUILD)/libebt.so: $(BUILD)/ebt.o
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
+	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
+# test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
+$(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
+
+$(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
+
+test: all $(TESTS)
+	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
+	$(BUILD)/minimal > /dev/null || fail=1; \
+	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
+
+asan:
+	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+
+# regenerate the PyTorch reference vectors (needs python3-torch)
+ref:
+	/usr/bin/python3 tests/ref/gen_ref.py
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,2535 @@
+/* ebt.c - Energy-Based Transformers in C. See ebt.h for the API and docs.
+
+   Dimension legend (used in every shape comment):
+     B  batch                      S  predicted positions per sequence
+     So observed rows per sequence (S, or S+1 with a step token)
+     N  rows of a stream (B*S predicted, B*So observed)
+     V  vocabulary   D  width   H  heads   Dh = D/H   F  SwiGLU width
+     L  layers       K  thinking steps
+   Notation: dX is the cotangent (gradient) of X, tX its tangent along the
+   direction v of the Hessian-vector product, tdX the tangent of dX.
+
+   Layout of this file (search for the banners):
+     UTILITIES, GEMM, RNG, TENSOR TABLE, MODEL, OP: EMBEDDING, OP: RMSNORM,
+     OP: ROPE, OP: LINEAR, OP: ATTENTION, OP: SWIGLU, OP: ENERGY HEAD,
+     WORKSPACE, OBSERVED STREAM, PREDICTED STREAM, PUBLIC ENERGY API,
+     TRANSFORMER++, SAFETENSORS, CHECKPOINT
+*/
+#if !defined(_POSIX_C_SOURCE) && !defined(_WIN32)
+#define _POSIX_C_SOURCE 200809L
+#endif
+#include "ebt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef EBT_NO_BLAS
+#include <cblas.h>
+#endif
+
+#if defined(EBT_MALLOC) + defined(EBT_REALLOC) + defined(EBT_FREE) != 0 && \
+    defined(EBT_MALLOC) + defined(EBT_REALLOC) + defined(EBT_FREE) != 3
+#error "define all of EBT_MALLOC, EBT_REALLOC and EBT_FREE, or none"
+#endif
+#ifndef EBT_MALLOC
+#define EBT_MALLOC(sz) malloc(sz)
+#define EBT_REALLOC(p, sz) realloc(p, sz)
+#define EBT_FREE(p) free(p)
+#endif
+
+/* ======================================================================
+ * UTILITIES
+ * ====================================================================== */
+
+#define EBT__ERRLEN 256
+#define EBT__MAX_V (1 << 24)
+#define EBT__MAX_D (1 << 16)
+#define EBT__MAX_F (1 << 20)
+#define EBT__MAX_L 1024
+#define EBT__MAX_SEQ (1 << 20)
+#define EBT__MAX_STEP_EMBED (1 << 16)
+#define EBT__MAX_PARAMS ((size_t)1 << 34)
+
+static void ebt__seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errlen == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* a*b, or sets *ovf and returns 0 on size_t overflow */
+static size_t ebt__mul(size_t a, size_t b, int *ovf)
+{
+    if (a != 0 && b > SIZE_MAX / a) { *ovf = 1; return 0; }
+    return a * b;
+}
+
+static int ebt__all_finite(const ebt_real *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+const char *ebt_status_str(ebt_status s)
+{
+    switch (s) {
+    case EBT_OK: return "ok";
+    case EBT_ERR_ARG: return "invalid argument";
+    case EBT_ERR_TOKEN: return "token id out of range";
+    case EBT_ERR_NONFINITE: return "non-finite value";
+    case EBT_ERR_NOMEM: return "out of memory";
+    case EBT_ERR_IO: return "i/o error";
+    case EBT_ERR_FORMAT: return "malformed checkpoint";
+    case EBT_ERR_UNSUPPORTED: return "unsupported for this model";
+    case EBT_ERR_STATE: return "workspace not prepared";
+    }
+    return "unknown status";
+}
+
+/* ======================================================================
+ * GEMM: the one wrapper every matrix product goes through.
+ * C(M,N) = alpha * op(A)(M,K) @ op(B)(K,N) + beta * C, row-major;
+ * ta/tb = 1 means the stored matrix is transposed.
+ * ====================================================================== */
+
+static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
+                      const ebt_real *A, int lda, const ebt_real *B, int ldb,
+                      ebt_real beta, ebt_real *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+#ifndef EBT_NO_BLAS
+    if (K > 0) {
+#ifdef EBT_DOUBLE
+        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
+        return;
+    }
+#endif
+    /* naive reference (also the K == 0 case) */
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            ebt_real acc = 0;
+            for (int k = 0; k < K; k++) {
+                ebt_real a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                ebt_real b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += a * b;
+            }
+            ebt_real *c = &C[(size_t)i * ldc + j];
+            *c = alpha * acc + (beta == 0 ? 0 : beta * *c);
+        }
+}
+
+/* ======================================================================
+ * RNG: xoshiro256** seeded by splitmix64; normals by Box-Muller.
+ * ====================================================================== */
+
+typedef struct { uint64_t s[4]; int has_spare; double spare; } ebt__rng;
+
+static uint64_t ebt__splitmix(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void ebt__rng_seed(ebt__rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++) r->s[i] = ebt__splitmix(&seed);
+    r->has_spare = 0;
+    r->spare = 0;
+}
+
+static uint64_t ebt__rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t ebt__rng_u64(ebt__rng *r)
+{
+    uint64_t *s = r->s, res = ebt__rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = ebt__rotl(s[3], 45);
+    return res;
+}
+
+/* uniform in (0, 1) */
+static double ebt__rng_unif(ebt__rng *r) { return ((double)(ebt__rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+
+static double ebt__rng_normal(ebt__rng *r)
+{
+    if (r->has_spare) { r->has_spare = 0; return r->spare; }
+    double u = ebt__rng_unif(r), v = ebt__rng_unif(r);
+    double rad = sqrt(-2.0 * log(u)), th = 6.283185307179586476925 * v;
+    r->spare = rad * sin(th);
+    r->has_spare = 1;
+    return rad * cos(th);
+}
+
+/* ======================================================================
+ * TENSOR TABLE: checkpoint names, shapes and offsets into one flat array.
+ * Memory order is table order; wq,wk,wv are adjacent (one [3D,D] matrix)
+ * and so are w1,w3 (one [2F,D] matrix), which fuses their GEMMs.
+ * ====================================================================== */
+
+#define EBT__NAME_MAX 64
+typedef struct {
+    char name[EBT__NAME_MAX];
+    int ndim;
+    int shape[2];
+    size_t off, count;
+    int decay;      /* AdamW weight decay applies (not on gains or alpha) */
+    double init_std; /* <0: constant init_val */
+    double init_val;
+} ebt__tensor;
+
+typedef struct {
+    ebt_real *attn_norm; /* (D) */
+    ebt_real *wqkv;      /* (3D,D) = wq; wk; wv */
+    ebt_real *wo;        /* (D,D) */
+    ebt_real *ffn_norm;  /* (D) */
+    ebt_real *w13;       /* (2F,D) = w1; w3 */
+    ebt_real *w2;        /* (D,F) */
+} ebt__layer_w;
+
+typedef struct {
+    ebt_real *tok;        /* (V,D) */
+    ebt_real *pred;       /* (V,D) (= tok when tied) */
+    ebt_real *step;       /* (n_step_embed,D) or NULL */
+    ebt_real *final_norm; /* (D) */
+    ebt_real *ehead;      /* (D) ebt only */
+    ebt_real *alpha;      /* (1) ebt only */
+    ebt_real *lm_head;    /* (V,D) transformer++ only */
+    ebt__layer_w *layer;  /* [L] */
+} ebt__weights;
+
+struct ebt_model {
+    ebt_config cfg;
+    int nt;
+    ebt__tensor *t;       /* [nt] */
+    size_t n_params;
+    ebt_real *params, *grads;
+    ebt__weights w, g;    /* pointers into params and grads */
+    ebt_real *rope_cos, *rope_sin; /* (max_seq_len+2, Dh/2) */
+    ebt_workspace *ws;    /* the model's own workspace, grown on demand */
+    char err[EBT__ERRLEN];
+};
+
+static int ebt__add_tensor(ebt__tensor *t, int *nt, size_t *off, const char *name, int r, int c,
+                           int decay, double std, double val, int *ovf)
+{
+    ebt__tensor *x = &t[(*nt)++];
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->ndim = c > 0 ? 2 : 1;
+    x->shape[0] = r;
+    x->shape[1] = c > 0 ? c : 0;
+    x->count = ebt__mul((size_t)r, (size_t)(c > 0 ? c : 1), ovf);
+    x->off = *off;
+    x->decay = decay;
+    x->init_std = std;
+    x->init_val = val;
+    *off += x->count;
+    return *nt - 1;
+}
+
+static int ebt__max_tensors(const ebt_config *c) { return 8 + 9 * c->n_layers; }
+
+/* Fills t (capacity ebt__max_tensors) with the tensors of config c. */
+static int ebt__build_table(const ebt_config *c, ebt__tensor *t, size_t *total)
+{
+    int nt = 0, ovf = 0, V = c->vocab_size, D = c->d_model, F = c->d_ff;
+    size_t off = 0;
+    char nm[EBT__NAME_MAX];
+    int ebt = c->arch == EBT_ARCH_EBT;
+    ebt__add_tensor(t, &nt, &off, "tok_embed.weight", V, D, 1, 1.0, 0, &ovf);
+    if (ebt && !c->tie_pred_embed)
+        ebt__add_tensor(t, &nt, &off, "pred_embed.weight", V, D, 1, sqrt(2.0 / (V + D)), 0, &ovf);
+    if (ebt && c->n_step_embed > 0)
+        ebt__add_tensor(t, &nt, &off, "step_embed.weight", c->n_step_embed, D, 1, 1.0, 0, &ovf);
+    for (int l = 0; l < c->n_layers; l++) {
+        static const char *sub[] = { "attn.wq", "attn.wk", "attn.wv", "attn.wo" };
+        snprintf(nm, sizeof nm, "layers.%d.attn_norm.weight", l);
+        ebt__add_tensor(t, &nt, &off, nm, D, 0, 0, -1, 1.0, &ovf);
+        for (int i = 0; i < 4; i++) {
+            snprintf(nm, sizeof nm, "layers.%d.%s.weight", l, sub[i]);
+            ebt__add_tensor(t, &nt, &off, nm, D, D, 1, sqrt(2.0 / (D + D)), 0, &ovf);
+        }
+        snprintf(nm, sizeof nm, "layers.%d.ffn_norm.weight", l);
+        ebt__add_tensor(t, &nt, &off, nm, D, 0, 0, -1, 1.0, &ovf);
+        snprintf(nm, sizeof nm, "layers.%d.ffn.w1.weight", l);
+        ebt__add_tensor(t, &nt, &off, nm, F, D, 1, sqrt(2.0 / (D + F)), 0, &ovf);
+        snprintf(nm, sizeof nm, "layers.%d.ffn.w3.weight", l);
+        ebt__add_tensor(t, &nt, &off, nm, F, D, 1, sqrt(2.0 / (D + F)), 0, &ovf);
+        snprintf(nm, sizeof nm, "layers.%d.ffn.w2.weight", l);
+        ebt__add_tensor(t, &nt, &off, nm, D, F, 1, sqrt(2.0 / (D + F)), 0, &ovf);
+    }
+    ebt__add_tensor(t, &nt, &off, "final_norm.weight", D, 0, 0, -1, 1.0, &ovf);
+    if (ebt) {
+        ebt__add_tensor(t, &nt, &off, "energy_head.weight", 1, D, 1, sqrt(2.0 / (D + 1)), 0, &ovf);
+        ebt__add_tensor(t, &nt, &off, "alpha", 1, 0, 0, -1, c->alpha, &ovf);
+    } else {
+        ebt__add_tensor(t, &nt, &off, "lm_head.weight", V, D, 1, sqrt(2.0 / (V + D)), 0, &ovf);
+    }
+    *total = off;
+    return ovf ? -1 : nt;
+}
+
+static const ebt__tensor *ebt__find_tensor(const ebt_model *m, const char *name)
+{
+    if (!m || !name) return NULL;
+    for (int i = 0; i < m->nt; i++)
+        if (strcmp(m->t[i].name, name) == 0) return &m->t[i];
+    return NULL;
+}
+
+/* Sets the pointer struct w over base (params or grads). */
+static void ebt__point(const ebt_model *m, ebt_real *base, ebt__weights *w)
+{
+    const ebt_config *c = &m->cfg;
+    char nm[EBT__NAME_MAX];
+#define EBT__P(name) (base + ebt__find_tensor(m, name)->off)
+    w->tok = EBT__P("tok_embed.weight");
+    w->pred = w->tok;
+    w->step = NULL;
+    w->ehead = w->alpha = w->lm_head = NULL;
+    if (c->arch == EBT_ARCH_EBT) {
+        if (!c->tie_pred_embed) w->pred = EBT__P("pred_embed.weight");
+        if (c->n_step_embed > 0) w->step = EBT__P("step_embed.weight");
+        w->ehead = EBT__P("energy_head.weight");
+        w->alpha = EBT__P("alpha");
+    } else {
+        w->lm_head = EBT__P("lm_head.weight");
+    }
+    w->final_norm = EBT__P("final_norm.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        ebt__layer_w *lw = &w->layer[l];
+        snprintf(nm, sizeof nm, "layers.%d.attn_norm.weight", l); lw->attn_norm = EBT__P(nm);
+        snprintf(nm, sizeof nm, "layers.%d.attn.wq.weight", l);   lw->wqkv = EBT__P(nm);
+        snprintf(nm, sizeof nm, "layers.%d.attn.wo.weight", l);   lw->wo = EBT__P(nm);
+        snprintf(nm, sizeof nm, "layers.%d.ffn_norm.weight", l);  lw->ffn_norm = EBT__P(nm);
+        snprintf(nm, sizeof nm, "layers.%d.ffn.w1.weight", l);    lw->w13 = EBT__P(nm);
+        snprintf(nm, sizeof nm, "layers.%d.ffn.w2.weight", l);    lw->w2 = EBT__P(nm);
+    }
+#undef EBT__P
+}
+
+/* ======================================================================
+ * MODEL: config, create, free, parameter access.
+ * ====================================================================== */
+
+ebt_config ebt_config_default(void)
+{
+    ebt_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = EBT_ARCH_EBT;
+    c.vocab_size = 256;
+    c.d_model = 128;
+    c.n_layers = 4;
+    c.n_heads = 4;
+    c.d_ff = 128;
+    c.max_seq_len = 256;
+    c.n_step_embed = 0;
+    c.tie_pred_embed = 0;
+    c.rope_theta = 10000.0;
+    c.norm_eps = 1e-5;
+    c.alpha = 5.0;
+    return c;
+}
+
+ebt_status ebt_config_check(const ebt_config *c, char *err, size_t errlen)
+{
+#define EBT__BAD(...) do { ebt__seterr(err, errlen, __VA_ARGS__); return EBT_ERR_ARG; } while (0)
+    if (!c) EBT__BAD("config is NULL");
+    if (c->arch != EBT_ARCH_EBT && c->arch != EBT_ARCH_TRANSFORMER) EBT__BAD("unknown arch %d", (int)c->arch);
+    if (c->vocab_size < 1 || c->vocab_size > EBT__MAX_V) EBT__BAD("vocab_size %d out of range [1, %d]", c->vocab_size, EBT__MAX_V);
+    if (c->d_model < 2 || c->d_model > EBT__MAX_D) EBT__BAD("d_model %d out of range [2, %d]", c->d_model, EBT__MAX_D);
+    if (c->n_heads < 1 || c->n_heads > c->d_model) EBT__BAD("n_heads %d out of range [1, d_model]", c->n_heads);
+    if (c->d_model % c->n_heads != 0) EBT__BAD("d_model %d not divisible by n_heads %d", c->d_model, c->n_heads);
+    if ((c->d_model / c->n_heads) % 2 != 0) EBT__BAD("head width d_model/n_heads = %d is odd", c->d_model / c->n_heads);
+    if (c->n_layers < 1 || c->n_layers > EBT__MAX_L) EBT__BAD("n_layers %d out of range [1, %d]", c->n_layers, EBT__MAX_L);
+    if (c->d_ff < 1 || c->d_ff > EBT__MAX_F) EBT__BAD("d_ff %d out of range [1, %d]", c->d_ff, EBT__MAX_F);
+    if (c->max_seq_len < 1 || c->max_seq_len > EBT__MAX_SEQ) EBT__BAD("max_seq_len %d out of range [1, %d]", c->max_seq_len, EBT__MAX_SEQ);
+    if ((size_t)(c->max_seq_len + 2) * (size_t)(c->d_model / c->n_heads / 2) > ((size_t)1 << 27))
+        EBT__BAD("max_seq_len %d too large for head width %d (RoPE tables)", c->max_seq_len, c->d_model / c->n_heads);
+    if (!isfinite(c->rope_theta) || c->rope_theta <= 0) EBT__BAD("rope_theta must be finite and positive");
+    if (!isfinite(c->norm_eps) || c->norm_eps <= 0) EBT__BAD("norm_eps must be finite and positive");
+    if (c->arch == EBT_ARCH_EBT) {
+        if (c->n_step_embed < 0 || c->n_step_embed > EBT__MAX_STEP_EMBED) EBT__BAD("n_step_embed %d out of range [0, %d]", c->n_step_embed, EBT__MAX_STEP_EMBED);
+        if (c->tie_pred_embed != 0 && c->tie_pred_embed != 1) EBT__BAD("tie_pred_embed must be 0 or 1");
+        if (!isfinite(c->alpha)) EBT__BAD("alpha must be finite");
+    }
+    {
+        /* the whole model must be addressable */
+        ebt_config cc = *c;
+        ebt__tensor *t;
+        size_t total = 0;
+        int nt;
+        if (cc.arch != EBT_ARCH_EBT) { cc.n_step_embed = 0; cc.tie_pred_embed = 0; }
+        t = (ebt__tensor *)EBT_MALLOC(sizeof(ebt__tensor) * (size_t)ebt__max_tensors(&cc));
+        if (!t) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        nt = ebt__build_table(&cc, t, &total);
+        EBT_FREE(t);
+        if (nt < 0 || total > EBT__MAX_PARAMS) EBT__BAD("model too large (%zu parameters)", total);
+    }
+    return EBT_OK;
+#undef EBT__BAD
+}
+
+void ebt_workspace_free(ebt_workspace *ws);
+
+void ebt_free(ebt_model *m)
+{
+    if (!m) return;
+    ebt_workspace_free(m->ws);
+    EBT_FREE(m->t);
+    EBT_FREE(m->params);
+    EBT_FREE(m->grads);
+    EBT_FREE(m->w.layer);
+    EBT_FREE(m->g.layer);
+    EBT_FREE(m->rope_cos);
+    EBT_FREE(m->rope_sin);
+    EBT_FREE(m);
+}
+
+/* Allocates a zeroed model for a checked config (no init). */
+static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char *err, size_t errlen)
+{
+    ebt_status st = ebt_config_check(cfg, err, errlen);
+    ebt_model *m;
+    size_t total = 0, npos, half, L;
+    int ovf = 0;
+    *out = NULL;
+    if (st != EBT_OK) return st;
+    m = (ebt_model *)EBT_MALLOC(sizeof *m);
+    if (!m) goto nomem;
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    if (m->cfg.arch != EBT_ARCH_EBT) { m->cfg.n_step_embed = 0; m->cfg.tie_pred_embed = 0; }
+    L = (size_t)cfg->n_layers;
+    m->t = (ebt__tensor *)EBT_MALLOC(sizeof(ebt__tensor) * (size_t)ebt__max_tensors(&m->cfg));
+    if (!m->t) goto nomem;
+    m->nt = ebt__build_table(&m->cfg, m->t, &total);
+    m->n_params = total;
+    m->params = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
+    m->grads = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
+    m->w.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
+    m->g.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
+    half = (size_t)(cfg->d_model / cfg->n_heads / 2);
+    npos = (size_t)cfg->max_seq_len + 2;
+    m->rope_cos = (ebt_real *)EBT_MALLOC(ebt__mul(npos * half, sizeof(ebt_real), &ovf));
+    m->rope_sin = (ebt_real *)EBT_MALLOC(ebt__mul(npos * half, sizeof(ebt_real), &ovf));
+    if (ovf || !m->params || !m->grads || !m->w.layer || !m->g.layer || !m->rope_cos || !m->rope_sin) goto nomem;
+    memset(m->params, 0, total * sizeof(ebt_real));
+    memset(m->grads, 0, total * sizeof(ebt_real));
+    ebt__point(m, m->params, &m->w);
+    ebt__point(m, m->grads, &m->g);
+    {
+        /* RoPE tables: angles in double, cos/sin rounded once to float (SPEC 1) */
+        int Dh = cfg->d_model / cfg->n_heads;
+        for (size_t p = 0; p < npos; p++)
+            for (size_t i = 0; i < half; i++) {
+                double f = pow(cfg->rope_theta, -2.0 * (double)i / Dh), ang = (double)p * f;
+                m->rope_cos[p * half + i] = (ebt_real)(float)cos(ang);
+                m->rope_sin[p * half + i] = (ebt_real)(float)sin(ang);
+            }
+    }
+    *out = m;
+    return EBT_OK;
+nomem:
+    ebt_free(m);
+    ebt__seterr(err, errlen, "out of memory allocating the model");
+    return EBT_ERR_NOMEM;
+}
+
+ebt_status ebt_create(const ebt_config *cfg, uint64_t seed, ebt_model **out)
+{
+    ebt_model *m;
+    ebt__rng rng;
+    ebt_status st;
+    if (!out) return EBT_ERR_ARG;
+    *out = NULL;
+    st = ebt__alloc_model(cfg, &m, NULL, 0);
+    if (st != EBT_OK) return st;
+    ebt__rng_seed(&rng, seed);
+    for (int i = 0; i < m->nt; i++) {
+        const ebt__tensor *t = &m->t[i];
+        ebt_real *p = m->params + t->off;
+        for (size_t j = 0; j < t->count; j++)
+            p[j] = (ebt_real)(float)(t->init_std < 0 ? t->init_val : t->init_std * ebt__rng_normal(&rng));
+    }
+    *out = m;
+    return EBT_OK;
+}
+
+const ebt_config *ebt_model_config(const ebt_model *m) { return m ? &m->cfg : NULL; }
+const char *ebt_last_error(const ebt_model *m) { return m ? m->err : "model is NULL"; }
+size_t ebt_n_params(const ebt_model *m) { return m ? m->n_params : 0; }
+int ebt_n_tensors(const ebt_model *m) { return m ? m->nt : 0; }
+const char *ebt_tensor_name(const ebt_model *m, int i) { return (m && i >= 0 && i < m->nt) ? m->t[i].name : NULL; }
+
+ebt_real *ebt_param(ebt_model *m, const char *name, size_t *count)
+{
+    const ebt__tensor *t = ebt__find_tensor(m, name);
+    if (count) *count = t ? t->count : 0;
+    return t ? m->params + t->off : NULL;
+}
+
+ebt_real *ebt_grad(ebt_model *m, const char *name, size_t *count)
+{
+    const ebt__tensor *t = ebt__find_tensor(m, name);
+    if (count) *count = t ? t->count : 0;
+    return t ? m->grads + t->off : NULL;
+}
+
+void ebt_zero_grad(ebt_model *m)
+{
+    if (m) memset(m->grads, 0, m->n_params * sizeof(ebt_real));
+}
+
+/* ======================================================================
+ * OP: EMBEDDING
+ *   tokens:      h[n] = W[x_n]                     fwd gather, bwd scatter-add
+ *   candidates:  h = p @ W   (N,V)@(V,D)           a GEMM; p does have a tangent
+ * ====================================================================== */
+
+/* h(N,D) = W[tokens] ; W (V,D) */
+static void ebt__tokemb_fwd(ebt_real *h, const int32_t *tok, const ebt_real *W, int N, int D)
+{
+    for (int n = 0; n < N; n++) memcpy(h + (size_t)n * D, W + (size_t)tok[n] * D, sizeof(ebt_real) * D);
+}
+/* dW[tokens] += dh(N,D) */
+static void ebt__tokemb_bwd(ebt_real *dW, const ebt_real *dh, const int32_t *tok, int N, int D)
+{
+    for (int n = 0; n < N; n++) {
+        ebt_real *d = dW + (size_t)tok[n] * D;
+        const ebt_real *s = dh + (size_t)n * D;
+        for (int j = 0; j < D; j++) d[j] += s[j];
+    }
+}
+/* fwd: h(N,D) = p(N,V) @ W(V,D).  Tangent: th = v @ W (same call with v). */
+static void ebt__pemb_fwd(ebt_real *h, const ebt_real *p, const ebt_real *W, int N, int V, int D)
+{
+    ebt__gemm(0, 0, N, D, V, 1, p, V, W, D, 0, h, D);          /* h = p @ W */
+}
+/* bwd: dp(N,V) = dh @ W^T (if dp); dW(V,D) += p^T @ dh (if dW) */
+static void ebt__pemb_bwd(ebt_real *dp, ebt_real *dW, const ebt_real *dh, const ebt_real *p,
+                          const ebt_real *W, int N, int V, int D)
+{
+    if (dp) ebt__gemm(0, 1, N, V, D, 1, dh, D, W, D, 0, dp, V); /* dp = dh @ W^T */
+    if (dW) ebt__gemm(1, 0, V, D, N, 1, p, V, dh, D, 1, dW, D); /* dW += p^T @ dh */
+}
+/* tangent of bwd: tdp(N,V) = tdh @ W^T (this is H v); tdW += p^T tdh + v^T dh */
+static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, const ebt_real *dh,
+                           const ebt_real *p, const ebt_real *v, const ebt_real *W, int N, int V, int D)
+{
+    if (tdp) ebt__gemm(0, 1, N, V, D, 1, tdh, D, W, D, 0, tdp, V); /* tdp = tdh @ W^T */
+    if (tdW) {
+        ebt__gemm(1, 0, V, D, N, 1, p, V, tdh, D, 1, tdW, D);      /* tdW += p^T @ tdh */
+        ebt__gemm(1, 0, V, D, N, 1, v, V, dh, D, 1, tdW, D);       /* tdW += v^T @ dh */
+    }
+}
+
+/* ======================================================================
+ * OP: RMSNORM   y = g * x * r,  r = 1/sqrt(mean(x^2) + eps)    per row
+ *   dr/dx = -r^3 x / D
+ * ====================================================================== */
+
+/* y(N,D), rs(N) cached r; x(N,D); g(D) */
+static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
+                             int N, int D, ebt_real eps)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *xr = x + (size_t)n * D;
+        ebt_real *yr = y + (size_t)n * D, ss = 0;
+        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
+        ebt_real r = 1 / sqrt(ss / D + eps);
+        rs[n] = r;
+        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
+    }
+}
+/* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
+static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
+                             const ebt_real *rs, const ebt_real *g, int N, int D)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
+        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
+        for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
+        ebt_real k = r * r * r * cx / D;
+        for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
+        if (dg) for (int j = 0; j < D; j++) dg[j] += dyr[j] * xr[j] * r;
+    }
+}
+/* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
+static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                             const ebt_real *g, int N, int D)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
+        ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
+        for (int j = 0; j < D; j++) xtx += xr[j] * txr[j];
+        ebt_real tr = -r * r * r * xtx / D;
+        for (int j = 0; j < D; j++) tyr[j] = g[j] * (txr[j] * r + xr[j] * tr);
+    }
+}
+/* tangent of bwd (tdy may be NULL = 0):
+ *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
+ *   tdg += tdy x r + dy (tx r + x tr)                                  (if tdg) */
+static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
+                              const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                              const ebt_real *g, int N, int D)
+{
+    for (int n = 0; n < N; n++) {
+        size_t o = (size_t)n * D;
+        const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
+        ebt_real *tdxr = tdx + o, r = rs[n], xtx = 0, cx = 0, tcx = 0;
+        for (int j = 0; j < D; j++) {
+            xtx += xr[j] * txr[j];
+            cx += g[j] * dyr[j] * xr[j];
+            tcx += g[j] * dyr[j] * txr[j] + (tdyr ? g[j] * tdyr[j] * xr[j] : 0);
+        }
+        ebt_real r3 = r * r * r, tr = -r3 * xtx / D;
+        ebt_real kx = (3 * r * r * tr * cx + r3 * tcx) / D, ktx = r3 * cx / D;
+        for (int j = 0; j < D; j++) {
+            ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
+            tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
+        }
+        if (tdg)
+            for (int j = 0; j < D; j++)
+                tdg[j] += (tdyr ? tdyr[j] * xr[j] * r : 0) + dyr[j] * (txr[j] * r + xr[j] * tr);
+    }
+}
+
+/* ======================================================================
+ * OP: ROPE  interleaved pairs (u0,u1) -> (u0 c - u1 s, u0 s + u1 c)
+ *   A rotation R: fwd and tangent apply R, bwd and tangent-of-bwd apply R^T.
+ * ====================================================================== */
+
+/* x: B blocks of T rows, row stride ld, columns [0,D) = H heads of Dh;
+ * row i of a block sits at position pos0 + i. inverse=1 applies R^T. */
+static void ebt__rope(ebt_real *x, int ld, int B, int T, int pos0, int H, int Dh,
+                      const ebt_real *cosv, const ebt_real *sinv, int inverse)
+{
+    int half = Dh / 2;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < T; i++) {
+            ebt_real *row = x + ((size_t)b * T + i) * ld;
+            const ebt_real *c = cosv + (size_t)(pos0 + i) * half, *s = sinv + (size_t)(pos0 + i) * half;
+            for (int h = 0; h < H; h++) {
+                ebt_real *u = row + h * Dh;
+                for (int m = 0; m < half; m++) {
+                    ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
+                    u[2 * m] = u0 * c[m] - u1 * sn;
+                    u[2 * m + 1] = u0 * sn + u1 * c[m];
+                }
+            }
+        }
+}
+/* q and k column blocks of a qkv buffer (N, 3D) */
+static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int B, int T, int pos0, int inverse)
+{
+    int D = m->cfg.d_model, H = m->cfg.n_heads;
+    ebt__rope(qkv, 3 * D, B, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
+    ebt__rope(qkv + D, 3 * D, B, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
+}
+
+/* ======================================================================
+ * OP: LINEAR   y(N,O) = x(N,I) @ W(O,I)^T      (no bias)
+ *   tangent:  ty = tx @ W^T            (ebt__lin_fwd on tx)
+ *   bwd:      dx = dy @ W ;  dW += dy^T x       (In, Out: the widths of x, y)
+ *   tbwd:     tdx = tdy @ W ;  tdW += tdy^T x + dy^T tx
+ * ====================================================================== */
+
+static void ebt__lin_fwd(ebt_real *y, const ebt_real *x, const ebt_real *W, int N, int In, int Out, ebt_real beta)
+{
+    ebt__gemm(0, 1, N, Out, In, 1, x, In, W, In, beta, y, Out);       /* y = x @ W^T (+ beta y) */
+}
+static void ebt__lin_bwd_x(ebt_real *dx, const ebt_real *dy, const ebt_real *W, int N, int In, int Out)
+{
+    ebt__gemm(0, 0, N, In, Out, 1, dy, Out, W, In, 0, dx, In);        /* dx = dy @ W */
+}
+static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, int N, int In, int Out)
+{
+    ebt__gemm(1, 0, Out, In, N, 1, dy, Out, x, In, 1, dW, In);        /* dW += dy^T @ x */
+}
+
+/* ======================================================================
+ * OP: ATTENTION (one batch row b, one head h)
+ *   Queries q_i attend to keys k_j with j <= i + shift (j < nk) and, when
+ *   `self` is set, to their own key ks_i / value vs_i. One softmax:
+ *     P = softmax(scale * [q_i.k_j ..., q_i.ks_i]),  o_i = sum_j P_ij v_j + P_is vs_i
+ *   P is stored (nq, nk+1) with the self column last.
+ *   The observed stream uses shift 0, no self (causal). The predicted
+ *   stream uses shift = offset, self on; its keys k, v (observed) are
+ *   constants w.r.t. p, so tangents exist only for q, ks, vs.
+ * ====================================================================== */
+
+typedef struct {
+    int nq, nk, shift, self, Dh, ld, ldo; /* ld: row stride of q,k,v,ks,vs; ldo: of o */
+    ebt_real scale;
+} ebt__attn_dims;
+
+static int ebt__attn_lim(const ebt__attn_dims *d, int i)
+{
+    int lim = i + d->shift;
+    return lim < d->nk - 1 ? lim : d->nk - 1;
+}
+
+static ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
+{
+    ebt_real s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+static void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* fwd: o(nq,Dh), P(nq,nk+1) from q(nq,Dh) k,v(nk,Dh) ks,vs(nq,Dh) */
+static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
+                          const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
+                          const ebt__attn_dims *d)
+{
+    int nk = d->nk, lp = nk + 1, Dh = d->Dh;
+    ebt__gemm(0, 1, d->nq, nk, Dh, d->scale, q, d->ld, k, d->ld, 0, P, lp); /* P = scale q @ k^T */
+    for (int i = 0; i < d->nq; i++) {
+        ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
+        int lim = ebt__attn_lim(d, i);
+        Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
+        mx = d->self ? Pi[nk] : Pi[0];
+        for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
+        for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
+        if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
+        for (int j = 0; j <= lim; j++) Pi[j] /= sum;
+        for (int j = lim + 1; j < nk; j++) Pi[j] = 0;
+        Pi[nk] = d->self ? Pi[nk] / sum : 0;
+    }
+    ebt__gemm(0, 0, d->nq, Dh, nk, 1, P, lp, v, d->ld, 0, o, d->ldo);      /* o = P @ v */
+    if (d->self)
+        for (int i = 0; i < d->nq; i++)
+            ebt__axpy(o + (size_t)i * d->ldo, P[(size_t)i * lp + nk], vs + (size_t)i * d->ld, Dh);
+}
+
+/* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
+ *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
+static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                          const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
+                          const ebt_real *k, const ebt_real *v, const ebt_real *ks,
+                          const ebt_real *vs, const ebt__attn_dims *d)
+{
+    int nk = d->nk, lp = nk + 1, Dh = d->Dh;
+    ebt__gemm(0, 1, d->nq, nk, Dh, d->scale, tq, d->ld, k, d->ld, 0, tP, lp); /* tA = scale tq @ k^T */
+    for (int i = 0; i < d->nq; i++) {
+        const ebt_real *Pi = P + (size_t)i * lp;
+        ebt_real *tPi = tP + (size_t)i * lp, m = 0;
+        size_t r = (size_t)i * d->ld;
+        tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
+        for (int j = 0; j <= nk; j++) m += Pi[j] * tPi[j];
+        for (int j = 0; j <= nk; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+    }
+    ebt__gemm(0, 0, d->nq, Dh, nk, 1, tP, lp, v, d->ld, 0, to, d->ldo);    /* to = tP @ v */
+    if (d->self)
+        for (int i = 0; i < d->nq; i++) {
+            size_t r = (size_t)i * d->ld;
+            ebt__axpy(to + (size_t)i * d->ldo, tP[(size_t)i * lp + nk], vs + r, Dh);
+            ebt__axpy(to + (size_t)i * d->ldo, P[(size_t)i * lp + nk], tvs + r, Dh);
+        }
+}
+
+/* bwd, from do(nq,Dh):
+ *   dP = do v^T (self: do.vs) ; G = dP - mu, mu_i = sum_j P dP ; dS = P G
+ *   dq += scale (dS k + dS_s ks) ; dks += scale dS_s q ; dvs += P_s do
+ *   dk += scale dS^T q (if dk) ; dv += P^T do (if dv)
+ * Saves G, dS (nq,nk+1) and mu (nq) for the tangent of bwd. */
+static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
+                          ebt_real *G, ebt_real *dS, ebt_real *mu, const ebt_real *dout,
+                          const ebt_real *P, const ebt_real *q, const ebt_real *k,
+                          const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
+                          const ebt__attn_dims *d)
+{
+    int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
+    ebt__gemm(0, 1, nq, nk, Dh, 1, dout, d->ldo, v, d->ld, 0, G, lp);    /* dP = do @ v^T */
+    for (int i = 0; i < nq; i++) {
+        const ebt_real *Pi = P + (size_t)i * lp;
+        ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
+        Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
+        for (int j = 0; j <= nk; j++) m += Pi[j] * Gi[j];
+        mu[i] = m;
+        for (int j = 0; j <= nk; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+    }
+    ebt__gemm(0, 0, nq, Dh, nk, d->scale, dS, lp, k, d->ld, 1, dq, d->ld); /* dq += scale dS @ k */
+    if (dk) ebt__gemm(1, 0, nk, Dh, nq, d->scale, dS, lp, q, d->ld, 1, dk, d->ld); /* dk += scale dS^T @ q */
+    if (dv) ebt__gemm(1, 0, nk, Dh, nq, 1, P, lp, dout, d->ldo, 1, dv, d->ld);     /* dv += P^T @ do */
+    if (d->self)
+        for (int i = 0; i < nq; i++) {
+            size_t r = (size_t)i * d->ld;
+            ebt_real dss = dS[(size_t)i * lp + nk];
+            ebt__axpy(dq + r, d->scale * dss, ks + r, Dh);
+            ebt__axpy(dks + r, d->scale * dss, q + r, Dh);
+            ebt__axpy(dvs + r, P[(size_t)i * lp + nk], dout + (size_t)i * d->ldo, Dh);
+        }
+}
+
+/* tangent of bwd, from tdo(nq,Dh) and the tangents tP, tq, tks, tvs (k, v constant):
+ *   tdP = tdo v^T (self: tdo.vs + do.tvs) ; tmu = sum tP (G + mu) + P tdP
+ *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
+ *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
+ *   tdvs += tP_s do + P_s tdo ; tdk += scale (tdS^T q + dS^T tq) ; tdv += tP^T do + P^T tdo */
+static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
+                           ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
+                           const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
+                           const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                           const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
+                           const ebt_real *k, const ebt_real *v, const ebt_real *ks,
+                           const ebt_real *vs, const ebt__attn_dims *d)
+{
+    int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
+    ebt__gemm(0, 1, nq, nk, Dh, 1, tdout, d->ldo, v, d->ld, 0, T, lp);   /* tdP = tdo @ v^T */
+    for (int i = 0; i < nq; i++) {
+        const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
+        ebt_real *Ti = T + (size_t)i * lp, tm = 0;
+        size_t r = (size_t)i * d->ld;
+        Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
+                           ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
+        for (int j = 0; j <= nk; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
+        for (int j = 0; j <= nk; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
+    }
+    ebt__gemm(0, 0, nq, Dh, nk, d->scale, T, lp, k, d->ld, 1, tdq, d->ld);       /* tdq += scale tdS @ k */
+    if (tdk) {
+        ebt__gemm(1, 0, nk, Dh, nq, d->scale, T, lp, q, d->ld, 1, tdk, d->ld);   /* tdk += scale tdS^T @ q */
+        ebt__gemm(1, 0, nk, Dh, nq, d->scale, dS, lp, tq, d->ld, 1, tdk, d->ld); /* tdk += scale dS^T @ tq */
+    }
+    if (tdv) {
+        ebt__gemm(1, 0, nk, Dh, nq, 1, tP, lp, dout, d->ldo, 1, tdv, d->ld);     /* tdv += tP^T @ do */
+        ebt__gemm(1, 0, nk, Dh, nq, 1, P, lp, tdout, d->ldo, 1, tdv, d->ld);     /* tdv += P^T @ tdo */
+    }
+    if (d->self)
+        for (int i = 0; i < nq; i++) {
+            size_t r = (size_t)i * d->ld, c = (size_t)i * lp + nk;
+            ebt__axpy(tdq + r, d->scale * T[c], ks + r, Dh);
+            ebt__axpy(tdq + r, d->scale * dS[c], tks + r, Dh);
+            ebt__axpy(tdks + r, d->scale * T[c], q + r, Dh);
+            ebt__axpy(tdks + r, d->scale * dS[c], tq + r, Dh);
+            ebt__axpy(tdvs + r, tP[c], dout + (size_t)i * d->ldo, Dh);
+            ebt__axpy(tdvs + r, P[c], tdout + (size_t)i * d->ldo, Dh);
+        }
+}
+
+/* ======================================================================
+ * OP: SWIGLU   u = silu(z1) * z3,  z13 = [z1 | z3] per row (N,2F)
+ *   silu(z) = z s, s = sigmoid(z);  silu' = s (1 + z (1 - s));
+ *   silu'' = s (1 - s) (2 + z (1 - 2 s))
+ * ====================================================================== */
+
+static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
+
+/* u(N,F) */
+static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
+        ebt_real *ur = u + (size_t)n * F;
+        for (int j = 0; j < F; j++) ur[j] = z1[j] * ebt__sigmoid(z1[j]) * z3[j];
+    }
+}
+/* bwd: dz1 = du z3 silu'(z1) ; dz3 = du silu(z1)   -> dz13(N,2F) */
+static void ebt__swiglu_bwd(ebt_real *dz13, const ebt_real *du, const ebt_real *z13, int N, int F)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F, *dur = du + (size_t)n * F;
+        ebt_real *d1 = dz13 + (size_t)n * 2 * F, *d3 = d1 + F;
+        for (int j = 0; j < F; j++) {
+            ebt_real s = ebt__sigmoid(z1[j]);
+            d1[j] = dur[j] * z3[j] * s * (1 + z1[j] * (1 - s));
+            d3[j] = dur[j] * z1[j] * s;
+        }
+    }
+}
+/* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
+static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F)
+{
+    for (int n = 0; n < N; n++) {
+        const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
+        const ebt_real *t1 = tz13 + (size_t)n * 2 * F, *t3 = t1 + F;
+        ebt_real *tur = tu + (size_t)n * F;
+        for (int j = 0; j < F; j++) {
+            ebt_real s = ebt__sigmoid(z1[j]);
+            tur[j] = s * (1 + z1[j] * (1 - s)) * t1[j] * z3[j] + z1[j] * s * t3[j];
+        }
+    }
+}
+/* tangent of bwd:
+ *   tdz1 = tdu z3 silu' + du tz3 silu' + du z3 silu'' tz1 ;  tdz3 = tdu silu + du silu' tz1 */
+static void ebt__swiglu_tbwd(ebt_real *tdz13, const ebt_real *tdu, const ebt_real *du,
+                             const ebt_real *tz13, const ebt_real *z13, int N, int F)
+{
+    for (int n = 0; n < N; n++) {
+        size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
+        const ebt_real *z1 = z13 + o2, *z3 = z1 + F, *t1 = tz13 + o2, *t3 = t1 + F;
+        ebt_real *d1 = tdz13 + o2, *d3 = d1 + F;
+        for (int j = 0; j < F; j++) {
+            ebt_real s = ebt__sigmoid(z1[j]), z = z1[j];
+            ebt_real s1 = s * (1 + z * (1 - s)), s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
+            d1[j] = tdu[o1 + j] * z3[j] * s1 + du[o1 + j] * (t3[j] * s1 + z3[j] * s2 * t1[j]);
+            d3[j] = tdu[o1 + j] * z * s + du[o1 + j] * s1 * t1[j];
+        }
+    }
+}
+
+/* ======================================================================
+ * OP: ENERGY HEAD   E_n = nf_n . we,  nf = rmsnorm(h) * final_norm
+ *   bwd: dnf_n = dE_n we ; dwe += sum_n dE_n nf_n
+ *   tangent: tE_n = tnf_n . we (unused: thinking needs H v, not tE)
+ *   tbwd (dE a constant seed, tdE = 0): tdnf = 0 ; tdwe += sum_n dE_n tnf_n
+ * ====================================================================== */
+
+static void ebt__ehead_fwd(ebt_real *E, const ebt_real *nf, const ebt_real *we, int N, int D)
+{
+    for (int n = 0; n < N; n++) E[n] = ebt__dot(nf + (size_t)n * D, we, D);
+}
+/* dnf(N,D) = dE_n we (dE NULL: ones); dwe(D) += sum dE_n nf_n (if dwe). The
+ * tangent of bwd is this call's dwe part with tnf in place of nf. */
+static void ebt__ehead_bwd(ebt_real *dnf, ebt_real *dwe, const ebt_real *dE, const ebt_real *nf,
+                           const ebt_real *we, int N, int D)
+{
+    for (int n = 0; n < N; n++) {
+        ebt_real s = dE ? dE[n] : 1;
+        if (dnf) for (int j = 0; j < D; j++) dnf[(size_t)n * D + j] = s * we[j];
+        if (dwe) ebt__axpy(dwe, s, nf + (size_t)n * D, D);
+    }
+}
+
+/* ======================================================================
+ * WORKSPACE: every activation of both streams, the tangents of the
+ * predicted stream, and the scratch of the reverse sweeps; one allocation
+ * sized for (max_B, max_S), addressed through structs of pointers.
+ * ====================================================================== */
+
+typedef struct {
+    ebt_real *x;    /* (N,D) layer input */
+    ebt_real *rs1;  /* (N) attn rmsnorm 1/rms */
+    ebt_real *a;    /* (N,D) attn_norm output */
+    ebt_real *qkv;  /* (N,3D) q, k after RoPE; v */
+    ebt_real *P;    /* (B,H,T,So+1) attention probabilities */
+    ebt_real *o;    /* (N,D) attention output, heads concatenated */
+    ebt_real *h1;   /* (N,D) after the attention residual */
+    ebt_real *rs2;  /* (N) */
+    ebt_real *f;    /* (N,D) ffn_norm output */
+    ebt_real *z13;  /* (N,2F) */
+    ebt_real *u;    /* (N,F) */
+} ebt__acts;
+
+/* the cotangent (d*) and its tangent (td*) buffers of a reverse sweep */
+typedef struct {
+    ebt_real *dh, *tdh;     /* (N,D) running cotangent of the residual stream */
+    ebt_real *dx, *tdx;     /* (N,D) scratch: dnf, df, da */
+    ebt_real *dout, *tdout; /* (N,D) cotangent of the attention output */
+    ebt_real *dqkv, *tdqkv; /* (N,3D) */
+    ebt_real *dz, *tdz;     /* (N,2F) */
+    ebt_real *du, *tdu;     /* (N,F) */
+    ebt_real *G, *dS, *T, *mu; /* attention scratch for one (b,h): (T,So+1) x3, (T) */
+} ebt__rev;
+
+struct ebt_workspace {
+    const ebt_model *m;
+    int max_B, max_S;
+    int B, S, step, off, So, observed; /* the current observation */
+    int32_t *tokens;   /* (B,S) copy */
+    ebt__acts *oa, *pa, *ta;  /* [L] observed, predicted, predicted tangents */
+    ebt_real *o_hL, *o_rsf, *o_nf, *logits; /* observed top (transformer++) */
+    ebt_real *p_hL, *p_rsf, *p_nf, *energy; /* predicted top */
+    ebt_real *t_hL, *t_nf;                  /* their tangents */
+    ebt_real *acc;     /* (L, B*So, 3D) cotangents of observed q,k,v from the predicted side */
+    ebt__rev rp, ro;   /* reverse scratch, predicted and observed */
+    ebt_real *mem;
+    char err[EBT__ERRLEN];
+};
+
+typedef struct { ebt_real *base; size_t used; int ovf; } ebt__arena;
+
+/* n reals from the arena (base NULL: only counts), 64-byte aligned */
+static ebt_real *ebt__take(ebt__arena *a, size_t n1, size_t n2)
+{
+    size_t n = ebt__mul(n1, n2, &a->ovf), pad = (64 / sizeof(ebt_real));
+    ebt_real *p = a->base ? a->base + a->used : NULL;
+    if (n > SIZE_MAX / 2 - a->used) { a->ovf = 1; return NULL; }
+    a->used += (n + pad - 1) / pad * pad;
+    return p;
+}
+
+static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size_t F, size_t Pn, int tangent)
+{
+    A->x = ebt__take(a, N, D);
+    A->rs1 = tangent ? NULL : ebt__take(a, N, 1);
+    A->a = ebt__take(a, N, D);
+    A->qkv = ebt__take(a, N, 3 * D);
+    A->P = ebt__take(a, Pn, 1);
+    A->o = ebt__take(a, N, D);
+    A->h1 = ebt__take(a, N, D);
+    A->rs2 = tangent ? NULL : ebt__take(a, N, 1);
+    A->f = ebt__take(a, N, D);
+    A->z13 = ebt__take(a, N, 2 * F);
+    A->u = ebt__take(a, N, F);
+}
+
+static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t F, size_t T, size_t So, int tangent)
+{
+    R->dh = ebt__take(a, N, D);
+    R->dx = ebt__take(a, N, D);
+    R->dout = ebt__take(a, N, D);
+    R->dqkv = ebt__take(a, N, 3 * D);
+    R->dz = ebt__take(a, N, 2 * F);
+    R->du = ebt__take(a, N, F);
+    R->G = ebt__take(a, T, So + 1);
+    R->dS = ebt__take(a, T, So + 1);
+    R->mu = ebt__take(a, T, 1);
+    R->T = tangent ? ebt__take(a, T, So + 1) : NULL;
+    R->tdh = tangent ? ebt__take(a, N, D) : NULL;
+    R->tdx = tangent ? ebt__take(a, N, D) : NULL;
+    R->tdout = tangent ? ebt__take(a, N, D) : NULL;
+    R->tdqkv = tangent ? ebt__take(a, N, 3 * D) : NULL;
+    R->tdz = tangent ? ebt__take(a, N, 2 * F) : NULL;
+    R->tdu = tangent ? ebt__take(a, N, F) : NULL;
+}
+
+/* assigns every pointer of ws from a->base (or only counts when NULL) */
+static void ebt__ws_layout(ebt_workspace *ws, ebt__arena *a)
+{
+    const ebt_config *c = &ws->m->cfg;
+    size_t L = (size_t)c->n_layers, D = (size_t)c->d_model, F = (size_t)c->d_ff, V = (size_t)c->vocab_size;
+    size_t H = (size_t)c->n_heads, B = (size_t)ws->max_B, S = (size_t)ws->max_S;
+    size_t So = S + (c->n_step_embed > 0 ? 1 : 0), Np = B * S, No = B * So;
+    int ebt = c->arch == EBT_ARCH_EBT;
+    ws->tokens = (int32_t *)(void *)ebt__take(a, B * S, (sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real));
+    for (size_t l = 0; l < L; l++) ebt__take_acts(a, &ws->oa[l], No, D, F, ebt__mul(B * H * So, So + 1, &a->ovf), 0);
+    ebt__take_rev(a, &ws->ro, No, D, F, So, So, 0);
+    if (ebt) {
+        for (size_t l = 0; l < L; l++) {
+            ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(B * H * S, So + 1, &a->ovf), 0);
+            ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(B * H * S, So + 1, &a->ovf), 1);
+        }
+        ws->acc = ebt__take(a, L * No, 3 * D);
+        ebt__take_rev(a, &ws->rp, Np, D, F, S, So, 1);
+        ws->p_hL = ebt__take(a, Np, D);
+        ws->p_rsf = ebt__take(a, Np, 1);
+        ws->p_nf = ebt__take(a, Np, D);
+        ws->energy = ebt__take(a, Np, 1);
+        ws->t_hL = ebt__take(a, Np, D);
+        ws->t_nf = ebt__take(a, Np, D);
+    } else {
+        ws->o_hL = ebt__take(a, No, D);
+        ws->o_rsf = ebt__take(a, No, 1);
+        ws->o_nf = ebt__take(a, No, D);
+        ws->logits = ebt__take(a, No, V);
+        ws->acc = ebt__take(a, L * No, 3 * D);
+    }
+}
+
+void ebt_workspace_free(ebt_workspace *ws)
+{
+    if (!ws) return;
+    EBT_FREE(ws->mem);
+    EBT_FREE(ws->oa);
+    EBT_FREE(ws->pa);
+    EBT_FREE(ws->ta);
+    EBT_FREE(ws);
+}
+
+ebt_status ebt_workspace_create(const ebt_model *m, int max_B, int max_S, ebt_workspace **out)
+{
+    ebt_workspace *ws;
+    ebt__arena a = { NULL, 0, 0 };
+    size_t L;
+    if (!out) return EBT_ERR_ARG;
+    *out = NULL;
+    if (!m || max_B < 1 || max_S < 1 || max_S > m->cfg.max_seq_len) return EBT_ERR_ARG;
+    if ((size_t)max_B * (size_t)(max_S + 1) > (size_t)INT32_MAX / 4) return EBT_ERR_ARG; /* rows must fit GEMM ints */
+    L = (size_t)m->cfg.n_layers;
+    ws = (ebt_workspace *)EBT_MALLOC(sizeof *ws);
+    if (!ws) return EBT_ERR_NOMEM;
+    memset(ws, 0, sizeof *ws);
+    ws->m = m;
+    ws->max_B = max_B;
+    ws->max_S = max_S;
+    ws->oa = (ebt__acts *)EBT_MALLOC(L * sizeof(ebt__acts));
+    ws->pa = (ebt__acts *)EBT_MALLOC(L * sizeof(ebt__acts));
+    ws->ta = (ebt__acts *)EBT_MALLOC(L * sizeof(ebt__acts));
+    if (!ws->oa || !ws->pa || !ws->ta) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
+    ebt__ws_layout(ws, &a);  /* count */
+    if (a.ovf || a.used > SIZE_MAX / sizeof(ebt_real)) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
+    ws->mem = (ebt_real *)EBT_MALLOC(a.used * sizeof(ebt_real) + 64);
+    if (!ws->mem) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
+    a.base = (ebt_real *)(((uintptr_t)ws->mem + 63) & ~(uintptr_t)63);
+    a.used = 0;
+    ebt__ws_layout(ws, &a);  /* assign */
+    *out = ws;
+    return EBT_OK;
+}
+
+const char *ebt_ws_last_error(const ebt_workspace *ws) { return ws ? ws->err : "workspace is NULL"; }
+
+/* attention dims and per-(b,h) pointers of one layer, for either stream */
+static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
+{
+    const ebt_config *c = &ws->m->cfg;
+    ebt__attn_dims d;
+    d.Dh = c->d_model / c->n_heads;
+    d.nq = predicted ? ws->S : ws->So;
+    d.nk = ws->So;
+    d.shift = predicted ? ws->off : 0;
+    d.self = predicted;
+    d.ld = 3 * c->d_model;
+    d.ldo = c->d_model;
+    d.scale = (ebt_real)(1.0 / sqrt((double)d.Dh));
+    return d;
+}
+
+/* ======================================================================
+ * BLOCK HALVES shared by both streams.
+ *   attention input:  a = rmsnorm(x)*attn_norm ; qkv = a Wqkv^T ; rope(q,k)
+ *   attention output + FFN:
+ *     h1 = x + o Wo^T ; f = rmsnorm(h1)*ffn_norm ; z13 = f W13^T
+ *     u = swiglu(z13) ; out = h1 + u W2^T
+ * The reverse of each runs the backward (d) and, when R->tdh is set, the
+ * tangent of the backward (td) together. gmode selects which parameter
+ * gradients are accumulated into gw: 0 none, 1 first order (d terms),
+ * 2 mixed second order (td terms).
+ * ====================================================================== */
+
+static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int B, int T, int pos0)
+{
+    int D = m->cfg.d_model, N = B * T;
+    ebt__rmsnorm_fwd(A->a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps);
+    ebt__lin_fwd(A->qkv, A->a, w->wqkv, N, D, 3 * D, 0);        /* qkv = a @ Wqkv^T */
+    ebt__rope_qk(m, A->qkv, B, T, pos0, 0);
+}
+
+static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, int N)
+{
+    int D = m->cfg.d_model, F = m->cfg.d_ff;
+    memcpy(A->h1, A->x, sizeof(ebt_real) * (size_t)N * D);
+    ebt__lin_fwd(A->h1, A->o, w->wo, N, D, D, 1);               /* h1 = x + o @ Wo^T */
+    ebt__rmsnorm_fwd(A->f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps);
+    ebt__lin_fwd(A->z13, A->f, w->w13, N, D, 2 * F, 0);         /* z13 = f @ W13^T */
+    ebt__swiglu_fwd(A->u, A->z13, N, F);
+    memcpy(out, A->h1, sizeof(ebt_real) * (size_t)N * D);
+    ebt__lin_fwd(out, A->u, w->w2, N, F, D, 1);                 /* out = h1 + u @ W2^T */
+}
+
+/* tangents of the two halves (T holds tangents; A the primal activations) */
+static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int B, int T, int pos0)
+{
+    int D = m->cfg.d_model, N = B * T;
+    ebt__rmsnorm_tan(Tg->a, Tg->x, A->x, A->rs1, w->attn_norm, N, D);
+    ebt__lin_fwd(Tg->qkv, Tg->a, w->wqkv, N, D, 3 * D, 0);      /* tqkv = ta @ Wqkv^T */
+    ebt__rope_qk(m, Tg->qkv, B, T, pos0, 0);
+}
+
+static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, int N)
+{
+    int D = m->cfg.d_model, F = m->cfg.d_ff;
+    memcpy(Tg->h1, Tg->x, sizeof(ebt_real) * (size_t)N * D);
+    ebt__lin_fwd(Tg->h1, Tg->o, w->wo, N, D, D, 1);             /* th1 = tx + to @ Wo^T */
+    ebt__rmsnorm_tan(Tg->f, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D);
+    ebt__lin_fwd(Tg->z13, Tg->f, w->w13, N, D, 2 * F, 0);       /* tz13 = tf @ W13^T */
+    ebt__swiglu_tan(Tg->u, Tg->z13, A->z13, N, F);
+    memcpy(tout, Tg->h1, sizeof(ebt_real) * (size_t)N * D);
+    ebt__lin_fwd(tout, Tg->u, w->w2, N, F, D, 1);               /* tout = th1 + tu @ W2^T */
+}
+
+/* reverse of the FFN half and the Wo projection: on entry R->dh is the
+ * cotangent of the block output; on exit it is that of the block input's
+ * residual path (dh1 before the attention), and R->dout that of o. */
+static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+                                  ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N)
+{
+    int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
+    /* out = h1 + u @ W2^T */
+    ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D);                    /* du = dh @ W2 */
+    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, A->u, N, F, D);    /* dW2 += dh^T u */
+    if (tan) {
+        ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D);              /* tdu = tdh @ W2 */
+        if (gmode == 2) {
+            ebt__lin_bwd_w(gw->w2, R->tdh, A->u, N, F, D);           /* tdW2 += tdh^T u */
+            ebt__lin_bwd_w(gw->w2, R->dh, Tg->u, N, F, D);           /*       + dh^T tu */
+        }
+    }
+    /* u = swiglu(z13) */
+    ebt__swiglu_bwd(R->dz, R->du, A->z13, N, F);
+    if (tan) ebt__swiglu_tbwd(R->tdz, R->tdu, R->du, Tg->z13, A->z13, N, F);
+    /* z13 = f @ W13^T */
+    ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F);               /* df = dz @ W13 */
+    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, A->f, N, D, 2 * F);
+    if (tan) {
+        ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F);         /* tdf = tdz @ W13 */
+        if (gmode == 2) {
+            ebt__lin_bwd_w(gw->w13, R->tdz, A->f, N, D, 2 * F);
+            ebt__lin_bwd_w(gw->w13, R->dz, Tg->f, N, D, 2 * F);
+        }
+    }
+    /* f = rmsnorm(h1) * ffn_norm ; residual: dh1 = dh + (this) */
+    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D);
+    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D);
+    /* h1 = x + o @ Wo^T */
+    ebt__lin_bwd_x(R->dout, R->dh, w->wo, N, D, D);                  /* do = dh1 @ Wo */
+    if (gmode == 1) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D);
+    if (tan) {
+        ebt__lin_bwd_x(R->tdout, R->tdh, w->wo, N, D, D);            /* tdo = tdh1 @ Wo */
+        if (gmode == 2) {
+            ebt__lin_bwd_w(gw->wo, R->tdh, A->o, N, D, D);
+            ebt__lin_bwd_w(gw->wo, R->dh, Tg->o, N, D, D);
+        }
+    }
+}
+
+/* reverse of the attention input half: from dqkv (and tdqkv), post-RoPE;
+ * adds into R->dh (and R->tdh) the cotangent of the layer input. dqkv is
+ * rotated back in place. */
+static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+                             ebt__rev *R, ebt_real *dqkv, ebt_real *tdqkv,
+                             const ebt__acts *A, const ebt__acts *Tg, int B, int T, int pos0)
+{
+    int D = m->cfg.d_model, N = B * T;
+    ebt__rope_qk(m, dqkv, B, T, pos0, 1);
+    ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D);               /* da = dqkv @ Wqkv */
+    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, A->a, N, D, 3 * D);
+    if (tdqkv) {
+        ebt__rope_qk(m, tdqkv, B, T, pos0, 1);
+        ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D);         /* tda = tdqkv @ Wqkv */
+        if (gmode == 2) {
+            ebt__lin_bwd_w(gw->wqkv, tdqkv, A->a, N, D, 3 * D);
+            ebt__lin_bwd_w(gw->wqkv, dqkv, Tg->a, N, D, 3 * D);
+        }
+    }
+    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D);
+    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, N, D);
+}
+
+/* ======================================================================
+ * OBSERVED STREAM: tokens (and the step token) through the layers, causal.
+ * Independent of p: computed once per (tokens, step) by ebt_observe and
+ * reused for every candidate p. For arch ebt the last layer's attention
+ * output and FFN are never used (only its keys and values are), so they
+ * are skipped.
+ * ====================================================================== */
+
+static void ebt__obs_forward(ebt_workspace *ws)
+{
+    const ebt_model *m = ws->m;
+    const ebt_config *c = &m->cfg;
+    int B = ws->B, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * So;
+    ebt__attn_dims d = ebt__dims(ws, 0);
+    ebt_real *x0 = ws->oa[0].x;
+    for (int b = 0; b < B; b++) {
+        ebt_real *row = x0 + (size_t)b * So * D;
+        if (ws->off) {
+            int k = ws->step < c->n_step_embed - 1 ? ws->step : c->n_step_embed - 1;
+            memcpy(row, m->w.step + (size_t)k * D, sizeof(ebt_real) * D);
+            row += D;
+        }
+        ebt__tokemb_fwd(row, ws->tokens + (size_t)b * ws->S, m->w.tok, ws->S, D);
+    }
+    for (int l = 0; l < L; l++) {
+        const ebt__layer_w *w = &m->w.layer[l];
+        ebt__acts *A = &ws->oa[l];
+        int last = l == L - 1;
+        ebt__attn_in_fwd(m, w, A, B, So, 0);
+        if (last && c->arch == EBT_ARCH_EBT) break;
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const ebt_real *q = A->qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh;
+                ebt__attn_fwd(A->o + (size_t)b * So * D + (size_t)h * d.Dh,
+                              A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
+            }
+        ebt__attn_out_ffn_fwd(m, w, A, last ? ws->o_hL : ws->oa[l + 1].x, N);
+    }
+}
+
+/* Backward of the observed stream from ws->acc (the cotangents of each
+ * layer's post-RoPE q,k,v, filled by the predicted side) and, for
+ * transformer++, dh_top (cotangent of the last layer's output). The stream
+ * has no tangent (it does not depend on p), so the same routine serves the
+ * mixed term when acc holds tangents of cotangents. Adds into m->grads. */
+static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *dh_top)
+{
+    const ebt_model *m = ws->m;
+    const ebt_config *c = &m->cfg;
+    int B = ws->B, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * So;
+    ebt__attn_dims d = ebt__dims(ws, 0);
+    ebt__rev *R = &ws->ro;
+    if (dh_top) memcpy(R->dh, dh_top, sizeof(ebt_real) * (size_t)N * D);
+    else memset(R->dh, 0, sizeof(ebt_real) * (size_t)N * D);
+    for (int l = L - 1; l >= 0; l--) {
+        const ebt__layer_w *w = &m->w.layer[l];
+        ebt__layer_w *gw = &gm->g.layer[l];
+        const ebt__acts *A = &ws->oa[l];
+        ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
+        if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
+            ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N);
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < H; h++) {
+                    size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
+                    const ebt_real *q = A->qkv + qo;
+                    ebt__attn_bwd(dqkv + qo, dqkv + qo + D, dqkv + qo + 2 * D, NULL, NULL, R->G, R->dS, R->mu,
+                                  R->dout + (size_t)b * So * D + (size_t)h * d.Dh,
+                                  A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
+                }
+        }
+        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, B, So, 0);
+    }
+    for (int b = 0; b < B; b++) {
+        const ebt_real *row = R->dh + (size_t)b * So * D;
+        if (ws->off) {
+            int k = ws->step < c->n_step_embed - 1 ? ws->step : c->n_step_embed - 1;
+            ebt__axpy(gm->g.step + (size_t)k * D, 1, row, D);
+            row += D;
+        }
+        ebt__tokemb_bwd(gm->g.tok, row, ws->tokens + (size_t)b * ws->S, ws->S, D);
+    }
+}
+
+/* ======================================================================
+ * PREDICTED STREAM: candidate embeddings p @ pred_embed through the same
+ * layers; row i attends to observed rows 0..i+off and to itself. Forward,
+ * tangent along v (forward mode), and one reverse sweep that produces
+ * dE/dp, H_pp v and the parameter gradients (first order or mixed).
+ * ====================================================================== */
+
+static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
+{
+    const ebt_model *m = ws->m;
+    const ebt_config *c = &m->cfg;
+    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
+    ebt__attn_dims d = ebt__dims(ws, 1);
+    ebt__pemb_fwd(ws->pa[0].x, probs, m->w.pred, N, c->vocab_size, D);
+    for (int l = 0; l < L; l++) {
+        const ebt__layer_w *w = &m->w.layer[l];
+        ebt__acts *A = &ws->pa[l];
+        const ebt__acts *O = &ws->oa[l];
+        ebt__attn_in_fwd(m, w, A, B, S, ws->off + 1);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const ebt_real *q = A->qkv + (size_t)b * S * 3 * D + (size_t)h * d.Dh;
+                const ebt_real *k = O->qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
+                ebt__attn_fwd(A->o + (size_t)b * S * D + (size_t)h * d.Dh,
+                              A->P + (size_t)(b * H + h) * S * (So + 1), q, k, k + D, q + D, q + 2 * D, &d);
+            }
+        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, N);
+    }
+    ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps);
+    ebt__ehead_fwd(ws->energy, ws->p_nf, m->w.ehead, N, D);
+}
+
+static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
+{
+    const ebt_model *m = ws->m;
+    const ebt_config *c = &m->cfg;
+    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
+    ebt__attn_dims d = ebt__dims(ws, 1);
+    ebt__pemb_fwd(ws->ta[0].x, v, m->w.pred, N, c->vocab_size, D);  /* th0 = v @ Wpe */
+    for (int l = 0; l < L; l++) {
+        const ebt__layer_w *w = &m->w.layer[l];
+        const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
+        ebt__acts *Tg = &ws->ta[l];
+        ebt__attn_in_tan(m, w, Tg, A, B, S, ws->off + 1);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                size_t qo = (size_t)b * S * 3 * D + (size_t)h * d.Dh, Po = (size_t)(b * H + h) * S * (So + 1);
+                const ebt_real *q = A->qkv + qo, *tq = Tg->qkv + qo;
+                const ebt_real *k = O->qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
+                ebt__attn_tan(Tg->o + (size_t)b * S * D + (size_t)h * d.Dh, Tg->P + Po, tq, tq + D, tq + 2 * D,
+                              A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+            }
+        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, N);
+    }
+    ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D);
+}
+
+/* The reverse sweep of the predicted stream, seeded with weight[n] (NULL:
+ * ones) on each energy. Outputs (each optional): dp = d(sum w E)/dp;
+ * with tangent (after ebt__pred_tangent along v): hv = H_pp v.
+ * gm != NULL and gmode 1: grads += d(sum w E)/dtheta (predicted-side terms;
+ * the observed-side cotangents are added into ws->acc);
+ * gmode 2: the same for the mixed term grad_theta(v . dE/dp). */
+static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int tangent,
+                              const ebt_real *weight, const ebt_real *probs, const ebt_real *v,
+                              ebt_real *dp, ebt_real *hv)
+{
+    const ebt_model *m = ws->m;
+    const ebt_config *c = &m->cfg;
+    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
+    ebt__attn_dims d = ebt__dims(ws, 1);
+    ebt__rev R = ws->rp;
+    ebt__weights *g = gm ? &gm->g : NULL;
+    if (!tangent) R.tdh = NULL;
+    if (!g) gmode = 0;
+    /* E = rmsnorm(hL) * final_norm . we */
+    ebt__ehead_bwd(R.dx, gmode == 1 ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
+    if (gmode == 2) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
+    memset(R.dh, 0, sizeof(ebt_real) * (size_t)N * D);
+    ebt__rmsnorm_bwd(R.dh, gmode == 1 ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D);
+    if (tangent) {
+        memset(R.tdh, 0, sizeof(ebt_real) * (size_t)N * D);
+        ebt__rmsnorm_tbwd(R.tdh, gmode == 2 ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
+                          ws->p_rsf, m->w.final_norm, N, D);
+    }
+    for (int l = L - 1; l >= 0; l--) {
+        const ebt__layer_w *w = &m->w.layer[l];
+        ebt__layer_w *gw = g ? &g->layer[l] : NULL;
+        const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l], *Tg = tangent ? &ws->ta[l] : NULL;
+        ebt_real *acc = ws->acc + (size_t)l * B * So * 3 * D;
+        ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N);
+        memset(R.dqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
+        if (tangent) memset(R.tdqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                size_t qo = (size_t)b * S * 3 * D + (size_t)h * d.Dh, Po = (size_t)(b * H + h) * S * (So + 1);
+                size_t ko = (size_t)b * So * 3 * D + D + (size_t)h * d.Dh, oo = (size_t)b * S * D + (size_t)h * d.Dh;
+                const ebt_real *q = A->qkv + qo, *k = O->qkv + ko;
+                ebt_real *dq = R.dqkv + qo;
+                ebt__attn_bwd(dq, gmode == 1 ? acc + ko : NULL, gmode == 1 ? acc + ko + D : NULL, dq + D, dq + 2 * D,
+                              R.G, R.dS, R.mu, R.dout + oo, A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+                if (tangent) {
+                    const ebt_real *tq = Tg->qkv + qo;
+                    ebt_real *tdq = R.tdqkv + qo;
+                    ebt__attn_tbwd(tdq, gmode == 2 ? acc + ko : NULL, gmode == 2 ? acc + ko + D : NULL, tdq + D, tdq + 2 * D,
+                                   R.T, R.G, R.dS, R.mu, R.tdout + oo, R.dout + oo, Tg->P + Po, tq, tq + D, tq + 2 * D,
+                                   A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+                }
+            }
+        ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, B, S, ws->off + 1);
+    }
+    /* h0 = p @ Wpe */
+    ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D);
+    if (tangent) ebt__pemb_tbwd(hv, gmode == 2 ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D);
+}
+
+/* ======================================================================
+ * PUBLIC ENERGY API
+ * ====================================================================== */
+
+/* validates tokens[B*S] and sizes for model m */
+static ebt_status ebt__check_seq(const ebt_model *m, const int32_t *tokens, int B, int S, int step,
+                                 char *err, size_t errlen)
+{
+    const ebt_config *c = &m->cfg;
+    int ovf = 0;
+    if (!tokens) { ebt__seterr(err, errlen, "tokens is NULL"); return EBT_ERR_ARG; }
+    if (B < 1 || S < 1) { ebt__seterr(err, errlen, "B=%d S=%d: both must be >= 1", B, S); return EBT_ERR_ARG; }
+    if (S > c->max_seq_len) { ebt__seterr(err, errlen, "S=%d exceeds max_seq_len %d", S, c->max_seq_len); return EBT_ERR_ARG; }
+    if (step < 0) { ebt__seterr(err, errlen, "step %d is negative", step); return EBT_ERR_ARG; }
+    if ((size_t)B * (size_t)(S + 1) > (size_t)INT32_MAX / 4 ||
+        ebt__mul((size_t)B * (size_t)(S + 1), (size_t)c->vocab_size * 4 * sizeof(ebt_real), &ovf) > (SIZE_MAX >> 2) || ovf) {
+        ebt__seterr(err, errlen, "B=%d S=%d too large", B, S);
+        return EBT_ERR_ARG;
+    }
+    for (size_t i = 0; i < (size_t)B * S; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            ebt__seterr(err, errlen, "token %d at index %zu outside [0, %d)", (int)tokens[i], i, c->vocab_size);
+            return EBT_ERR_TOKEN;
+        }
+    return EBT_OK;
+}
+
+/* an array of the current B*S*V (or B*S) reals given by the caller */
+static ebt_status ebt__check_vec(const ebt_real *x, size_t n, const char *what, int need, char *err, size_t errlen)
+{
+    if (!x) {
+        if (!need) return EBT_OK;
+        ebt__seterr(err, errlen, "%s is NULL", what);
+        return EBT_ERR_ARG;
+    }
+    if (!ebt__all_finite(x, n)) { ebt__seterr(err, errlen, "%s contains NaN or Inf", what); return EBT_ERR_NONFINITE; }
+    return EBT_OK;
+}
+
+ebt_status ebt_observe(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S, int step)
+{
+    ebt_status st;
+    if (!ws) return EBT_ERR_ARG;
+    ws->err[0] = 0;
+    if (!m || m != ws->m) { ebt__seterr(ws->err, EBT__ERRLEN, "workspace was created for another model"); return m ? EBT_ERR_STATE : EBT_ERR_ARG; }
+    if (m->cfg.arch != EBT_ARCH_EBT) { ebt__seterr(ws->err, EBT__ERRLEN, "energy calls need arch ebt"); return EBT_ERR_UNSUPPORTED; }
+    ws->observed = 0;
+    if (B > ws->max_B || S > ws->max_S) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "B=%d S=%d exceed the workspace's %d x %d", B, S, ws->max_B, ws->max_S);
+        return EBT_ERR_ARG;
+    }
+    st = ebt__check_seq(m, tokens, B, S, step, ws->err, EBT__ERRLEN);
+    if (st != EBT_OK) return st;
+    ws->B = B;
+    ws->S = S;
+    ws->step = step;
+    ws->off = m->cfg.n_step_embed > 0 ? 1 : 0;
+    ws->So = S + ws->off;
+    memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
+    ebt__obs_forward(ws);
+    ws->observed = 1;
+    return EBT_OK;
+}
+
+static ebt_status ebt__ws_ready(ebt_workspace *ws)
+{
+    if (!ws) return EBT_ERR_ARG;
+    ws->err[0] = 0;
+    if (!ws->observed) { ebt__seterr(ws->err, EBT__ERRLEN, "call ebt_observe first"); return EBT_ERR_STATE; }
+    return EBT_OK;
+}
+
+ebt_status ebt_ws_energy(ebt_workspace *ws, const ebt_real *probs, ebt_real *energy, ebt_real *grad_probs)
+{
+    ebt_status st = ebt__ws_ready(ws);
+    size_t n;
+    if (st != EBT_OK) return st;
+    n = (size_t)ws->B * ws->S * ws->m->cfg.vocab_size;
+    if ((st = ebt__check_vec(probs, n, "probs", 1, ws->err, EBT__ERRLEN)) != EBT_OK) return st;
+    ebt__pred_forward(ws, probs);
+    if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
+    if (grad_probs) ebt__pred_reverse(ws, NULL, 0, 0, NULL, probs, NULL, grad_probs, NULL);
+    return EBT_OK;
+}
+
+ebt_status ebt_ws_hvp(ebt_workspace *ws, const ebt_real *probs, const ebt_real *v, ebt_real *hv,
+                      ebt_real *energy, ebt_real *grad_probs)
+{
+    ebt_status st = ebt__ws_ready(ws);
+    size_t n;
+    if (st != EBT_OK) return st;
+    n = (size_t)ws->B * ws->S * ws->m->cfg.vocab_size;
+    if (!hv) { ebt__seterr(ws->err, EBT__ERRLEN, "hv is NULL"); return EBT_ERR_ARG; }
+    if ((st = ebt__check_vec(probs, n, "probs", 1, ws->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__check_vec(v, n, "v", 1, ws->err, EBT__ERRLEN)) != EBT_OK) return st;
+    ebt__pred_forward(ws, probs);
+    ebt__pred_tangent(ws, v);
+    if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
+    ebt__pred_reverse(ws, NULL, 0, 1, NULL, probs, v, grad_probs, hv);
+    return EBT_OK;
+}
+
+/* the model's own workspace, large enough for B x S (grown if needed) */
+static ebt_status ebt__model_ws(ebt_model *m, int B, int S)
+{
+    ebt_workspace *ws;
+    ebt_status st;
+    if (m->ws && m->ws->max_B >= B && m->ws->max_S >= S) return EBT_OK;
+    if (m->ws) { B = B > m->ws->max_B ? B : m->ws->max_B; S = S > m->ws->max_S ? S : m->ws->max_S; }
+    st = ebt_workspace_create(m, B, S, &ws);
+    if (st != EBT_OK) { ebt__seterr(m->err, EBT__ERRLEN, "cannot allocate a workspace for B=%d S=%d", B, S); return st; }
+    ebt_workspace_free(m->ws);
+    m->ws = ws;
+    return EBT_OK;
+}
+
+/* common entry of the model-workspace energy calls: checks, then observes */
+static ebt_status ebt__model_begin(ebt_model *m, const int32_t *tokens, const ebt_real *probs, const ebt_real *v,
+                                   int need_v, int B, int S, int step)
+{
+    ebt_status st;
+    size_t n;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if (m->cfg.arch != EBT_ARCH_EBT) { ebt__seterr(m->err, EBT__ERRLEN, "energy calls need arch ebt"); return EBT_ERR_UNSUPPORTED; }
+    if ((st = ebt__check_seq(m, tokens, B, S, step, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    n = (size_t)B * S * m->cfg.vocab_size;
+    if ((st = ebt__check_vec(probs, n, "probs", 1, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__check_vec(v, n, "v", need_v, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
+    st = ebt_observe(m->ws, m, tokens, B, S, step);
+    if (st != EBT_OK) snprintf(m->err, EBT__ERRLEN, "%s", m->ws->err);
+    return st;
+}
+
+ebt_status ebt_energy(ebt_model *m, const int32_t *tokens, const ebt_real *probs,
+                      int B, int S, int step, ebt_real *energy, ebt_real *grad_probs)
+{
+    ebt_status st = ebt__model_begin(m, tokens, probs, NULL, 0, B, S, step);
+    if (st != EBT_OK) return st;
+    if (!energy && !grad_probs) return EBT_OK;
+    return ebt_ws_energy(m->ws, probs, energy, grad_probs);
+}
+
+ebt_status ebt_hvp(ebt_model *m, const int32_t *tokens, const ebt_real *probs,
+                   int B, int S, int step, const ebt_real *v, ebt_real *hv)
+{
+    ebt_status st;
+    if (m && !hv) { ebt__seterr(m->err, EBT__ERRLEN, "hv is NULL"); return EBT_ERR_ARG; }
+    st = ebt__model_begin(m, tokens, probs, v, 1, B, S, step);
+    if (st != EBT_OK) return st;
+    return ebt_ws_hvp(m->ws, probs, v, hv, NULL, NULL);
+}
+
+ebt_status ebt_energy_backward(ebt_model *m, const int32_t *tokens, const ebt_real *probs,
+                               int B, int S, int step, const ebt_real *weight, ebt_real *energy)
+{
+    ebt_status st = ebt__model_begin(m, tokens, probs, NULL, 0, B, S, step);
+    ebt_workspace *ws;
+    if (st != EBT_OK) return st;
+    if ((st = ebt__check_vec(weight, (size_t)B * S, "weight", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    ws = m->ws;
+    ebt__pred_forward(ws, probs);
+    if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)B * S);
+    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    ebt__pred_reverse(ws, m, 1, 0, weight, probs, NULL, NULL, NULL);
+    ebt__obs_backward(ws, m, NULL);
+    return EBT_OK;
+}
+
+ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_real *probs,
+                              int B, int S, int step, const ebt_real *v, ebt_real *hv, ebt_real *grad_probs)
+{
+    ebt_status st = ebt__model_begin(m, tokens, probs, v, 1, B, S, step);
+    ebt_workspace *ws;
+    if (st != EBT_OK) return st;
+    ws = m->ws;
+    ebt__pred_forward(ws, probs);
+    ebt__pred_tangent(ws, v);
+    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    ebt__pred_reverse(ws, m, 2, 1, NULL, probs, v, grad_probs, hv);
+    ebt__obs_backward(ws, m, NULL);
+    return EBT_OK;
+}
+
+/* ======================================================================
+ * TRANSFORMER++: the observed stream alone, all layers, then
+ * logits = rmsnorm(h) * final_norm @ lm_head^T and mean cross-entropy.
+ * ====================================================================== */
+
+static ebt_status ebt__lm_forward(ebt_model *m, const int32_t *tokens, int B, int S)
+{
+    ebt_status st;
+    ebt_workspace *ws;
+    const ebt_config *c;
+    int N;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    c = &m->cfg;
+    if (c->arch != EBT_ARCH_TRANSFORMER) { ebt__seterr(m->err, EBT__ERRLEN, "lm calls need arch transformer++"); return EBT_ERR_UNSUPPORTED; }
+    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
+    ws = m->ws;
+    ws->B = B; ws->S = S; ws->step = 0; ws->off = 0; ws->So = S;
+    memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
+    ebt__obs_forward(ws);
+    ws->observed = 0; /* not an energy observation */
+    N = B * S;
+    ebt__rmsnorm_fwd(ws->o_nf, ws->o_rsf, ws->o_hL, m->w.final_norm, N, c->d_model, (ebt_real)c->norm_eps);
+    ebt__lin_fwd(ws->logits, ws->o_nf, m->w.lm_head, N, c->d_model, c->vocab_size, 0); /* logits = nf @ lm_head^T */
+    return EBT_OK;
+}
+
+ebt_status ebt_lm_logits(ebt_model *m, const int32_t *tokens, int B, int S, ebt_real *logits)
+{
+    ebt_status st;
+    if (m && !logits) { ebt__seterr(m->err, EBT__ERRLEN, "logits is NULL"); return EBT_ERR_ARG; }
+    if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;
+    memcpy(logits, m->ws->logits, sizeof(ebt_real) * (size_t)B * S * m->cfg.vocab_size);
+    return EBT_OK;
+}
+
+ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
+                           int B, int S, ebt_real *loss)
+{
+    ebt_status st;
+    ebt_workspace *ws;
+    int N, V, D;
+    double total = 0;
+    if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
+    if (m && targets && B >= 1 && S >= 1 && B <= INT32_MAX / S)
+        for (size_t i = 0; i < (size_t)B * S; i++)
+            if (targets[i] < 0 || targets[i] >= m->cfg.vocab_size) {
+                ebt__seterr(m->err, EBT__ERRLEN, "target %d at index %zu outside [0, %d)", (int)targets[i], i, m->cfg.vocab_size);
+                return EBT_ERR_TOKEN;
+            }
+    if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;
+    ws = m->ws;
+    N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model;
+    /* dlogits = (softmax - onehot) / N, in place */
+    for (int n = 0; n < N; n++) {
+        ebt_real *z = ws->logits + (size_t)n * V, mx = z[0], sum = 0;
+        for (int j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+        for (int j = 0; j < V; j++) sum += exp(z[j] - mx);
+        total += (double)(log(sum) + mx - z[targets[n]]);
+        for (int j = 0; j < V; j++) z[j] = exp(z[j] - mx) / sum / N;
+        z[targets[n]] -= (ebt_real)1 / N;
+    }
+    if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
+    *loss = (ebt_real)(total / N);
+    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V);       /* dlm_head += dlogits^T nf */
+    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V);      /* dnf = dlogits @ lm_head */
+    memset(ws->ro.dout, 0, sizeof(ebt_real) * (size_t)N * D);
+    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D);
+    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * N * 3 * D);
+    ebt__obs_backward(ws, m, ws->ro.dout);
+    return EBT_OK;
+}
+
+/* ======================================================================
+ * SAFETENSORS: a strict reader (every header byte validated, nothing sized
+ * by the file allocated before it is checked against the file's size) and
+ * an atomic writer (temporary file, fsync, rename).
+ * ====================================================================== */
+#define EBT__ST_MAX_DIMS 4
+#define EBT__ST_NAME_MAX 96      /* tensor name or metadata key, incl. NUL */
+#define EBT__ST_VAL_MAX 96       /* metadata value, incl. NUL */
+#define EBT__ST_HEADER_MAX (64u << 20)  /* largest JSON header accepted / written */
+#define EBT__ST_MAX_DEPTH 32            /* JSON nesting limit (bounds skip recursion) */
+#define EBT__ST_MAX_TENSORS 65536       /* bound memory: a 64 MiB header could name ~1M tensors */
+#define EBT__ST_MAX_META 4096
+#define EBT__ST_DIM_MAX ((uint64_t)1 << 31)
+
+typedef struct { char name[EBT__ST_NAME_MAX]; int ndim; int64_t shape[EBT__ST_MAX_DIMS];
+                 uint64_t begin, end; /* data_offsets, relative to data start */ } ebt__st_tensor;
+typedef struct { char key[EBT__ST_NAME_MAX]; char val[EBT__ST_VAL_MAX]; } ebt__st_meta;
+typedef struct { ebt__st_tensor *t; int nt; ebt__st_meta *meta; int nmeta;
+                 uint64_t data_start; /* = 8 + header length */ uint64_t data_len; /* file size - data_start */ } ebt__st_header;
+typedef struct { const char *name; int ndim; int64_t shape[EBT__ST_MAX_DIMS]; const ebt_real *data; } ebt__st_out;
+
+/* F32 data is moved through uint32_t with memcpy: needs a 4-byte IEEE float (all targets we support). */
+typedef char ebt__st_float_is_32bit[sizeof(float) == 4 ? 1 : -1];
+
+typedef unsigned long long ebt__st_ull; /* for printf */
+
+/* ---- strict JSON scanner over a length-delimited buffer (never relies on NUL) ---- */
+typedef struct { const unsigned char *s; size_t n, i; int depth; uint64_t data_len;
+                 char *err; size_t errlen; ebt_status st; } ebt__st_js;
+
+/* semantic error: formats message, returns -1 (status stays EBT_ERR_FORMAT) */
+#define EBT__ST_BAD(p, ...) (ebt__seterr((p)->err, (p)->errlen, __VA_ARGS__), -1)
+
+static int ebt__st_syn(ebt__st_js *p, const char *why)
+{
+    ebt__seterr(p->err, p->errlen, "safetensors: invalid JSON header at byte %zu: %s", p->i, why);
+    return -1;
+}
+static void ebt__st_ws(ebt__st_js *p)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
+        p->i++;
+}
+static int ebt__st_at(ebt__st_js *p, char c) { ebt__st_ws(p); return p->i < p->n && p->s[p->i] == (unsigned char)c; }
+static int ebt__st_expect(ebt__st_js *p, char c)
+{
+    char why[16];
+    if (ebt__st_at(p, c)) { p->i++; return 0; }
+    snprintf(why, sizeof why, "expected '%c'", c);
+    return ebt__st_syn(p, why);
+}
+/* consumes '{' or '[' and enters one nesting level */
+static int ebt__st_open(ebt__st_js *p, char c)
+{
+    if (ebt__st_expect(p, c)) return -1;
+    if (++p->depth > EBT__ST_MAX_DEPTH) return ebt__st_syn(p, "nesting too deep");
+    return 0;
+}
+/* container iteration after ebt__st_open: 1 = another element follows, 0 = closed, -1 = error.
+ * A ',' always returns 1, so a trailing comma fails when the caller parses the next element. */
+static int ebt__st_next(ebt__st_js *p, char close, int *first)
+{
+    if (ebt__st_at(p, close)) { p->i++; p->depth--; return 0; }
+    if (*first) { *first = 0; return 1; }
+    if (ebt__st_at(p, ',')) { p->i++; return 1; }
+    return ebt__st_syn(p, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+}
+static int ebt__st_hex4(ebt__st_js *p, unsigned *v)
+{
+    int k;
+    *v = 0;
+    if (p->n - p->i < 4) return ebt__st_syn(p, "truncated \\u escape");
+    for (k = 0; k < 4; k++) {
+        unsigned c = p->s[p->i++], d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') d = (c | 0x20) - 'a' + 10;
+        else return ebt__st_syn(p, "bad hex digit in \\u escape");
+        *v = *v << 4 | d;
+    }
+    return 0;
+}
+/* Parses a string. Copies at most cap-1 bytes into out (if out), always NUL-terminated, and stores
+ * the full decoded length in *len so callers can detect values too long for their buffer.
+ * \uXXXX (incl. surrogate pairs) is decoded to UTF-8; \u0000 and lone surrogates are rejected so
+ * that a C string can never be cut short ("a\u0000b" must not alias "a"). Raw bytes >= 0x80 are
+ * copied as-is (not UTF-8-validated). */
+static int ebt__st_str(ebt__st_js *p, char *out, size_t cap, size_t *len)
+{
+    size_t k = 0;
+    if (ebt__st_expect(p, '"')) return -1;
+    for (;;) {
+        unsigned char u[4]; int nu = 1, j; unsigned c, lo;
+        if (p->i >= p->n) return ebt__st_syn(p, "unterminated string");
+        c = p->s[p->i++];
+        if (c == '"') break;
+        if (c < 0x20) return ebt__st_syn(p, "control character in string");
+        if (c == '\\') {
+            if (p->i >= p->n) return ebt__st_syn(p, "unterminated string");
+            switch (c = p->s[p->i++]) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u':
+                if (ebt__st_hex4(p, &c)) return -1;
+                if (c == 0) return ebt__st_syn(p, "\\u0000 not allowed");
+                if (c >= 0xDC00 && c <= 0xDFFF) return ebt__st_syn(p, "lone low surrogate");
+                if (c >= 0xD800 && c <= 0xDBFF) {
+                    if (p->n - p->i < 2 || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u')
+                        return ebt__st_syn(p, "lone high surrogate");
+                    p->i += 2;
+                    if (ebt__st_hex4(p, &lo)) return -1;
+                    if (lo < 0xDC00 || lo > 0xDFFF) return ebt__st_syn(p, "bad surrogate pair");
+                    c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
+                }
+                if (c >= 0x10000) { u[0] = (unsigned char)(0xF0 | c >> 18); nu = 4; }
+                else if (c >= 0x800) { u[0] = (unsigned char)(0xE0 | c >> 12); nu = 3; }
+                else if (c >= 0x80) { u[0] = (unsigned char)(0xC0 | c >> 6); nu = 2; }
+                for (j = 1; j < nu; j++) u[j] = (unsigned char)(0x80 | ((c >> (6 * (nu - 1 - j))) & 0x3F));
+                break;
+            default: p->i--; return ebt__st_syn(p, "bad escape in string");
+            }
+        }
+        if (nu == 1) u[0] = (unsigned char)c;
+        for (j = 0; j < nu; j++, k++)
+            if (out && k + 1 < cap) out[k] = (char)u[j];
+    }
+    if (out && cap) out[k < cap ? k : cap - 1] = '\0';
+    *len = k;
+    return 0;
+}
+static size_t ebt__st_digits(ebt__st_js *p)
+{
+    size_t st = p->i;
+    while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') p->i++;
+    return p->i - st;
+}
+/* Non-negative integer <= max: digits only (no sign, fraction or exponent), no leading zeros,
+ * overflow checked per digit. Returns 0, or 1 on anything else (caller names the field). */
+static int ebt__st_uint(ebt__st_js *p, uint64_t max, uint64_t *v)
+{
+    size_t st;
+    uint64_t x = 0;
+    ebt__st_ws(p);
+    st = p->i;
+    for (; p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9'; p->i++) {
+        unsigned d = p->s[p->i] - '0';
+        if (x > (max - d) / 10) return 1;
+        x = x * 10 + d;
+    }
+    if (p->i == st || (p->i - st > 1 && p->s[st] == '0')) return 1;
+    if (p->i < p->n && (p->s[p->i] == '.' || p->s[p->i] == 'e' || p->s[p->i] == 'E')) return 1;
+    *v = x;
+    return 0;
+}
+/* validates and skips any JSON value; recursion is bounded by EBT__ST_MAX_DEPTH */
+static int ebt__st_skip(ebt__st_js *p)
+{
+    static const char *const lit[3] = { "true", "false", "null" };
+    size_t len, k;
+    int first = 1, r;
+    unsigned char c;
+    ebt__st_ws(p);
+    if (p->i >= p->n) return ebt__st_syn(p, "unexpected end of header");
+    c = p->s[p->i];
+    if (c == '"') return ebt__st_str(p, NULL, 0, &len);
+    if (c == '{' || c == '[') {
+        if (ebt__st_open(p, (char)c)) return -1;
+        while ((r = ebt__st_next(p, c == '{' ? '}' : ']', &first)) == 1) {
+            if (c == '{' && (ebt__st_str(p, NULL, 0, &len) || ebt__st_expect(p, ':'))) return -1;
+            if (ebt__st_skip(p)) return -1;
+        }
+        return r;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {  /* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+        if (c == '-') p->i++;
+        if (p->i < p->n && p->s[p->i] == '0') p->i++;
+        else if (!ebt__st_digits(p)) return ebt__st_syn(p, "bad number");
+        if (p->i < p->n && p->s[p->i] == '.') {
+            p->i++;
+            if (!ebt__st_digits(p)) return ebt__st_syn(p, "bad number");
+        }
+        if (p->i < p->n && (p->s[p->i] | 0x20) == 'e') {
+            p->i++;
+            if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-')) p->i++;
+            if (!ebt__st_digits(p)) return ebt__st_syn(p, "bad number");
+        }
+        if (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') return ebt__st_syn(p, "leading zero");
+        return 0;
+    }
+    for (k = 0; k < 3; k++) {
+        len = strlen(lit[k]);
+        if (p->n - p->i >= len && !memcmp(p->s + p->i, lit[k], len)) { p->i += len; return 0; }
+    }
+    return ebt__st_syn(p, "unexpected character");
+}
+
+/* ---- header semantics ---- */
+static void *ebt__st_grow(ebt__st_js *p, void *arr, int *cap, int n, size_t elsz, int max, const char *what)
+{
+    void *q;
+    int nc;
+    if (n < *cap) return arr;
+    if (n >= max) { ebt__seterr(p->err, p->errlen, "safetensors: more than %d %s in header", max, what); return NULL; }
+    nc = *cap ? (*cap > max / 2 ? max : *cap * 2) : 16;
+    if (!(q = EBT_REALLOC(arr, (size_t)nc * elsz))) {
+        p->st = EBT_ERR_NOMEM;
+        ebt__seterr(p->err, p->errlen, "safetensors: out of memory reading header");
+        return NULL;
+    }
+    *cap = nc;
+    return q;
+}
+static int ebt__st_cmpstr(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+/* Sorts v in place and returns a string occurring twice, or NULL. O(n log n): an O(n^2) scan
+ * would be a DoS with tens of thousands of names. */
+static const char *ebt__st_dup(const char **v, int n)
+{
+    int i;
+    if (n > 1) qsort(v, (size_t)n, sizeof *v, ebt__st_cmpstr);
+    for (i = 1; i < n; i++) if (!strcmp(v[i - 1], v[i])) return v[i];
+    return NULL;
+}
+static int ebt__st_cmprange(const void *a, const void *b)
+{
+    const ebt__st_tensor *x = *(const ebt__st_tensor *const *)a, *y = *(const ebt__st_tensor *const *)b;
+    return (x->begin > y->begin) - (x->begin < y->begin);
+}
+
+/* one tensor entry: {"dtype":"F32","shape":[...],"data_offsets":[b,e], ...ignored fields} */
+static int ebt__st_entry(ebt__st_js *p, ebt__st_tensor *t)
+{
+    char key[16], dt[8];
+    size_t len;
+    int first = 1, r, seen = 0, bit, k;
+    uint64_t v, cnt = 1;
+    if (!ebt__st_at(p, '{')) return EBT__ST_BAD(p, "safetensors: tensor '%s': entry is not an object", t->name);
+    if (ebt__st_open(p, '{')) return -1;
+    while ((r = ebt__st_next(p, '}', &first)) == 1) {
+        if (ebt__st_str(p, key, sizeof key, &len) || ebt__st_expect(p, ':')) return -1;
+        bit = len >= sizeof key ? 0 : !strcmp(key, "dtype") ? 1 : !strcmp(key, "shape") ? 2 : !strcmp(key, "data_offsets") ? 4 : 0;
+        if (bit & seen) return EBT__ST_BAD(p, "safetensors: tensor '%s': duplicate key '%s'", t->name, key);
+        seen |= bit;
+        if (bit == 1) {
+            if (!ebt__st_at(p, '"')) return EBT__ST_BAD(p, "safetensors: tensor '%s': dtype is not a string", t->name);
+            if (ebt__st_str(p, dt, sizeof dt, &len)) return -1;
+            if (len >= sizeof dt || strcmp(dt, "F32"))
+                return EBT__ST_BAD(p, "safetensors: tensor '%s': dtype '%s' not supported (only F32)", t->name, dt);
+        } else if (bit == 2 || bit == 4) {
+            int n = 0, f2 = 1;
+            if (!ebt__st_at(p, '['))
+                return EBT__ST_BAD(p, "safetensors: tensor '%s': %s is not an array", t->name, key);
+            if (ebt__st_open(p, '[')) return -1;
+            while ((r = ebt__st_next(p, ']', &f2)) == 1) {
+                if (n == (bit == 2 ? EBT__ST_MAX_DIMS : 2))
+                    return EBT__ST_BAD(p, "safetensors: tensor '%s': %s has too many entries", t->name, key);
+                if (ebt__st_uint(p, bit == 2 ? EBT__ST_DIM_MAX : UINT64_MAX, &v))
+                    return EBT__ST_BAD(p, "safetensors: tensor '%s': %s entries must be non-negative integers%s",
+                                       t->name, key, bit == 2 ? " <= 2^31" : " < 2^64");
+                if (bit == 2) t->shape[n++] = (int64_t)v;
+                else if (n++) t->end = v;
+                else t->begin = v;
+            }
+            if (r < 0) return -1;
+            if (bit == 2) t->ndim = n;
+            else if (n != 2) return EBT__ST_BAD(p, "safetensors: tensor '%s': data_offsets must be [begin, end]", t->name);
+        } else if (ebt__st_skip(p)) return -1;  /* unknown fields are ignored (but must be valid JSON) */
+    }
+    if (r < 0) return -1;
+    if (seen != 7)
+        return EBT__ST_BAD(p, "safetensors: tensor '%s': missing %s", t->name,
+                           !(seen & 1) ? "dtype" : !(seen & 2) ? "shape" : "data_offsets");
+    if (t->begin > t->end || t->end > p->data_len)
+        return EBT__ST_BAD(p, "safetensors: tensor '%s': data_offsets [%llu, %llu] outside data region of %llu bytes",
+                           t->name, (ebt__st_ull)t->begin, (ebt__st_ull)t->end, (ebt__st_ull)p->data_len);
+    /* element count; any zero dim makes it 0 (so [2^31,2^31,2^31,0] is a valid empty tensor) */
+    for (k = 0; k < t->ndim; k++) if (t->shape[k] == 0) cnt = 0;
+    for (k = 0; k < t->ndim && cnt; k++) {
+        if (cnt > UINT64_MAX / 4 / (uint64_t)t->shape[k])
+            return EBT__ST_BAD(p, "safetensors: tensor '%s': shape product overflows", t->name);
+        cnt *= (uint64_t)t->shape[k];
+    }
+    if (t->end - t->begin != cnt * 4)  /* cnt*4 cannot overflow: checked above */
+        return EBT__ST_BAD(p, "safetensors: tensor '%s': data_offsets span %llu bytes but shape needs %llu",
+                           t->name, (ebt__st_ull)(t->end - t->begin), (ebt__st_ull)(cnt * 4));
+    return 0;
+}
+
+static int ebt__st_metaobj(ebt__st_js *p, ebt__st_header *h, int *cap)
+{
+    size_t len;
+    int first = 1, r;
+    void *q;
+    if (!ebt__st_at(p, '{')) return EBT__ST_BAD(p, "safetensors: '__metadata__' is not an object");
+    if (ebt__st_open(p, '{')) return -1;
+    while ((r = ebt__st_next(p, '}', &first)) == 1) {
+        ebt__st_meta *m;
+        if (!(q = ebt__st_grow(p, h->meta, cap, h->nmeta, sizeof *h->meta, EBT__ST_MAX_META, "metadata entries"))) return -1;
+        h->meta = (ebt__st_meta *)q;
+        m = &h->meta[h->nmeta];
+        if (ebt__st_str(p, m->key, sizeof m->key, &len) || ebt__st_expect(p, ':')) return -1;
+        if (len >= sizeof m->key)
+            return EBT__ST_BAD(p, "safetensors: metadata key '%s...' too long (max %d bytes)", m->key, EBT__ST_NAME_MAX - 1);
+        if (!ebt__st_at(p, '"')) return EBT__ST_BAD(p, "safetensors: metadata '%s': value is not a string", m->key);
+        if (ebt__st_str(p, m->val, sizeof m->val, &len)) return -1;
+        if (len >= sizeof m->val)
+            return EBT__ST_BAD(p, "safetensors: metadata '%s': value too long (max %d bytes)", m->key, EBT__ST_VAL_MAX - 1);
+        h->nmeta++;
+    }
+    return r;
+}
+
+static int ebt__st_parse(ebt__st_js *p, ebt__st_header *h)
+{
+    char name[EBT__ST_NAME_MAX];
+    const char **names;
+    const char *d;
+    ebt__st_tensor **rs;
+    size_t len;
+    int first = 1, r, have_meta = 0, cap_t = 0, cap_m = 0, i, nr = 0;
+    void *q;
+    if (!ebt__st_at(p, '{')) return EBT__ST_BAD(p, "safetensors: header is not a JSON object");
+    if (ebt__st_open(p, '{')) return -1;
+    while ((r = ebt__st_next(p, '}', &first)) == 1) {
+        if (ebt__st_str(p, name, sizeof name, &len) || ebt__st_expect(p, ':')) return -1;
+        if (len >= sizeof name)
+            return EBT__ST_BAD(p, "safetensors: tensor name '%s...' too long (max %d bytes)", name, EBT__ST_NAME_MAX - 1);
+        if (!strcmp(name, "__metadata__")) {
+            if (have_meta++) return EBT__ST_BAD(p, "safetensors: duplicate key '__metadata__'");
+            if (ebt__st_metaobj(p, h, &cap_m)) return -1;
+            continue;
+        }
+        if (!(q = ebt__st_grow(p, h->t, &cap_t, h->nt, sizeof *h->t, EBT__ST_MAX_TENSORS, "tensors"))) return -1;
+        h->t = (ebt__st_tensor *)q;
+        memset(&h->t[h->nt], 0, sizeof *h->t);
+        memcpy(h->t[h->nt].name, name, len + 1);
+        if (ebt__st_entry(p, &h->t[h->nt++])) return -1;
+    }
+    if (r < 0) return -1;
+    ebt__st_ws(p);
+    if (p->i != p->n) return ebt__st_syn(p, "trailing data after header object");
+
+    /* duplicate tensor names / metadata keys; the two share one scratch array */
+    i = h->nt > h->nmeta ? h->nt : h->nmeta;
+    if (!(names = (const char **)EBT_MALLOC((size_t)(i ? i : 1) * sizeof *names))) goto nomem;
+    for (i = 0; i < h->nt; i++) names[i] = h->t[i].name;
+    if (!(d = ebt__st_dup(names, h->nt))) {
+        for (i = 0; i < h->nmeta; i++) names[i] = h->meta[i].key;
+        r = (d = ebt__st_dup(names, h->nmeta)) != NULL;
+    }
+    EBT_FREE(names);
+    if (d) return EBT__ST_BAD(p, "safetensors: duplicate %s '%s'", r ? "metadata key" : "tensor", d);
+
+    /* overlap: sort non-empty ranges by begin; each must start at or after the previous end
+     * (sorted + pairwise-disjoint so far means the previous end is the furthest end). */
+    if (!(rs = (ebt__st_tensor **)EBT_MALLOC((size_t)(h->nt ? h->nt : 1) * sizeof *rs))) goto nomem;
+    for (i = 0; i < h->nt; i++) if (h->t[i].end > h->t[i].begin) rs[nr++] = &h->t[i];
+    qsort(rs, (size_t)nr, sizeof *rs, ebt__st_cmprange);
+    for (i = 1; i < nr && rs[i]->begin >= rs[i - 1]->end; i++) {}
+    if (i < nr) {
+        r = EBT__ST_BAD(p, "safetensors: tensors '%s' and '%s' have overlapping data_offsets", rs[i - 1]->name, rs[i]->name);
+        EBT_FREE(rs);
+        return r;
+    }
+    EBT_FREE(rs);
+    return 0;
+nomem:
+    p->st = EBT_ERR_NOMEM;
+    return EBT__ST_BAD(p, "safetensors: out of memory reading header");
+}
+
+static void ebt__st_header_free(ebt__st_header *h)
+{
+    if (!h) return;
+    EBT_FREE(h->t);
+    EBT_FREE(h->meta);
+    memset(h, 0, sizeof *h);
+}
+
+static ebt_status ebt__st_read_header(FILE *f, uint64_t file_size, ebt__st_header *h, char *err, size_t errlen)
+{
+    unsigned char b8[8];
+    uint64_t n = 0;
+    ebt__st_js p;
+    char *buf;
+    int k;
+    if (!h) return EBT_ERR_ARG;
+    memset(h, 0, sizeof *h);
+    if (!f) { ebt__seterr(err, errlen, "safetensors: no file"); return EBT_ERR_ARG; }
+    if (file_size < 8) {
+        ebt__seterr(err, errlen, "safetensors: file too short (%llu bytes)", (ebt__st_ull)file_size);
+        return EBT_ERR_FORMAT;
+    }
+    if (fseek(f, 0, SEEK_SET) != 0 || fread(b8, 1, 8, f) != 8) {
+        int io = ferror(f) || errno == ESPIPE;
+        ebt__seterr(err, errlen, "safetensors: cannot %s header length", io ? "read" : "read (truncated)");
+        return io ? EBT_ERR_IO : EBT_ERR_FORMAT;
+    }
+    for (k = 8; k-- > 0;) n = n << 8 | b8[k];
+    /* size checks come before the allocation, so the buffer is bounded by the real file */
+    if (n == 0 || n > file_size - 8 || n > EBT__ST_HEADER_MAX) {
+        ebt__seterr(err, errlen, "safetensors: header length %llu invalid (file %llu bytes, max %u)",
+                    (ebt__st_ull)n, (ebt__st_ull)file_size, EBT__ST_HEADER_MAX);
+        return EBT_ERR_FORMAT;
+    }
+    if (!(buf = (char *)EBT_MALLOC((size_t)n + 1))) {
+        ebt__seterr(err, errlen, "safetensors: out of memory for %llu-byte header", (ebt__st_ull)n);
+        return EBT_ERR_NOMEM;
+    }
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        ebt__seterr(err, errlen, "safetensors: %s reading %llu-byte header", ferror(f) ? "read error" : "truncated file", (ebt__st_ull)n);
+        EBT_FREE(buf);
+        return ferror(f) ? EBT_ERR_IO : EBT_ERR_FORMAT;
+    }
+    buf[n] = '\0';
+    h->data_start = 8 + n;
+    h->data_len = file_size - h->data_start;
+    memset(&p, 0, sizeof p);
+    p.s = (const unsigned char *)buf; p.n = (size_t)n; p.data_len = h->data_len;
+    p.err = err; p.errlen = errlen; p.st = EBT_ERR_FORMAT;
+    k = ebt__st_parse(&p, h);
+    EBT_FREE(buf);
+    if (k) { ebt__st_header_free(h); return p.st; }
+    return EBT_OK;
+}
+
+static const char *ebt__st_meta_get(const ebt__st_header *h, const char *key)
+{
+    int i;
+    if (h && key) for (i = 0; i < h->nmeta; i++) if (!strcmp(h->meta[i].key, key)) return h->meta[i].val;
+    return NULL;
+}
+static const ebt__st_tensor *ebt__st_find(const ebt__st_header *h, const char *name)
+{
+    int i;
+    if (h && name) for (i = 0; i < h->nt; i++) if (!strcmp(h->t[i].name, name)) return &h->t[i];
+    return NULL;
+}
+
+static ebt_status ebt__st_read_tensor(FILE *f, const ebt__st_header *h, const ebt__st_tensor *t,
+                                      ebt_real *dst, size_t count, char *err, size_t errlen)
+{
+    unsigned char buf[4096];
+    const uint64_t offmax = sizeof(off_t) >= 8 ? (uint64_t)INT64_MAX : (uint64_t)INT32_MAX;
+    uint64_t cnt = 1, pos, left;
+    size_t i, j, got;
+    int k, ok = 1;
+    if (!f || !h || !t || (!dst && count) || t->ndim < 0 || t->ndim > EBT__ST_MAX_DIMS) {
+        ebt__seterr(err, errlen, "safetensors: bad arguments to read_tensor");
+        return EBT_ERR_ARG;
+    }
+    /* re-derive the byte range rather than trusting that t came from a validated header */
+    for (k = 0; k < t->ndim; k++) {
+        if (t->shape[k] < 0) ok = 0;
+        else if (t->shape[k] == 0) cnt = 0;
+    }
+    for (k = 0; k < t->ndim && cnt && ok; k++) {
+        if (cnt > UINT64_MAX / 4 / (uint64_t)t->shape[k]) ok = 0;
+        else cnt *= (uint64_t)t->shape[k];
+    }
+    if (!ok || cnt != (uint64_t)count || t->begin > t->end || t->end - t->begin != cnt * 4 || t->end > h->data_len ||
+        h->data_start > offmax || t->begin > offmax - h->data_start) {
+        ebt__seterr(err, errlen, "safetensors: tensor '%.*s': expected %zu elements, file range [%llu, %llu] does not match",
+                    EBT__ST_NAME_MAX - 1, t->name, count, (ebt__st_ull)t->begin, (ebt__st_ull)t->end);
+        return EBT_ERR_FORMAT;
+    }
+    pos = h->data_start + t->begin;
+    if (fseeko(f, (off_t)pos, SEEK_SET) != 0) {
+        ebt__seterr(err, errlen, "safetensors: tensor '%.*s': seek failed", EBT__ST_NAME_MAX - 1, t->name);
+        return EBT_ERR_IO;
+    }
+    for (i = 0, left = cnt * 4; left; left -= got) {
+        got = left < sizeof buf ? (size_t)left : sizeof buf;
+        if (fread(buf, 1, got, f) != got) {
+            ebt__seterr(err, errlen, "safetensors: tensor '%.*s': %s", EBT__ST_NAME_MAX - 1, t->name,
+                        ferror(f) ? "read error" : "data truncated");
+            return ferror(f) ? EBT_ERR_IO : EBT_ERR_FORMAT;
+        }
+        for (j = 0; j < got; j += 4) {
+            uint32_t u = (uint32_t)buf[j] | (uint32_t)buf[j + 1] << 8 | (uint32_t)buf[j + 2] << 16 | (uint32_t)buf[j + 3] << 24;
+            float fv;
+            memcpy(&fv, &u, 4);
+            dst[i++] = (ebt_real)fv;
+        }
+    }
+    return EBT_OK;
+}
+
+/* ---- writer ---- */
+typedef struct { char *p; size_t n, cap; int oom; } ebt__st_buf;
+static void ebt__st_put(ebt__st_buf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (n > b->cap - b->n) {
+        size_t nc = b->cap ? b->cap : 256;
+        char *q;
+        while (nc - b->n < n) nc *= 2;  /* bounded: names/values are length-checked first */
+        if (!(q = (char *)EBT_REALLOC(b->p, nc))) { b->oom = 1; return; }
+        b->p = q; b->cap = nc;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+static void ebt__st_puts(ebt__st_buf *b, const char *s) { ebt__st_put(b, s, strlen(s)); }
+static void ebt__st_putq(ebt__st_buf *b, const char *s)  /* quoted, JSON-escaped */
+{
+    char e[8];
+    ebt__st_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; ebt__st_put(b, e, 2); }
+        else if (c < 0x20) { snprintf(e, sizeof e, "\\u%04x", c); ebt__st_put(b, e, 6); }
+        else ebt__st_put(b, s, 1);
+    }
+    ebt__st_put(b, "\"", 1);
+}
+
+static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, int n_meta,
+                                const ebt__st_out *t, int nt, char *err, size_t errlen)
+{
+    ebt__st_buf b = { NULL, 0, 0, 0 };
+    unsigned char out[4096], b8[8];
+    char num[64], *tmp = NULL;
+    const char *bad = NULL;
+    uint64_t off = 0, cnt, e;
+    size_t i, j;
+    int k, d, fd = -1, saved;
+    FILE *f = NULL;
+    /* validate everything first, so we never write a file our own reader would reject */
+    if (!path || !*path || n_meta < 0 || nt < 0 || nt > EBT__ST_MAX_TENSORS || n_meta > EBT__ST_MAX_META ||
+        (n_meta && !meta_kv) || (nt && !t)) bad = "bad arguments";
+    for (k = 0; !bad && k < 2 * n_meta; k++)
+        if (!meta_kv[k] || strlen(meta_kv[k]) >= (size_t)(k & 1 ? EBT__ST_VAL_MAX : EBT__ST_NAME_MAX)) bad = "metadata key/value NULL or too long";
+    for (k = 0; !bad && k < nt; k++) {
+        if (!t[k].name || strlen(t[k].name) >= EBT__ST_NAME_MAX || !strcmp(t[k].name, "__metadata__") ||
+            t[k].ndim < 0 || t[k].ndim > EBT__ST_MAX_DIMS) { bad = "tensor name or ndim invalid"; break; }
+        for (cnt = 1, d = 0; d < t[k].ndim; d++) {
+            if (t[k].shape[d] < 0 || (uint64_t)t[k].shape[d] > EBT__ST_DIM_MAX) bad = "shape entry out of range";
+            else if (t[k].shape[d] && cnt > UINT64_MAX / 4 / (uint64_t)t[k].shape[d]) bad = "shape too large";
+            else cnt *= (uint64_t)t[k].shape[d];
+        }
+        if (!bad && (cnt > SIZE_MAX || cnt * 4 > UINT64_MAX - off || (cnt && !t[k].data))) bad = "tensor too large or data NULL";
+        if (!bad) off += cnt * 4;
+    }
+    if (!bad && (nt > 1 || n_meta > 1)) {  /* duplicates would make the file unreadable */
+        const char **v = (const char **)EBT_MALLOC((size_t)(nt > n_meta ? nt : n_meta) * sizeof *v);
+        if (!v) { ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
+        for (k = 0; k < n_meta; k++) v[k] = meta_kv[2 * k];
+        if (ebt__st_dup(v, n_meta)) bad = "duplicate metadata key";
+        for (k = 0; k < nt; k++) v[k] = t[k].name;
+        if (!bad && ebt__st_dup(v, nt)) bad = "duplicate tensor name";
+        EBT_FREE(v);
+    }
+    if (bad) { ebt__seterr(err, errlen, "safetensors write '%s': %s", path ? path : "(null)", bad); return EBT_ERR_ARG; }
+
+    /* header JSON, then space padding so the data starts 8-byte aligned */
+    ebt__st_puts(&b, "{");
+    if (n_meta) {
+        ebt__st_puts(&b, "\"__metadata__\":{");
+        for (k = 0; k < n_meta; k++) {
+            if (k) ebt__st_puts(&b, ",");
+            ebt__st_putq(&b, meta_kv[2 * k]); ebt__st_puts(&b, ":"); ebt__st_putq(&b, meta_kv[2 * k + 1]);
+        }
+        ebt__st_puts(&b, nt ? "}," : "}");
+    }
+    for (off = 0, k = 0; k < nt; k++) {
+        if (k) ebt__st_puts(&b, ",");
+        ebt__st_putq(&b, t[k].name);
+        ebt__st_puts(&b, ":{\"dtype\":\"F32\",\"shape\":[");
+        for (cnt = 1, d = 0; d < t[k].ndim; d++) {
+            snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)t[k].shape[d]);
+            ebt__st_puts(&b, num);
+            cnt *= (uint64_t)t[k].shape[d];
+        }
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (ebt__st_ull)off, (ebt__st_ull)(off + cnt * 4));
+        ebt__st_puts(&b, num);
+        off += cnt * 4;
+    }
+    ebt__st_puts(&b, "}");
+    while (!b.oom && b.n % 8) ebt__st_puts(&b, " ");
+    if (b.oom || b.n > EBT__ST_HEADER_MAX) {
+        EBT_FREE(b.p);
+        ebt__seterr(err, errlen, "safetensors write '%s': header too large or out of memory", path);
+        return b.oom ? EBT_ERR_NOMEM : EBT_ERR_ARG;
+    }
+
+    /* temp file in the same directory; O_EXCL never clobbers (or follows) an existing name */
+    if (!(tmp = (char *)EBT_MALLOC(strlen(path) + 48))) { EBT_FREE(b.p); ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
+    for (k = 0; k < 100; k++) {
+        snprintf(tmp, strlen(path) + 48, "%s.tmp.%ld.%d", path, (long)getpid(), k);
+        if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644)) >= 0 || errno != EEXIST) break;
+    }
+    if (fd < 0) { saved = errno; goto fail_notmp; }
+    if (!(f = fdopen(fd, "wb"))) { saved = errno; close(fd); goto fail; }
+    for (e = b.n, k = 0; k < 8; k++, e >>= 8) b8[k] = (unsigned char)(e & 0xFF);
+    if (fwrite(b8, 1, 8, f) != 8 || fwrite(b.p, 1, b.n, f) != b.n) goto fail_errno;
+    for (k = 0; k < nt; k++) {
+        for (cnt = 1, d = 0; d < t[k].ndim; d++) cnt *= (uint64_t)t[k].shape[d];
+        for (i = 0; i < (size_t)cnt;) {
+            for (j = 0; j < sizeof out && i < (size_t)cnt; j += 4, i++) {
+                float fv = (float)t[k].data[i];
+                uint32_t u;
+                memcpy(&u, &fv, 4);
+                out[j] = (unsigned char)u; out[j + 1] = (unsigned char)(u >> 8);
+                out[j + 2] = (unsigned char)(u >> 16); out[j + 3] = (unsigned char)(u >> 24);
+            }
+            if (fwrite(out, 1, j, f) != j) goto fail_errno;
+        }
+    }
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) goto fail_errno;
+    k = fclose(f);
+    f = NULL;
+    if (k != 0 || rename(tmp, path) != 0) goto fail_errno;
+    EBT_FREE(tmp);
+    EBT_FREE(b.p);
+    return EBT_OK;
+fail_errno:
+    saved = errno;
+fail:
+    if (f) fclose(f);
+    remove(tmp);
+fail_notmp:
+    ebt__seterr(err, errlen, "safetensors: cannot write '%s': %s", path, strerror(saved));
+    EBT_FREE(tmp);
+    EBT_FREE(b.p);
+    return EBT_ERR_IO;
+}
+
+/* ======================================================================
+ * CHECKPOINT: SPEC 7 on top of the safetensors reader/writer above.
+ * Everything is validated (metadata, the full tensor set and shapes, data
+ * ranges inside the file) before the model is allocated.
+ * ====================================================================== */
+
+/* strict decimal integer in [lo, hi] */
+static int ebt__parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    long v;
+    if (!s || !*s) return 0;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+static int ebt__parse_double(const char *s, double *out)
+{
+    char *end;
+    double v;
+    if (!s || !*s) return 0;
+    errno = 0;
+    v = strtod(s, &end);
+    if (*end || end == s) return 0;
+    *out = v;
+    return 1;
+}
+
+/* config from the checkpoint's metadata */
+static ebt_status ebt__meta_config(const ebt__st_header *h, ebt_config *c, char *err, size_t errlen)
+{
+    const char *s;
+    static const struct { const char *key; size_t off; long lo, hi; } ints[] = {
+        { "vocab_size", offsetof(ebt_config, vocab_size), 1, EBT__MAX_V },
+        { "d_model", offsetof(ebt_config, d_model), 2, EBT__MAX_D },
+        { "n_layers", offsetof(ebt_config, n_layers), 1, EBT__MAX_L },
+        { "n_heads", offsetof(ebt_config, n_heads), 1, EBT__MAX_D },
+        { "d_ff", offsetof(ebt_config, d_ff), 1, EBT__MAX_F },
+        { "max_seq_len", offsetof(ebt_config, max_seq_len), 1, EBT__MAX_SEQ },
+        { "n_step_embed", offsetof(ebt_config, n_step_embed), 0, EBT__MAX_STEP_EMBED },
+        { "tie_pred_embed", offsetof(ebt_config, tie_pred_embed), 0, 1 },
+    };
+    memset(c, 0, sizeof *c);
+    if (!(s = ebt__st_meta_get(h, "format")) || strcmp(s, "ebt") != 0) {
+        ebt__seterr(err, errlen, "metadata format is %s%s%s, expected \"ebt\"", s ? "\"" : "", s ? s : "missing", s ? "\"" : "");
+        return EBT_ERR_FORMAT;
+    }
+    if (!(s = ebt__st_meta_get(h, "version")) || strcmp(s, "1") != 0) {
+        ebt__seterr(err, errlen, "metadata version is %s, expected 1", s ? s : "missing");
+        return EBT_ERR_FORMAT;
+    }
+    s = ebt__st_meta_get(h, "arch");
+    if (s && strcmp(s, "ebt") == 0) c->arch = EBT_ARCH_EBT;
+    else if (s && strcmp(s, "transformer++") == 0) c->arch = EBT_ARCH_TRANSFORMER;
+    else { ebt__seterr(err, errlen, "unknown arch %s", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        int *dst = (int *)(void *)((char *)c + ints[i].off);
+        if (c->arch != EBT_ARCH_EBT && i >= 6) continue;
+        s = ebt__st_meta_get(h, ints[i].key);
+        if (!ebt__parse_int(s, ints[i].lo, ints[i].hi, dst)) {
+            ebt__seterr(err, errlen, "metadata %s = %s: expected an integer in [%ld, %ld]", ints[i].key,
+                        s ? s : "(missing)", ints[i].lo, ints[i].hi);
+            return EBT_ERR_FORMAT;
+        }
+    }
+    if (!ebt__parse_double(s = ebt__st_meta_get(h, "rope_theta"), &c->rope_theta) || !isfinite(c->rope_theta) || c->rope_theta <= 0) {
+        ebt__seterr(err, errlen, "metadata rope_theta = %s: expected a finite positive number", s ? s : "(missing)");
+        return EBT_ERR_FORMAT;
+    }
+    if (!ebt__parse_double(s = ebt__st_meta_get(h, "norm_eps"), &c->norm_eps) || !isfinite(c->norm_eps) || c->norm_eps <= 0) {
+        ebt__seterr(err, errlen, "metadata norm_eps = %s: expected a finite positive number", s ? s : "(missing)");
+        return EBT_ERR_FORMAT;
+    }
+    c->alpha = 0; /* read from the tensor */
+    if (ebt_config_check(c, err, errlen) != EBT_OK) return EBT_ERR_FORMAT;
+    return EBT_OK;
+}
+
+/* the checkpoint's tensors must be exactly the model's (optimiser state,
+ * optim.m.<name> / optim.v.<name> with the same shape, is also accepted) */
+static ebt_status ebt__check_tensors(const ebt__st_header *h, const ebt__tensor *t, int nt, char *err, size_t errlen)
+{
+    for (int i = 0; i < nt; i++) {
+        const ebt__st_tensor *s = ebt__st_find(h, t[i].name);
+        int ok;
+        if (!s) { ebt__seterr(err, errlen, "tensor %s is missing", t[i].name); return EBT_ERR_FORMAT; }
+        ok = s->ndim == t[i].ndim && s->shape[0] == t[i].shape[0] && (t[i].ndim == 1 || s->shape[1] == t[i].shape[1]);
+        if (!ok) {
+            ebt__seterr(err, errlen, "tensor %s has shape [%lld%s%lld], expected [%d%s%d]", t[i].name, (long long)s->shape[0],
+                        s->ndim > 1 ? ", " : "", s->ndim > 1 ? (long long)s->shape[1] : 0LL, t[i].shape[0],
+                        t[i].ndim > 1 ? ", " : "", t[i].ndim > 1 ? t[i].shape[1] : 0);
+            if (s->ndim == 1) { /* drop the bogus second number in the message */
+                ebt__seterr(err, errlen, "tensor %s has shape [%lld] (%d dims), expected %d dims", t[i].name,
+                            (long long)s->shape[0], s->ndim, t[i].ndim);
+            }
+            return EBT_ERR_FORMAT;
+        }
+    }
+    for (int j = 0; j < h->nt; j++) {
+        const char *name = h->t[j].name;
+        int known = 0;
+        if (strncmp(name, "optim.m.", 8) == 0 || strncmp(name, "optim.v.", 8) == 0) {
+            for (int i = 0; i < nt && !known; i++)
+                if (strcmp(name + 8, t[i].name) == 0) {
+                    known = 1;
+                    if (h->t[j].ndim != t[i].ndim || h->t[j].shape[0] != t[i].shape[0] ||
+                        (t[i].ndim == 2 && h->t[j].shape[1] != t[i].shape[1])) {
+                        ebt__seterr(err, errlen, "optimiser tensor %s does not match the shape of %s", name, t[i].name);
+                        return EBT_ERR_FORMAT;
+                    }
+                }
+        } else {
+            for (int i = 0; i < nt && !known; i++) known = strcmp(name, t[i].name) == 0;
+        }
+        if (!known) { ebt__seterr(err, errlen, "unknown tensor %s", name); return EBT_ERR_FORMAT; }
+    }
+    return EBT_OK;
+}
+
+ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errlen)
+{
+    FILE *f;
+    ebt__st_header h;
+    ebt_config c;
+    ebt__tensor *t = NULL;
+    ebt_model *m = NULL;
+    ebt_status st;
+    long long size;
+    size_t total;
+    int nt;
+    if (err && errlen) err[0] = 0;
+    if (!out) { ebt__seterr(err, errlen, "out is NULL"); return EBT_ERR_ARG; }
+    *out = NULL;
+    if (!path) { ebt__seterr(err, errlen, "path is NULL"); return EBT_ERR_ARG; }
+    f = fopen(path, "rb");
+    if (!f) { ebt__seterr(err, errlen, "cannot open %s: %s", path, strerror(errno)); return EBT_ERR_IO; }
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        ebt__seterr(err, errlen, "cannot determine the size of %s", path);
+        return EBT_ERR_IO;
+    }
+    st = ebt__st_read_header(f, (uint64_t)size, &h, err, errlen);
+    if (st != EBT_OK) { fclose(f); return st; }
+    if ((st = ebt__meta_config(&h, &c, err, errlen)) != EBT_OK) goto done;
+    t = (ebt__tensor *)EBT_MALLOC(sizeof(ebt__tensor) * (size_t)ebt__max_tensors(&c));
+    if (!t) { st = EBT_ERR_NOMEM; ebt__seterr(err, errlen, "out of memory"); goto done; }
+    nt = ebt__build_table(&c, t, &total);
+    if ((st = ebt__check_tensors(&h, t, nt, err, errlen)) != EBT_OK) goto done;
+    /* every tensor now lies inside the file: the model is no larger than it */
+    if ((st = ebt__alloc_model(&c, &m, err, errlen)) != EBT_OK) goto done;
+    for (int i = 0; i < m->nt && st == EBT_OK; i++) {
+        const ebt__tensor *mt = &m->t[i];
+        st = ebt__st_read_tensor(f, &h, ebt__st_find(&h, mt->name), m->params + mt->off, mt->count, err, errlen);
+        if (st == EBT_OK && !ebt__all_finite(m->params + mt->off, mt->count)) {
+            ebt__seterr(err, errlen, "tensor %s contains NaN or Inf", mt->name);
+            st = EBT_ERR_FORMAT;
+        }
+    }
+    if (st == EBT_OK && c.arch == EBT_ARCH_EBT) m->cfg.alpha = (double)m->w.alpha[0];
+done:
+    fclose(f);
+    ebt__st_header_free(&h);
+    EBT_FREE(t);
+    if (st != EBT_OK) { ebt_free(m); return st; }
+    *out = m;
+    return EBT_OK;
+}
+
+ebt_status ebt_load(const char *path, ebt_model **out) { return ebt_load_ex(path, out, NULL, 0); }
+
+/* shortest %g form that reads back as the same double */
+static void ebt__fmt_double(char *buf, size_t n, double v)
+{
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
+ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t errlen)
+{
+    char vals[10][32];
+    const char *kv[32];
+    int nkv = 0;
+    ebt__st_out *o;
+    ebt_status st;
+    const ebt_config *c;
+    if (err && errlen) err[0] = 0;
+    if (!m || !path) { ebt__seterr(err, errlen, "model or path is NULL"); return EBT_ERR_ARG; }
+    if (!ebt__all_finite(m->params, m->n_params)) { ebt__seterr(err, errlen, "parameters contain NaN or Inf; not saved"); return EBT_ERR_NONFINITE; }
+    c = &m->cfg;
+    kv[nkv++] = "format"; kv[nkv++] = "ebt";
+    kv[nkv++] = "version"; kv[nkv++] = "1";
+    kv[nkv++] = "arch"; kv[nkv++] = c->arch == EBT_ARCH_EBT ? "ebt" : "transformer++";
+    {
+        static const char *names[] = { "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_step_embed", "tie_pred_embed" };
+        int v[8];
+        v[0] = c->vocab_size; v[1] = c->d_model; v[2] = c->n_layers; v[3] = c->n_heads;
+        v[4] = c->d_ff; v[5] = c->max_seq_len; v[6] = c->n_step_embed; v[7] = c->tie_pred_embed;
+        for (int i = 0; i < (c->arch == EBT_ARCH_EBT ? 8 : 6); i++) {
+            snprintf(vals[i], sizeof vals[i], "%d", v[i]);
+            kv[nkv++] = names[i];
+            kv[nkv++] = vals[i];
+        }
+        ebt__fmt_double(vals[8], sizeof vals[8], c->rope_theta);
+        kv[nkv++] = "rope_theta"; kv[nkv++] = vals[8];
+        ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
+        kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
+    }
+    o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (size_t)m->nt);
+    if (!o) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+    for (int i = 0; i < m->nt; i++) {
+        memset(&o[i], 0, sizeof o[i]);
+        o[i].name = m->t[i].name;
+        o[i].ndim = m->t[i].ndim;
+        o[i].shape[0] = m->t[i].shape[0];
+        o[i].shape[1] = m->t[i].shape[1];
+        o[i].data = m->params + m->t[i].off;
+    }
+    st = ebt__st_write(path, kv, nkv / 2, o, m->nt, err, errlen);
+    EBT_FREE(o);
+    return st;
+}
+
+ebt_status ebt_save(const ebt_model *m, const char *path) { return ebt_save_ex(m, path, NULL, 0); }

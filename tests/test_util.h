@@ -1,0 +1,63 @@
+/* Shared helpers of the cmocka tests. */
+#ifndef EBT_TEST_UTIL_H
+#define EBT_TEST_UTIL_H
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+/* Relative error of got against ref: max|got - ref| / max|ref| (the scale
+ * of the whole tensor, so tiny entries do not dominate). Prints the worst
+ * entry and returns 1 if the error is <= tol. */
+static inline int check_close(const char *what, const ebt_real *got, const double *ref, size_t n, double tol)
+{
+    double maxerr = 0, scale = 0;
+    size_t worst = 0, firstbad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (!(e <= maxerr)) { maxerr = e; worst = i; }   /* NaN counts as worst */
+        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    }
+    if (scale == 0) scale = 1;
+    for (size_t i = 0; i < n && firstbad == (size_t)-1; i++)
+        if (!(fabs((double)got[i] - ref[i]) <= tol * scale)) firstbad = i;
+    double rel = maxerr / scale;
+    int ok = rel <= tol;
+    printf("  %-36s n=%-6zu rel err %.3e (tol %.0e)%s", what, n, rel, tol, ok ? "\n" : "");
+    if (!ok)
+        printf("  FAIL: worst [%zu] got %.9g ref %.9g; first mismatch [%zu] got %.9g ref %.9g\n", worst,
+               (double)got[worst], ref[worst], firstbad, (double)got[firstbad], ref[firstbad]);
+    return ok;
+}
+
+/* splitmix-based deterministic test randomness */
+static uint64_t test_rng_state = 12345;
+static inline double test_unif(void)
+{
+    uint64_t z = (test_rng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+}
+static inline double test_normal(void)
+{
+    double u = test_unif(), v = test_unif();
+    return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
+}
+/* rows of softmax(scale * N(0,1)) */
+static inline void test_random_probs(ebt_real *p, int rows, int V, double scale)
+{
+    for (int r = 0; r < rows; r++) {
+        double mx = -1e300, sum = 0, y[4096];
+        for (int j = 0; j < V; j++) { y[j] = scale * test_normal(); if (y[j] > mx) mx = y[j]; }
+        for (int j = 0; j < V; j++) { y[j] = exp(y[j] - mx); sum += y[j]; }
+        for (int j = 0; j < V; j++) p[(size_t)r * V + j] = (ebt_real)(y[j] / sum);
+    }
+}
+#endif
