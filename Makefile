@@ -9,9 +9,9 @@ LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors
 
-.PHONY: all test asan clean ref
+.PHONY: all test asan bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
 
 $(BUILD):
@@ -33,6 +33,10 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
 
+# test_safetensors includes ebt.c to reach the internal reader and writer
+$(BUILD)/test_safetensors: tests/test_safetensors.c ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
 
@@ -43,6 +47,12 @@ test: all $(TESTS)
 
 asan:
 	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+
+$(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
+bench: $(BUILD)/bench
+	$(BUILD)/bench
 
 # regenerate the PyTorch reference vectors (needs python3-torch)
 ref:
