@@ -19,6 +19,22 @@ static const ref_rec *need(const ref_file *f, const char *name, size_t n)
     return r;
 }
 
+/* the model's gradients against records "<prefix>.<tensor name>" (alpha has none) */
+static int check_grads(ebt_model *m, const ref_file *f, const char *prefix, double tol)
+{
+    int ok = 1;
+    for (int t = 0; t < ebt_n_tensors(m); t++) {
+        const char *name = ebt_tensor_name(m, t);
+        char key[128];
+        size_t cnt;
+        if (strcmp(name, "alpha") == 0) continue;
+        snprintf(key, sizeof key, "%s.%s", prefix, name);
+        ebt_real *gr = ebt_grad(m, name, &cnt);
+        ok &= check_close(key, gr, need(f, key, cnt)->x, cnt, tol);
+    }
+    return ok;
+}
+
 static void to_real(ebt_real *dst, const ref_rec *r) { for (size_t i = 0; i < r->n; i++) dst[i] = (ebt_real)r->x[i]; }
 
 static void check_ebt_cfg(const char *cfg)
@@ -35,11 +51,11 @@ static void check_ebt_cfg(const char *cfg)
     assert_int_equal(st, EBT_OK);
     const ebt_config *c = ebt_model_config(m);
     int B = (int)need(&f, "B", 1)->x[0], S = (int)need(&f, "S", 1)->x[0], step = (int)need(&f, "step", 1)->x[0];
-    size_t n = (size_t)B * S * c->vocab_size, np = ebt_n_params(m);
+    size_t n = (size_t)B * S * c->vocab_size;
     const ref_rec *rt = need(&f, "tokens", (size_t)B * S);
     int32_t *tok = malloc(sizeof *tok * (size_t)B * S);
     ebt_real *p = malloc(n * sizeof *p), *v = malloc(n * sizeof *v), *g = malloc(n * sizeof *g), *hv = malloc(n * sizeof *hv);
-    ebt_real *E = malloc(sizeof *E * (size_t)B * S), *grads = malloc(np * sizeof *grads);
+    ebt_real *E = malloc(sizeof *E * (size_t)B * S);
     for (int i = 0; i < B * S; i++) tok[i] = (int32_t)rt->x[i];
     to_real(p, need(&f, "probs", n));
     to_real(v, need(&f, "v", n));
@@ -54,27 +70,11 @@ static void check_ebt_cfg(const char *cfg)
 
     ebt_zero_grad(m);
     assert_int_equal(ebt_energy_backward(m, tok, p, B, S, step, NULL, NULL), EBT_OK);
-    for (int t = 0; t < ebt_n_tensors(m); t++) {
-        const char *name = ebt_tensor_name(m, t);
-        char key[128];
-        size_t cnt;
-        if (strcmp(name, "alpha") == 0) continue;
-        snprintf(key, sizeof key, "grad.%s", name);
-        ebt_real *gr = ebt_grad(m, name, &cnt);
-        ok &= check_close(key, gr, need(&f, key, cnt)->x, cnt, TOL_E);
-    }
+    ok &= check_grads(m, &f, "grad", TOL_E);
     ebt_zero_grad(m);
     assert_int_equal(ebt_mixed_backward(m, tok, p, B, S, step, v, NULL, NULL), EBT_OK);
-    for (int t = 0; t < ebt_n_tensors(m); t++) {
-        const char *name = ebt_tensor_name(m, t);
-        char key[128];
-        size_t cnt;
-        if (strcmp(name, "alpha") == 0) continue;
-        snprintf(key, sizeof key, "mixed.%s", name);
-        ebt_real *gr = ebt_grad(m, name, &cnt);
-        ok &= check_close(key, gr, need(&f, key, cnt)->x, cnt, TOL_2);
-    }
-    free(tok); free(p); free(v); free(g); free(hv); free(E); free(grads);
+    ok &= check_grads(m, &f, "mixed", TOL_2);
+    free(tok); free(p); free(v); free(g); free(hv); free(E);
     ebt_free(m);
     ref_free(&f);
     assert_true(ok);
@@ -105,14 +105,7 @@ static void test_ref_transformer(void **state)
     ebt_zero_grad(m);
     assert_int_equal(ebt_lm_backward(m, tok, tgt, B, S, &loss), EBT_OK);
     ok &= check_close("loss", &loss, need(&f, "loss", 1)->x, 1, TOL_E);
-    for (int t = 0; t < ebt_n_tensors(m); t++) {
-        const char *name = ebt_tensor_name(m, t);
-        char key[128];
-        size_t cnt;
-        snprintf(key, sizeof key, "grad.%s", name);
-        ebt_real *gr = ebt_grad(m, name, &cnt);
-        ok &= check_close(key, gr, need(&f, key, cnt)->x, cnt, TOL_E);
-    }
+    ok &= check_grads(m, &f, "grad", TOL_E);
     free(logits);
     ebt_free(m);
     ref_free(&f);
