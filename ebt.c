@@ -616,16 +616,17 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
  *   A rotation R: fwd and tangent apply R, bwd and tangent-of-bwd apply R^T.
  * ====================================================================== */
 
-/* x: B blocks of T rows, row stride ld, columns [0,D) = H heads of Dh;
- * row i of a block sits at position pos0 + i. inverse=1 applies R^T. */
-static void ebt__rope(ebt_real *x, int ld, int B, int T, int pos0, int H, int Dh,
+/* x: N rows, row stride ld, columns [0,D) = H heads of Dh. Row r sits at
+ * position pos[r], or (pos NULL) pos0 + r % T (blocks of T rows).
+ * inverse=1 applies R^T. */
+static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
                       const ebt_real *cosv, const ebt_real *sinv, int inverse)
 {
     int half = Dh / 2;
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < T; i++) {
-            ebt_real *row = x + ((size_t)b * T + i) * ld;
-            const ebt_real *c = cosv + (size_t)(pos0 + i) * half, *s = sinv + (size_t)(pos0 + i) * half;
+    for (int r = 0; r < N; r++) {
+            int p = pos ? pos[r] : pos0 + r % T;
+            ebt_real *row = x + (size_t)r * ld;
+            const ebt_real *c = cosv + (size_t)p * half, *s = sinv + (size_t)p * half;
             for (int h = 0; h < H; h++) {
                 ebt_real *u = row + h * Dh;
                 for (int m = 0; m < half; m++) {
@@ -634,14 +635,14 @@ static void ebt__rope(ebt_real *x, int ld, int B, int T, int pos0, int H, int Dh
                     u[2 * m + 1] = u0 * sn + u1 * c[m];
                 }
             }
-        }
+    }
 }
 /* q and k column blocks of a qkv buffer (N, 3D) */
-static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int B, int T, int pos0, int inverse)
+static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int N, const int *pos, int T, int pos0, int inverse)
 {
     int D = m->cfg.d_model, H = m->cfg.n_heads;
-    ebt__rope(qkv, 3 * D, B, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
-    ebt__rope(qkv + D, 3 * D, B, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
+    ebt__rope(qkv, 3 * D, N, pos, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
+    ebt__rope(qkv + D, 3 * D, N, pos, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
 }
 
 /* ======================================================================
@@ -666,7 +667,7 @@ static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, 
 
 /* ======================================================================
  * OP: ATTENTION (one batch row b, one head h)
- *   Queries q_i attend to keys k_j with j <= i + shift (j < nk) and, when
+ *   Queries q_i attend to keys k_j with j <= lim_i (i + shift, or lims[i]; j < nk) and, when
  *   `self` is set, to their own key ks_i / value vs_i. One softmax:
  *     P = softmax(scale * [q_i.k_j ..., q_i.ks_i]),  o_i = sum_j P_ij v_j + P_is vs_i
  *   P is stored (nq, nk+1) with the self column last.
@@ -677,12 +678,13 @@ static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, 
 
 typedef struct {
     int nq, nk, shift, self, Dh, ld, ldo; /* ld: row stride of q,k,v,ks,vs; ldo: of o */
+    const int *lims;  /* if set, query i sees keys j <= lims[i] (instead of i + shift) */
     ebt_real scale;
 } ebt__attn_dims;
 
 static int ebt__attn_lim(const ebt__attn_dims *d, int i)
 {
-    int lim = i + d->shift;
+    int lim = d->lims ? d->lims[i] : i + d->shift;
     return lim < d->nk - 1 ? lim : d->nk - 1;
 }
 
@@ -946,7 +948,16 @@ struct ebt_workspace {
     const ebt_model *m;
     int max_B, max_S;
     int B, S, step, off, So, observed; /* the current observation */
+    int obs_rows_valid;  /* 0 after ebt_observe_append: observed activations for backward are partial */
     int32_t *tokens;   /* (B,S) copy */
+    /* The predicted rows being evaluated: np rows (b, i), grouped by b (rows
+     * of sequence b are [pgrp[b], pgrp[b+1])). All B*S after ebt_observe;
+     * thinking shrinks the list to the positions still moving. */
+    int np;
+    int *prow_i;     /* position index i of each row */
+    int *prow_lim;   /* last visible observed row, i + off */
+    int *prow_pos;   /* RoPE position, i + off + 1 */
+    int *pgrp;       /* (max_B+1) */
     ebt__acts *oa, *pa, *ta;  /* [L] observed, predicted, predicted tangents */
     ebt_real *o_hL, *o_rsf, *o_nf, *logits; /* observed top (transformer++) */
     ebt_real *p_hL, *p_rsf, *p_nf, *energy; /* predicted top */
@@ -959,14 +970,18 @@ struct ebt_workspace {
 
 typedef struct { ebt_real *base; size_t used; int ovf; } ebt__arena;
 
-/* n reals from the arena (base NULL: only counts), 64-byte aligned */
+/* n1*n2 reals from the arena (base NULL: only counts), 64-byte aligned */
 static ebt_real *ebt__take(ebt__arena *a, size_t n1, size_t n2)
 {
     size_t n = ebt__mul(n1, n2, &a->ovf), pad = (64 / sizeof(ebt_real));
     ebt_real *p = a->base ? a->base + a->used : NULL;
-    if (n > SIZE_MAX / 2 - a->used) { a->ovf = 1; return NULL; }
+    if (n > SIZE_MAX / 4 - a->used) { a->ovf = 1; return NULL; }
     a->used += (n + pad - 1) / pad * pad;
     return p;
+}
+static int *ebt__take_int(ebt__arena *a, size_t n)
+{
+    return (int *)(void *)ebt__take(a, n, (sizeof(int) + sizeof(ebt_real) - 1) / sizeof(ebt_real));
 }
 
 static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size_t F, size_t Pn, int tangent)
@@ -982,6 +997,17 @@ static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size
     A->f = ebt__take(a, N, D);
     A->z13 = ebt__take(a, N, 2 * F);
     A->u = ebt__take(a, N, F);
+}
+
+/* the activations of rows r0.. of A (the attention probabilities P are
+ * addressed separately, per head) */
+static ebt__acts ebt__acts_at(const ebt__acts *A, size_t r0, size_t D, size_t F)
+{
+    ebt__acts v = *A;
+    v.x += r0 * D; v.a += r0 * D; v.qkv += r0 * 3 * D; v.o += r0 * D; v.h1 += r0 * D;
+    v.f += r0 * D; v.z13 += r0 * 2 * F; v.u += r0 * F;
+    if (v.rs1) { v.rs1 += r0; v.rs2 += r0; }
+    return v;
 }
 
 static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t F, size_t T, size_t So, int tangent)
@@ -1012,15 +1038,15 @@ static void ebt__ws_layout(ebt_workspace *ws, ebt__arena *a)
     size_t H = (size_t)c->n_heads, B = (size_t)ws->max_B, S = (size_t)ws->max_S;
     size_t So = S + (c->n_step_embed > 0 ? 1 : 0), Np = B * S, No = B * So;
     int ebt = c->arch == EBT_ARCH_EBT;
-    ws->tokens = (int32_t *)(void *)ebt__take(a, B * S, (sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real));
+    ws->tokens = (int32_t *)(void *)ebt__take_int(a, B * S);
     for (size_t l = 0; l < L; l++) ebt__take_acts(a, &ws->oa[l], No, D, F, ebt__mul(B * H * So, So + 1, &a->ovf), 0);
     ebt__take_rev(a, &ws->ro, No, D, F, So, So, 0);
+    ws->acc = ebt__take(a, L * No, 3 * D);
     if (ebt) {
         for (size_t l = 0; l < L; l++) {
-            ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(B * H * S, So + 1, &a->ovf), 0);
-            ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(B * H * S, So + 1, &a->ovf), 1);
+            ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 0);
+            ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 1);
         }
-        ws->acc = ebt__take(a, L * No, 3 * D);
         ebt__take_rev(a, &ws->rp, Np, D, F, S, So, 1);
         ws->p_hL = ebt__take(a, Np, D);
         ws->p_rsf = ebt__take(a, Np, 1);
@@ -1028,12 +1054,15 @@ static void ebt__ws_layout(ebt_workspace *ws, ebt__arena *a)
         ws->energy = ebt__take(a, Np, 1);
         ws->t_hL = ebt__take(a, Np, D);
         ws->t_nf = ebt__take(a, Np, D);
+        ws->prow_i = ebt__take_int(a, Np);
+        ws->prow_lim = ebt__take_int(a, Np);
+        ws->prow_pos = ebt__take_int(a, Np);
+        ws->pgrp = ebt__take_int(a, B + 1);
     } else {
         ws->o_hL = ebt__take(a, No, D);
         ws->o_rsf = ebt__take(a, No, 1);
         ws->o_nf = ebt__take(a, No, D);
         ws->logits = ebt__take(a, No, V);
-        ws->acc = ebt__take(a, L * No, 3 * D);
     }
 }
 
@@ -1068,7 +1097,7 @@ ebt_status ebt_workspace_create(const ebt_model *m, int max_B, int max_S, ebt_wo
     ws->ta = (ebt__acts *)EBT_MALLOC(L * sizeof(ebt__acts));
     if (!ws->oa || !ws->pa || !ws->ta) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
     ebt__ws_layout(ws, &a);  /* count */
-    if (a.ovf || a.used > SIZE_MAX / sizeof(ebt_real)) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
+    if (a.ovf || a.used > SIZE_MAX / sizeof(ebt_real) - 64) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
     ws->mem = (ebt_real *)EBT_MALLOC(a.used * sizeof(ebt_real) + 64);
     if (!ws->mem) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
     a.base = (ebt_real *)(((uintptr_t)ws->mem + 63) & ~(uintptr_t)63);
@@ -1080,7 +1109,7 @@ ebt_status ebt_workspace_create(const ebt_model *m, int max_B, int max_S, ebt_wo
 
 const char *ebt_ws_last_error(const ebt_workspace *ws) { return ws ? ws->err : "workspace is NULL"; }
 
-/* attention dims and per-(b,h) pointers of one layer, for either stream */
+/* attention dims of either stream (lims and nq are set per block) */
 static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
 {
     const ebt_config *c = &ws->m->cfg;
@@ -1090,10 +1119,28 @@ static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
     d.nk = ws->So;
     d.shift = predicted ? ws->off : 0;
     d.self = predicted;
+    d.lims = NULL;
     d.ld = 3 * c->d_model;
     d.ldo = c->d_model;
     d.scale = (ebt_real)(1.0 / sqrt((double)d.Dh));
     return d;
+}
+
+/* Sets the predicted rows to the n positions rows[k] = b*S + i (sorted
+ * ascending), or to all B*S positions when rows is NULL. */
+static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
+{
+    int B = ws->B, S = ws->S, b = 0;
+    if (!rows) n = B * S;
+    ws->np = n;
+    for (int r = 0; r < n; r++) {
+        int id = rows ? rows[r] : r, bi = id / S, i = id % S;
+        while (b <= bi) ws->pgrp[b++] = r;
+        ws->prow_i[r] = i;
+        ws->prow_lim[r] = i + ws->off;
+        ws->prow_pos[r] = i + ws->off + 1;
+    }
+    while (b <= B) ws->pgrp[b++] = n;
 }
 
 /* ======================================================================
@@ -1102,18 +1149,22 @@ static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
  *   attention output + FFN:
  *     h1 = x + o Wo^T ; f = rmsnorm(h1)*ffn_norm ; z13 = f W13^T
  *     u = swiglu(z13) ; out = h1 + u W2^T
- * The reverse of each runs the backward (d) and, when R->tdh is set, the
- * tangent of the backward (td) together. gmode selects which parameter
- * gradients are accumulated into gw: 0 none, 1 first order (d terms),
- * 2 mixed second order (td terms).
+ * The residuals are the identity in every mode: the forward and tangent
+ * add (GEMMs with beta = 1), the backward and its tangent pass dh through
+ * and add the branch's contribution into it.
+ * The reverse of each half runs the backward (d) and, when R->tdh is set,
+ * the tangent of the backward (td) together. gmode selects which
+ * parameter gradients are accumulated into gw: 0 none, 1 first order
+ * (d terms), 2 mixed second order (td terms).
+ * Rows: N rows; RoPE positions pos[r], or pos0 + r % T when pos is NULL.
  * ====================================================================== */
 
-static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int B, int T, int pos0)
+static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int N, const int *pos, int T, int pos0)
 {
-    int D = m->cfg.d_model, N = B * T;
+    int D = m->cfg.d_model;
     ebt__rmsnorm_fwd(A->a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps);
     ebt__lin_fwd(A->qkv, A->a, w->wqkv, N, D, 3 * D, 0);        /* qkv = a @ Wqkv^T */
-    ebt__rope_qk(m, A->qkv, B, T, pos0, 0);
+    ebt__rope_qk(m, A->qkv, N, pos, T, pos0, 0);
 }
 
 static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, int N)
@@ -1128,13 +1179,13 @@ static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt
     ebt__lin_fwd(out, A->u, w->w2, N, F, D, 1);                 /* out = h1 + u @ W2^T */
 }
 
-/* tangents of the two halves (T holds tangents; A the primal activations) */
-static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int B, int T, int pos0)
+/* tangents of the two halves (Tg holds tangents; A the primal activations) */
+static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int N, const int *pos, int T, int pos0)
 {
-    int D = m->cfg.d_model, N = B * T;
+    int D = m->cfg.d_model;
     ebt__rmsnorm_tan(Tg->a, Tg->x, A->x, A->rs1, w->attn_norm, N, D);
     ebt__lin_fwd(Tg->qkv, Tg->a, w->wqkv, N, D, 3 * D, 0);      /* tqkv = ta @ Wqkv^T */
-    ebt__rope_qk(m, Tg->qkv, B, T, pos0, 0);
+    ebt__rope_qk(m, Tg->qkv, N, pos, T, pos0, 0);
 }
 
 static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, int N)
@@ -1199,14 +1250,14 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
  * rotated back in place. */
 static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
                              ebt__rev *R, ebt_real *dqkv, ebt_real *tdqkv,
-                             const ebt__acts *A, const ebt__acts *Tg, int B, int T, int pos0)
+                             const ebt__acts *A, const ebt__acts *Tg, int N, const int *pos, int T, int pos0)
 {
-    int D = m->cfg.d_model, N = B * T;
-    ebt__rope_qk(m, dqkv, B, T, pos0, 1);
+    int D = m->cfg.d_model;
+    ebt__rope_qk(m, dqkv, N, pos, T, pos0, 1);
     ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D);               /* da = dqkv @ Wqkv */
     if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, A->a, N, D, 3 * D);
     if (tdqkv) {
-        ebt__rope_qk(m, tdqkv, B, T, pos0, 1);
+        ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1);
         ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D);         /* tda = tdqkv @ Wqkv */
         if (gmode == 2) {
             ebt__lin_bwd_w(gw->wqkv, tdqkv, A->a, N, D, 3 * D);
@@ -1222,38 +1273,50 @@ static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__lay
  * Independent of p: computed once per (tokens, step) by ebt_observe and
  * reused for every candidate p. For arch ebt the last layer's attention
  * output and FFN are never used (only its keys and values are), so they
- * are skipped.
+ * are skipped. With j0 > 0 (one sequence, B == 1) only rows j0..So-1 are
+ * computed, attending to the cached keys and values of rows 0..j0-1: the
+ * KV cache of generation.
  * ====================================================================== */
 
-static void ebt__obs_forward(ebt_workspace *ws)
+static int ebt__step_row(const ebt_workspace *ws)
+{
+    int n = ws->m->cfg.n_step_embed;
+    return ws->step < n - 1 ? ws->step : n - 1;
+}
+
+static void ebt__obs_forward(ebt_workspace *ws, int j0)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int B = ws->B, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * So;
+    int B = ws->B, So = ws->So, D = c->d_model, F = c->d_ff, H = c->n_heads, L = c->n_layers;
+    int N = j0 > 0 ? So - j0 : B * So;   /* rows computed (j0 > 0 needs B == 1) */
     ebt__attn_dims d = ebt__dims(ws, 0);
-    ebt_real *x0 = ws->oa[0].x;
+    d.nq = j0 > 0 ? N : So;
+    d.shift = j0;
     for (int b = 0; b < B; b++) {
-        ebt_real *row = x0 + (size_t)b * So * D;
-        if (ws->off) {
-            int k = ws->step < c->n_step_embed - 1 ? ws->step : c->n_step_embed - 1;
-            memcpy(row, m->w.step + (size_t)k * D, sizeof(ebt_real) * D);
-            row += D;
+        ebt_real *row = ws->oa[0].x + (size_t)b * So * D;
+        int first = j0;
+        if (ws->off && j0 == 0) {
+            memcpy(row, m->w.step + (size_t)ebt__step_row(ws) * D, sizeof(ebt_real) * D);
+            first = 1;
         }
-        ebt__tokemb_fwd(row, ws->tokens + (size_t)b * ws->S, m->w.tok, ws->S, D);
+        ebt__tokemb_fwd(row + (size_t)first * D, ws->tokens + (size_t)b * ws->S + (first - ws->off), m->w.tok,
+                        So - first, D);
     }
     for (int l = 0; l < L; l++) {
         const ebt__layer_w *w = &m->w.layer[l];
-        ebt__acts *A = &ws->oa[l];
+        ebt__acts A = ebt__acts_at(&ws->oa[l], (size_t)j0, (size_t)D, (size_t)F);
         int last = l == L - 1;
-        ebt__attn_in_fwd(m, w, A, B, So, 0);
+        ebt__attn_in_fwd(m, w, &A, N, NULL, j0 > 0 ? N : So, j0);
         if (last && c->arch == EBT_ARCH_EBT) break;
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
-                const ebt_real *q = A->qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh;
-                ebt__attn_fwd(A->o + (size_t)b * So * D + (size_t)h * d.Dh,
-                              A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
+                const ebt_real *k = ws->oa[l].qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
+                ebt__attn_fwd(A.o + (size_t)b * So * D + (size_t)h * d.Dh,
+                              ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
+                              A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
             }
-        ebt__attn_out_ffn_fwd(m, w, A, last ? ws->o_hL : ws->oa[l + 1].x, N);
+        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, N);
     }
 }
 
@@ -1261,7 +1324,7 @@ static void ebt__obs_forward(ebt_workspace *ws)
  * layer's post-RoPE q,k,v, filled by the predicted side) and, for
  * transformer++, dh_top (cotangent of the last layer's output). The stream
  * has no tangent (it does not depend on p), so the same routine serves the
- * mixed term when acc holds tangents of cotangents. Adds into m->grads. */
+ * mixed term when acc holds tangents of cotangents. Adds into gm's grads. */
 static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *dh_top)
 {
     const ebt_model *m = ws->m;
@@ -1287,13 +1350,12 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
                                   A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
                 }
         }
-        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, B, So, 0);
+        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0);
     }
     for (int b = 0; b < B; b++) {
         const ebt_real *row = R->dh + (size_t)b * So * D;
         if (ws->off) {
-            int k = ws->step < c->n_step_embed - 1 ? ws->step : c->n_step_embed - 1;
-            ebt__axpy(gm->g.step + (size_t)k * D, 1, row, D);
+            ebt__axpy(gm->g.step + (size_t)ebt__step_row(ws) * D, 1, row, D);
             row += D;
         }
         ebt__tokemb_bwd(gm->g.tok, row, ws->tokens + (size_t)b * ws->S, ws->S, D);
@@ -1302,29 +1364,48 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
 
 /* ======================================================================
  * PREDICTED STREAM: candidate embeddings p @ pred_embed through the same
- * layers; row i attends to observed rows 0..i+off and to itself. Forward,
+ * layers; row (b, i) attends to observed rows 0..i+off of sequence b and
+ * to itself. Only the ws->np rows set by ebt__pred_rows are computed;
+ * probs, v and every output hold those rows in that order. Forward,
  * tangent along v (forward mode), and one reverse sweep that produces
  * dE/dp, H_pp v and the parameter gradients (first order or mixed).
  * ====================================================================== */
+
+/* the attention block of sequence b, head h, at layer l: dims and offsets */
+typedef struct { ebt__attn_dims d; size_t q, k, o, P; } ebt__pblock;
+
+static ebt__pblock ebt__pred_block(const ebt_workspace *ws, int b, int h)
+{
+    const ebt_config *c = &ws->m->cfg;
+    int D = c->d_model, g0 = ws->pgrp[b];
+    ebt__pblock pb;
+    pb.d = ebt__dims(ws, 1);
+    pb.d.nq = ws->pgrp[b + 1] - g0;
+    pb.d.lims = ws->prow_lim + g0;
+    pb.q = (size_t)g0 * 3 * D + (size_t)h * pb.d.Dh;
+    pb.k = (size_t)b * ws->So * 3 * D + D + (size_t)h * pb.d.Dh;
+    pb.o = (size_t)g0 * D + (size_t)h * pb.d.Dh;
+    pb.P = ((size_t)h * ws->np + g0) * (ws->So + 1);
+    return pb;
+}
 
 static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
-    ebt__attn_dims d = ebt__dims(ws, 1);
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
     ebt__pemb_fwd(ws->pa[0].x, probs, m->w.pred, N, c->vocab_size, D);
     for (int l = 0; l < L; l++) {
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__acts *A = &ws->pa[l];
         const ebt__acts *O = &ws->oa[l];
-        ebt__attn_in_fwd(m, w, A, B, S, ws->off + 1);
-        for (int b = 0; b < B; b++)
+        ebt__attn_in_fwd(m, w, A, N, ws->prow_pos, 1, 0);
+        for (int b = 0; b < ws->B; b++)
             for (int h = 0; h < H; h++) {
-                const ebt_real *q = A->qkv + (size_t)b * S * 3 * D + (size_t)h * d.Dh;
-                const ebt_real *k = O->qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
-                ebt__attn_fwd(A->o + (size_t)b * S * D + (size_t)h * d.Dh,
-                              A->P + (size_t)(b * H + h) * S * (So + 1), q, k, k + D, q + D, q + 2 * D, &d);
+                ebt__pblock pb = ebt__pred_block(ws, b, h);
+                const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
+                if (pb.d.nq == 0) continue;
+                ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
         ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, N);
     }
@@ -1336,28 +1417,27 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
-    ebt__attn_dims d = ebt__dims(ws, 1);
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
     ebt__pemb_fwd(ws->ta[0].x, v, m->w.pred, N, c->vocab_size, D);  /* th0 = v @ Wpe */
     for (int l = 0; l < L; l++) {
         const ebt__layer_w *w = &m->w.layer[l];
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
         ebt__acts *Tg = &ws->ta[l];
-        ebt__attn_in_tan(m, w, Tg, A, B, S, ws->off + 1);
-        for (int b = 0; b < B; b++)
+        ebt__attn_in_tan(m, w, Tg, A, N, ws->prow_pos, 1, 0);
+        for (int b = 0; b < ws->B; b++)
             for (int h = 0; h < H; h++) {
-                size_t qo = (size_t)b * S * 3 * D + (size_t)h * d.Dh, Po = (size_t)(b * H + h) * S * (So + 1);
-                const ebt_real *q = A->qkv + qo, *tq = Tg->qkv + qo;
-                const ebt_real *k = O->qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
-                ebt__attn_tan(Tg->o + (size_t)b * S * D + (size_t)h * d.Dh, Tg->P + Po, tq, tq + D, tq + 2 * D,
-                              A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+                ebt__pblock pb = ebt__pred_block(ws, b, h);
+                const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
+                if (pb.d.nq == 0) continue;
+                ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+                              A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
         ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, N);
     }
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D);
 }
 
-/* The reverse sweep of the predicted stream, seeded with weight[n] (NULL:
+/* The reverse sweep of the predicted stream, seeded with weight[r] (NULL:
  * ones) on each energy. Outputs (each optional): dp = d(sum w E)/dp;
  * with tangent (after ebt__pred_tangent along v): hv = H_pp v.
  * gm != NULL and gmode 1: grads += d(sum w E)/dtheta (predicted-side terms;
@@ -1369,8 +1449,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int B = ws->B, S = ws->S, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * S;
-    ebt__attn_dims d = ebt__dims(ws, 1);
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
     ebt__rev R = ws->rp;
     ebt__weights *g = gm ? &gm->g : NULL;
     if (!tangent) R.tdh = NULL;
@@ -1389,27 +1468,27 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__layer_w *gw = g ? &g->layer[l] : NULL;
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l], *Tg = tangent ? &ws->ta[l] : NULL;
-        ebt_real *acc = ws->acc + (size_t)l * B * So * 3 * D;
+        ebt_real *acc = ws->acc + (size_t)l * ws->B * ws->So * 3 * D;
         ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N);
         memset(R.dqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
         if (tangent) memset(R.tdqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
-        for (int b = 0; b < B; b++)
+        for (int b = 0; b < ws->B; b++)
             for (int h = 0; h < H; h++) {
-                size_t qo = (size_t)b * S * 3 * D + (size_t)h * d.Dh, Po = (size_t)(b * H + h) * S * (So + 1);
-                size_t ko = (size_t)b * So * 3 * D + D + (size_t)h * d.Dh, oo = (size_t)b * S * D + (size_t)h * d.Dh;
-                const ebt_real *q = A->qkv + qo, *k = O->qkv + ko;
-                ebt_real *dq = R.dqkv + qo;
-                ebt__attn_bwd(dq, gmode == 1 ? acc + ko : NULL, gmode == 1 ? acc + ko + D : NULL, dq + D, dq + 2 * D,
-                              R.G, R.dS, R.mu, R.dout + oo, A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+                ebt__pblock pb = ebt__pred_block(ws, b, h);
+                const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
+                ebt_real *dq = R.dqkv + pb.q;
+                if (pb.d.nq == 0) continue;
+                ebt__attn_bwd(dq, gmode == 1 ? acc + pb.k : NULL, gmode == 1 ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
+                              R.G, R.dS, R.mu, R.dout + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
                 if (tangent) {
-                    const ebt_real *tq = Tg->qkv + qo;
-                    ebt_real *tdq = R.tdqkv + qo;
-                    ebt__attn_tbwd(tdq, gmode == 2 ? acc + ko : NULL, gmode == 2 ? acc + ko + D : NULL, tdq + D, tdq + 2 * D,
-                                   R.T, R.G, R.dS, R.mu, R.tdout + oo, R.dout + oo, Tg->P + Po, tq, tq + D, tq + 2 * D,
-                                   A->P + Po, q, k, k + D, q + D, q + 2 * D, &d);
+                    const ebt_real *tq = Tg->qkv + pb.q;
+                    ebt_real *tdq = R.tdqkv + pb.q;
+                    ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
+                                   R.T, R.G, R.dS, R.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+                                   A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
                 }
             }
-        ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, B, S, ws->off + 1);
+        ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0);
     }
     /* h0 = p @ Wpe */
     ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D);
@@ -1475,8 +1554,10 @@ ebt_status ebt_observe(ebt_workspace *ws, const ebt_model *m, const int32_t *tok
     ws->off = m->cfg.n_step_embed > 0 ? 1 : 0;
     ws->So = S + ws->off;
     memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
-    ebt__obs_forward(ws);
+    ebt__obs_forward(ws, 0);
+    ebt__pred_rows(ws, NULL, 0);
     ws->observed = 1;
+    ws->obs_rows_valid = 1;
     return EBT_OK;
 }
 
@@ -1621,7 +1702,7 @@ static ebt_status ebt__lm_forward(ebt_model *m, const int32_t *tokens, int B, in
     ws = m->ws;
     ws->B = B; ws->S = S; ws->step = 0; ws->off = 0; ws->So = S;
     memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
-    ebt__obs_forward(ws);
+    ebt__obs_forward(ws, 0);
     ws->observed = 0; /* not an energy observation */
     N = B * S;
     ebt__rmsnorm_fwd(ws->o_nf, ws->o_rsf, ws->o_hL, m->w.final_norm, N, c->d_model, (ebt_real)c->norm_eps);
