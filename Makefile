@@ -9,7 +9,7 @@ LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double
 
 .PHONY: all test asan bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
@@ -32,6 +32,10 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
+
+# the training test again, with the library in double precision
+$(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c ebt.c ebt.h | $(BUILD)

@@ -223,6 +223,16 @@ struct ebt_model {
     ebt__weights w, g;    /* pointers into params and grads */
     ebt_real *rope_cos, *rope_sin; /* (max_seq_len+2, Dh/2) */
     ebt_workspace *ws;    /* the model's own workspace, grown on demand */
+    /* training state, saved with the model: AdamW moments (NULL before the
+     * first step), steps taken, and the replay buffer of past sequences */
+    ebt_real *opt_m, *opt_v;
+    long opt_step;
+    int rb_cap, rb_count, rb_next, rb_S;
+    int32_t *rb_tok, *rb_tgt;  /* (rb_cap, rb_S) each */
+    ebt_real *rb_y;            /* (rb_cap, rb_S, V) final logits */
+    ebt_real *tbuf;            /* training scratch, grown on demand */
+    size_t tbuf_n;
+    int train_K, train_B, train_S; /* shape of the last ebt_train_grad */
     char err[EBT__ERRLEN];
 };
 
@@ -399,6 +409,11 @@ void ebt_free(ebt_model *m)
     EBT_FREE(m->g.layer);
     EBT_FREE(m->rope_cos);
     EBT_FREE(m->rope_sin);
+    EBT_FREE(m->opt_m);
+    EBT_FREE(m->opt_v);
+    EBT_FREE(m->rb_tok);
+    EBT_FREE(m->rb_y);
+    EBT_FREE(m->tbuf);
     EBT_FREE(m);
 }
 
@@ -948,7 +963,6 @@ struct ebt_workspace {
     const ebt_model *m;
     int max_B, max_S;
     int B, S, step, off, So, observed; /* the current observation */
-    int obs_rows_valid;  /* 0 after ebt_observe_append: observed activations for backward are partial */
     int32_t *tokens;   /* (B,S) copy */
     /* The predicted rows being evaluated: np rows (b, i), grouped by b (rows
      * of sequence b are [pgrp[b], pgrp[b+1])). All B*S after ebt_observe;
@@ -1534,6 +1548,20 @@ static ebt_status ebt__check_vec(const ebt_real *x, size_t n, const char *what, 
     return EBT_OK;
 }
 
+/* observes checked tokens (either arch): the observed stream, all rows */
+static void ebt__observe(ebt_workspace *ws, const int32_t *tokens, int B, int S, int step)
+{
+    ws->B = B;
+    ws->S = S;
+    ws->step = step;
+    ws->off = ws->m->cfg.n_step_embed > 0 ? 1 : 0;
+    ws->So = S + ws->off;
+    if (tokens != ws->tokens) memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
+    ebt__obs_forward(ws, 0);
+    if (ws->m->cfg.arch == EBT_ARCH_EBT) ebt__pred_rows(ws, NULL, 0);
+    ws->observed = 1;
+}
+
 ebt_status ebt_observe(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S, int step)
 {
     ebt_status st;
@@ -1548,16 +1576,7 @@ ebt_status ebt_observe(ebt_workspace *ws, const ebt_model *m, const int32_t *tok
     }
     st = ebt__check_seq(m, tokens, B, S, step, ws->err, EBT__ERRLEN);
     if (st != EBT_OK) return st;
-    ws->B = B;
-    ws->S = S;
-    ws->step = step;
-    ws->off = m->cfg.n_step_embed > 0 ? 1 : 0;
-    ws->So = S + ws->off;
-    memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
-    ebt__obs_forward(ws, 0);
-    ebt__pred_rows(ws, NULL, 0);
-    ws->observed = 1;
-    ws->obs_rows_valid = 1;
+    ebt__observe(ws, tokens, B, S, step);
     return EBT_OK;
 }
 
@@ -1565,7 +1584,9 @@ static ebt_status ebt__ws_ready(ebt_workspace *ws)
 {
     if (!ws) return EBT_ERR_ARG;
     ws->err[0] = 0;
+    if (ws->m->cfg.arch != EBT_ARCH_EBT) { ebt__seterr(ws->err, EBT__ERRLEN, "energy calls need arch ebt"); return EBT_ERR_UNSUPPORTED; }
     if (!ws->observed) { ebt__seterr(ws->err, EBT__ERRLEN, "call ebt_observe first"); return EBT_ERR_STATE; }
+    ebt__pred_rows(ws, NULL, 0);
     return EBT_OK;
 }
 
@@ -1683,6 +1704,231 @@ ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_rea
 }
 
 /* ======================================================================
+ * THINKING (SPEC 4): gradient descent on E w.r.t. p, per position, with
+ * stopping rules, Langevin noise and several starts. Only the rows still
+ * moving are evaluated (ebt__pred_rows); the observed stream is computed
+ * once (once per step index for step-token models).
+ * ====================================================================== */
+
+ebt_think_opts ebt_think_default(void)
+{
+    ebt_think_opts o;
+    memset(&o, 0, sizeof o);
+    o.steps = 4;
+    o.step_size = 0;
+    o.alpha_rand = 1;
+    o.noise = 0;
+    o.init_scale = 1;
+    o.energy_threshold = -INFINITY;
+    o.tol = -1;
+    o.restarts = 1;
+    o.seed = 0x5eed;
+    return o;
+}
+
+/* row-wise softmax of y(N,V) into p */
+static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V)
+{
+    for (size_t n = 0; n < N; n++) {
+        const ebt_real *yr = y + n * V;
+        ebt_real *pr = p + n * V, mx = yr[0], s = 0;
+        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
+        for (int j = 0; j < V; j++) { pr[j] = exp(yr[j] - mx); s += pr[j]; }
+        for (int j = 0; j < V; j++) pr[j] /= s;
+    }
+}
+
+static double ebt__alpha_eff(const ebt_model *m) { double a = m->w.alpha[0]; return a > 1e-4 ? a : 1e-4; }
+
+/* an independent RNG stream for (seed, a, b) */
+static void ebt__rng_stream(ebt__rng *r, uint64_t seed, uint64_t a, uint64_t b)
+{
+    uint64_t s = seed;
+    s ^= ebt__splitmix(&a) + 0x632be59bd9b4e019ULL * (b + 1);
+    ebt__rng_seed(r, s);
+}
+
+static ebt_status ebt__check_think_opts(const ebt_think_opts *o, char *err)
+{
+#define EBT__BAD(...) do { ebt__seterr(err, EBT__ERRLEN, __VA_ARGS__); return EBT_ERR_ARG; } while (0)
+    if (o->steps < 0 || o->steps > 100000) EBT__BAD("think steps %d out of range [0, 100000]", o->steps);
+    if (o->restarts < 1 || o->restarts > 100000) EBT__BAD("restarts %d out of range [1, 100000]", o->restarts);
+    if (!isfinite(o->step_size)) EBT__BAD("step_size must be finite");
+    if (!isfinite(o->alpha_rand) || o->alpha_rand < 1) EBT__BAD("alpha_rand must be finite and >= 1");
+    if (!isfinite(o->noise) || o->noise < 0) EBT__BAD("noise must be finite and >= 0");
+    if (!isfinite(o->init_scale) || o->init_scale < 0) EBT__BAD("init_scale must be finite and >= 0");
+    if (isnan(o->energy_threshold)) EBT__BAD("energy_threshold is NaN");
+    if (isnan(o->tol)) EBT__BAD("tol is NaN");
+    return EBT_OK;
+#undef EBT__BAD
+}
+
+/* re-observes the current tokens at step k when that changes the step
+ * token (models with a step embedding; a no-op otherwise) */
+static void ebt__observe_step(ebt_workspace *ws, int k)
+{
+    int n = ws->m->cfg.n_step_embed;
+    if (n > 0 && (k < n - 1 ? k : n - 1) != ebt__step_row(ws)) ebt__observe(ws, ws->tokens, ws->B, ws->S, k);
+    ws->step = k;
+}
+
+ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
+{
+    const ebt_model *m;
+    ebt_think_opts o;
+    ebt_status st = ebt__ws_ready(ws);
+    int B, S, P, NP, V, K, R, step0;
+    size_t nv;
+    ebt_real *mem, *y, *yprev, *p, *g, *pa, *ga, *alpha_i, *hist, *best_y, *best_hist, *best_E;
+    int *rows, *done_k, *best_k, *best_w;
+    unsigned char *active;
+    if (st != EBT_OK) return st;
+    if (!res) { ebt__seterr(ws->err, EBT__ERRLEN, "res is NULL"); return EBT_ERR_ARG; }
+    o = opts ? *opts : ebt_think_default();
+    if ((st = ebt__check_think_opts(&o, ws->err)) != EBT_OK) return st;
+    m = ws->m;
+    B = ws->B; S = ws->S; V = m->cfg.vocab_size; K = o.steps; R = o.restarts;
+    P = o.last_only ? 1 : S;
+    NP = B * P;
+    nv = (size_t)NP * V;
+    if (o.init_logits && !ebt__all_finite(o.init_logits, nv * R)) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
+        return EBT_ERR_NONFINITE;
+    }
+    /* scratch: 7 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, ints */
+    {
+        int ovf = 0;
+        size_t nh = ebt__mul((size_t)NP, (size_t)K + 1, &ovf);
+        size_t bytes = ebt__mul(nv, 7 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
+                       (size_t)NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
+        mem = ovf ? NULL : (ebt_real *)EBT_MALLOC(bytes);
+        if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
+        y = mem; yprev = y + nv; p = yprev + nv; g = p + nv; pa = g + nv; ga = pa + nv; best_y = ga + nv;
+        hist = best_y + nv; best_hist = hist + nh; best_E = best_hist + nh; alpha_i = best_E + NP;
+        rows = (int *)(void *)(alpha_i + NP); done_k = rows + NP; best_k = done_k + NP; best_w = best_k + NP;
+        active = (unsigned char *)(best_w + NP);
+    }
+    res->rows_evaluated = 0;
+    res->rows_budget = (long long)R * NP * (K + 1);
+    res->diverged = 0;
+    step0 = ws->step;
+    for (int s = 0; s < R; s++) {
+        ebt__rng rng;
+        double alpha = o.step_size > 0 ? o.step_size : ebt__alpha_eff(m);
+        int n_active = NP;
+        ebt__rng_stream(&rng, o.seed, 0x7468696e6bULL, (uint64_t)s);
+        /* y_0 and per-position step sizes */
+        for (size_t i = 0; i < nv; i++)
+            y[i] = o.init_logits ? o.init_logits[(size_t)s * nv + i] : (ebt_real)(o.init_scale * ebt__rng_normal(&rng));
+        for (int r = 0; r < NP; r++) {
+            double u = o.alpha_rand > 1 ? 1 / o.alpha_rand + ebt__rng_unif(&rng) * (o.alpha_rand - 1 / o.alpha_rand) : 1;
+            alpha_i[r] = (ebt_real)(alpha * u);
+            active[r] = 1;
+            done_k[r] = K;
+        }
+        for (int k = 0; k <= K && n_active > 0; k++) {
+            int n = 0, last = k == K;
+            ebt__observe_step(ws, k);   /* step-token models: the step token is k */
+            /* gather the moving rows: noise, softmax */
+            for (int r = 0; r < NP; r++) {
+                if (!active[r]) continue;
+                ebt_real *yr = y + (size_t)r * V;
+                memcpy(yprev + (size_t)r * V, yr, sizeof(ebt_real) * V);
+                if (!last && o.noise > 0)
+                    for (int j = 0; j < V; j++) yr[j] += (ebt_real)(o.noise * ebt__rng_normal(&rng));
+                ebt__softmax_rows(pa + (size_t)n * V, yr, 1, V);
+                rows[n++] = o.last_only ? (r * S + S - 1) : r;
+            }
+            ebt__pred_rows(ws, rows, n);
+            ebt__pred_forward(ws, pa);
+            if (!last) ebt__pred_reverse(ws, NULL, 0, 0, NULL, pa, NULL, ga, NULL);
+            res->rows_evaluated += n;
+            /* scatter: record, stop or update */
+            for (int r = 0, q = 0; r < NP; r++) {
+                if (!active[r]) continue;
+                ebt_real E = ws->energy[q], *yr = y + (size_t)r * V, *pq = pa + (size_t)q * V, *gq = ga + (size_t)q * V;
+                int finite = isfinite(E) && (last || ebt__all_finite(gq, (size_t)V));
+                q++;
+                if (!finite) {   /* blew up: keep the last finite state */
+                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
+                    active[r] = 0;
+                    done_k[r] = k > 0 ? k - 1 : 0;
+                    if (k == 0) hist[(size_t)r * (K + 1)] = NAN;
+                    res->diverged++;
+                    n_active--;
+                    continue;
+                }
+                hist[(size_t)r * (K + 1) + k] = E;
+                if (last || E <= o.energy_threshold ||
+                    (k >= 1 && fabs((double)E - (double)hist[(size_t)r * (K + 1) + k - 1]) <= o.tol)) {
+                    active[r] = 0;
+                    done_k[r] = k;
+                    n_active--;
+                    continue;
+                }
+                for (int j = 0; j < V; j++) yr[j] = pq[j] - alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
+            }
+        }
+        /* fill the history after each stop, then keep the lower final energy */
+        for (int r = 0; r < NP; r++) {
+            ebt_real *h = hist + (size_t)r * (K + 1);
+            for (int k = done_k[r] + 1; k <= K; k++) h[k] = h[done_k[r]];
+            if (s == 0 || h[K] < best_E[r]) {
+                best_E[r] = h[K];
+                best_k[r] = done_k[r];
+                best_w[r] = s;
+                memcpy(best_y + (size_t)r * V, y + (size_t)r * V, sizeof(ebt_real) * V);
+                memcpy(best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
+            }
+        }
+    }
+    ebt__observe_step(ws, step0);
+    ebt__pred_rows(ws, NULL, 0);
+    if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V);
+    if (res->logits) memcpy(res->logits, best_y, sizeof(ebt_real) * nv);
+    if (res->energy) memcpy(res->energy, best_hist, sizeof(ebt_real) * (size_t)NP * (K + 1));
+    if (res->final_energy) memcpy(res->final_energy, best_E, sizeof(ebt_real) * NP);
+    if (res->steps_taken) memcpy(res->steps_taken, best_k, sizeof(int) * NP);
+    if (res->winner) memcpy(res->winner, best_w, sizeof(int) * NP);
+    EBT_FREE(mem);
+    return EBT_OK;
+}
+
+ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
+                     const ebt_think_opts *opts, ebt_think_result *res)
+{
+    ebt_status st = ebt_observe(ws, m, tokens, B, S, 0);
+    if (st != EBT_OK) return st;
+    return ebt_think_observed(ws, opts, res);
+}
+
+ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
+{
+    const ebt_model *m;
+    int j0;
+    if (!ws) return EBT_ERR_ARG;
+    ws->err[0] = 0;
+    m = ws->m;
+    if (!ws->observed) { ebt__seterr(ws->err, EBT__ERRLEN, "call ebt_observe first"); return EBT_ERR_STATE; }
+    if (m->cfg.n_step_embed > 0) { ebt__seterr(ws->err, EBT__ERRLEN, "step-token models re-observe per step; append is not supported"); return EBT_ERR_UNSUPPORTED; }
+    if (!tokens || n < 1) { ebt__seterr(ws->err, EBT__ERRLEN, "tokens is NULL or n < 1"); return EBT_ERR_ARG; }
+    if (ws->B != 1) { ebt__seterr(ws->err, EBT__ERRLEN, "append needs a single sequence (B == 1)"); return EBT_ERR_ARG; }
+    if (n > ws->max_S - ws->S) { ebt__seterr(ws->err, EBT__ERRLEN, "S=%d + %d exceeds the workspace's max_S %d", ws->S, n, ws->max_S); return EBT_ERR_ARG; }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
+            ebt__seterr(ws->err, EBT__ERRLEN, "token %d at index %d outside [0, %d)", (int)tokens[i], i, m->cfg.vocab_size);
+            return EBT_ERR_TOKEN;
+        }
+    memcpy(ws->tokens + ws->S, tokens, sizeof(int32_t) * (size_t)n);
+    j0 = ws->So;
+    ws->S += n;
+    ws->So += n;
+    ebt__obs_forward(ws, j0);
+    if (m->cfg.arch == EBT_ARCH_EBT) ebt__pred_rows(ws, NULL, 0);
+    return EBT_OK;
+}
+
+/* ======================================================================
  * TRANSFORMER++: the observed stream alone, all layers, then
  * logits = rmsnorm(h) * final_norm @ lm_head^T and mean cross-entropy.
  * ====================================================================== */
@@ -1700,10 +1946,7 @@ static ebt_status ebt__lm_forward(ebt_model *m, const int32_t *tokens, int B, in
     if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
     if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
     ws = m->ws;
-    ws->B = B; ws->S = S; ws->step = 0; ws->off = 0; ws->So = S;
-    memcpy(ws->tokens, tokens, sizeof(int32_t) * (size_t)B * S);
-    ebt__obs_forward(ws, 0);
-    ws->observed = 0; /* not an energy observation */
+    ebt__observe(ws, tokens, B, S, 0);
     N = B * S;
     ebt__rmsnorm_fwd(ws->o_nf, ws->o_rsf, ws->o_hL, m->w.final_norm, N, c->d_model, (ebt_real)c->norm_eps);
     ebt__lin_fwd(ws->logits, ws->o_nf, m->w.lm_head, N, c->d_model, c->vocab_size, 0); /* logits = nf @ lm_head^T */
@@ -1753,6 +1996,521 @@ ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *t
     ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D);
     memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * N * 3 * D);
     ebt__obs_backward(ws, m, ws->ro.dout);
+    return EBT_OK;
+}
+
+/* ======================================================================
+ * GENERATION: think (or take the logits) for the next token, sample it,
+ * extend the observed stream by that one token (KV cache).
+ * ====================================================================== */
+
+ebt_gen_opts ebt_gen_default(void)
+{
+    ebt_gen_opts o;
+    memset(&o, 0, sizeof o);
+    o.think = ebt_think_default();
+    o.temperature = 1;
+    o.top_p = 1;
+    o.seed = 0x9e3779b9;
+    return o;
+}
+
+/* logits[V] of the last observed row of sequence 0 (transformer++) */
+static void ebt__lm_last_logits(ebt_workspace *ws, ebt_real *logits)
+{
+    const ebt_model *m = ws->m;
+    int D = m->cfg.d_model;
+    size_t r = (size_t)ws->So - 1;
+    ebt__rmsnorm_fwd(ws->o_nf + r * D, ws->o_rsf + r, ws->o_hL + r * D, m->w.final_norm, 1, D, (ebt_real)m->cfg.norm_eps);
+    ebt__lin_fwd(logits, ws->o_nf + r * D, m->w.lm_head, 1, D, m->cfg.vocab_size, 0); /* logits = nf @ lm_head^T */
+}
+
+typedef struct { ebt_real w; int i; } ebt__pair;
+static int ebt__pair_desc(const void *a, const void *b)
+{
+    ebt_real x = ((const ebt__pair *)a)->w, y = ((const ebt__pair *)b)->w;
+    if (x != y) return x < y ? 1 : -1;
+    return ((const ebt__pair *)a)->i - ((const ebt__pair *)b)->i;
+}
+
+/* a token from distribution q[V]: argmax (temperature 0), or sampled from
+ * q^(1/T) renormalised and cut to its top-p nucleus; pr (V pairs) is scratch */
+static int ebt__sample(const ebt_real *q, int V, double temp, double top_p, ebt__rng *rng, ebt__pair *pr)
+{
+    double s = 0, mx = -INFINITY, cum = 0, u;
+    int n = V, best = 0;
+    if (temp <= 0) {
+        for (int j = 1; j < V; j++) best = q[j] > q[best] ? j : best;
+        return best;
+    }
+    for (int j = 0; j < V; j++) {
+        double l = log(q[j] > 1e-37 ? (double)q[j] : 1e-37) / temp;
+        pr[j].w = (ebt_real)l; pr[j].i = j;
+        mx = l > mx ? l : mx;
+    }
+    for (int j = 0; j < V; j++) { pr[j].w = (ebt_real)exp(pr[j].w - mx); s += pr[j].w; }
+    qsort(pr, (size_t)V, sizeof *pr, ebt__pair_desc);
+    if (top_p < 1) {
+        for (n = 0; n < V && cum < top_p * s; n++) cum += pr[n].w;
+        s = cum;
+    }
+    u = ebt__rng_unif(rng) * s;
+    for (int j = 0; j < n; j++) {
+        u -= pr[j].w;
+        if (u <= 0) return pr[j].i;
+    }
+    return pr[n - 1].i;
+}
+
+ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                        int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy, ebt_real *probs)
+{
+    ebt_gen_opts o;
+    ebt_status st = EBT_OK;
+    ebt__rng rng;
+    int V, maxS, start, len, ebt, cache;
+    int32_t *ctx;
+    ebt_real *q;
+    ebt__pair *pr;
+    if (!ws) return EBT_ERR_ARG;
+    ws->err[0] = 0;
+    if (!m || m != ws->m) { ebt__seterr(ws->err, EBT__ERRLEN, "model is NULL or not the workspace's"); return m ? EBT_ERR_STATE : EBT_ERR_ARG; }
+    o = opts ? *opts : ebt_gen_default();
+    if (!prompt || n_prompt < 1 || n_new < 0 || (n_new > 0 && !out) || n_new > INT32_MAX - n_prompt) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "need a prompt of >= 1 tokens, n_new >= 0 and out");
+        return EBT_ERR_ARG;
+    }
+    if (!isfinite(o.temperature) || o.temperature < 0 || !(o.top_p > 0 && o.top_p <= 1)) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "temperature must be finite and >= 0, top_p in (0, 1]");
+        return EBT_ERR_ARG;
+    }
+    o.think.last_only = 1;
+    o.think.init_logits = NULL;
+    if ((st = ebt__check_think_opts(&o.think, ws->err)) != EBT_OK) return st;
+    V = m->cfg.vocab_size;
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= V) {
+            ebt__seterr(ws->err, EBT__ERRLEN, "prompt token %d at index %d outside [0, %d)", (int)prompt[i], i, V);
+            return EBT_ERR_TOKEN;
+        }
+    ebt = m->cfg.arch == EBT_ARCH_EBT;
+    cache = !o.no_cache && m->cfg.n_step_embed == 0;
+    maxS = ws->max_S;
+    ctx = (int32_t *)EBT_MALLOC(sizeof(int32_t) * ((size_t)n_prompt + n_new) + (sizeof(ebt_real) + sizeof(ebt__pair)) * (size_t)V + 16);
+    if (!ctx) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory"); return EBT_ERR_NOMEM; }
+    pr = (ebt__pair *)(void *)(((uintptr_t)(ctx + n_prompt + n_new) + 15) & ~(uintptr_t)15);
+    q = (ebt_real *)(void *)(pr + V);
+    memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    ebt__rng_stream(&rng, o.seed, 0x73616d706c65ULL, 0);
+    start = n_prompt > maxS ? n_prompt - maxS : 0;
+    len = n_prompt - start;
+    ebt__observe(ws, ctx + start, 1, len, 0);
+    for (int t = 0; t < n_new; t++) {
+        ebt_real e = (ebt_real)NAN;
+        if (ebt) {
+            ebt_think_result r;
+            ebt_think_opts th = o.think;
+            memset(&r, 0, sizeof r);
+            r.probs = q;
+            r.final_energy = &e;
+            th.seed = o.think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(n_prompt + t);
+            if ((st = ebt_think_observed(ws, &th, &r)) != EBT_OK) break;
+        } else {
+            ebt__lm_last_logits(ws, q);
+            ebt__softmax_rows(q, q, 1, V);
+        }
+        if (energy) energy[t] = e;
+        if (probs) memcpy(probs + (size_t)t * V, q, sizeof(ebt_real) * V);
+        out[t] = ctx[n_prompt + t] = ebt__sample(q, V, o.temperature, o.top_p, &rng, pr);
+        if (t == n_new - 1) break;
+        if (len + 1 > maxS) {            /* window full: keep the newest half */
+            len = maxS / 2 > 0 ? maxS / 2 : 1;
+            start = n_prompt + t + 1 - len;
+            ebt__observe(ws, ctx + start, 1, len, 0);
+        } else if (cache) {
+            ebt_observe_append(ws, &out[t], 1);
+            len++;
+        } else {
+            len++;
+            ebt__observe(ws, ctx + start, 1, len, 0);
+        }
+    }
+    EBT_FREE(ctx);
+    return st;
+}
+
+/* ======================================================================
+ * TRAINING (SPEC 5): think K steps from y_0, cross-entropy of the
+ * thoughts, gradients by the modes detach / truncate / full (second order
+ * through ebt__pred_reverse with tangents: the mixed term and H_pp v),
+ * AdamW with clipping and a warm-up + cosine schedule; replay buffer.
+ * ====================================================================== */
+
+ebt_train_opts ebt_train_default(void)
+{
+    ebt_train_opts o;
+    memset(&o, 0, sizeof o);
+    o.mode = EBT_MODE_DETACH;
+    o.k_min = o.k_max = 2;
+    o.alpha_rand = 1;
+    o.init_scale = 1;
+    o.learn_alpha = 1;
+    o.alpha_lr_mult = 1;
+    o.lr = 1e-3;
+    o.min_lr = 1e-4;
+    o.warmup_steps = 100;
+    o.total_steps = 10000;
+    o.weight_decay = 0.01;
+    o.beta1 = 0.9;
+    o.beta2 = 0.999;
+    o.eps = 1e-8;
+    o.grad_clip = 1;
+    o.seed = 1234;
+    return o;
+}
+
+long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt_step : 0; }
+
+static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
+{
+#define EBT__BAD(...) do { ebt__seterr(err, EBT__ERRLEN, __VA_ARGS__); return EBT_ERR_ARG; } while (0)
+    if (!o) EBT__BAD("training options are NULL");
+    if (o->mode != EBT_MODE_DETACH && o->mode != EBT_MODE_TRUNCATE && o->mode != EBT_MODE_FULL) EBT__BAD("unknown mode %d", (int)o->mode);
+    if (o->k_min < 1 || o->k_max < o->k_min || o->k_max > 1000) EBT__BAD("need 1 <= k_min <= k_max <= 1000 (got %d, %d)", o->k_min, o->k_max);
+    if (!isfinite(o->alpha_rand) || o->alpha_rand < 1) EBT__BAD("alpha_rand must be finite and >= 1");
+    if (!isfinite(o->noise) || o->noise < 0) EBT__BAD("noise must be finite and >= 0");
+    if (!isfinite(o->init_scale) || o->init_scale < 0) EBT__BAD("init_scale must be finite and >= 0");
+    if (o->replay_capacity < 0 || o->replay_capacity > (1 << 20)) EBT__BAD("replay_capacity out of range");
+    if (!(o->replay_frac >= 0 && o->replay_frac <= 1)) EBT__BAD("replay_frac must be in [0, 1]");
+    if (!isfinite(o->alpha_lr_mult) || o->alpha_lr_mult < 0) EBT__BAD("alpha_lr_mult must be finite and >= 0");
+    if (!isfinite(o->lr) || o->lr < 0 || !isfinite(o->min_lr) || o->min_lr < 0) EBT__BAD("lr and min_lr must be finite and >= 0");
+    if (o->warmup_steps < 0 || o->total_steps < 0) EBT__BAD("warmup_steps and total_steps must be >= 0");
+    if (!isfinite(o->weight_decay) || o->weight_decay < 0) EBT__BAD("weight_decay must be finite and >= 0");
+    if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) EBT__BAD("betas must be in [0, 1)");
+    if (!isfinite(o->eps) || o->eps <= 0) EBT__BAD("eps must be finite and > 0");
+    if (isnan(o->grad_clip) || isinf(o->grad_clip)) EBT__BAD("grad_clip must be finite");
+    return EBT_OK;
+#undef EBT__BAD
+}
+
+/* the training scratch of the model, grown to n reals */
+static ebt_real *ebt__tbuf(ebt_model *m, size_t n)
+{
+    if (n > m->tbuf_n) {
+        ebt_real *b = (ebt_real *)EBT_MALLOC(n * sizeof(ebt_real));
+        if (!b) return NULL;
+        EBT_FREE(m->tbuf);
+        m->tbuf = b;
+        m->tbuf_n = n;
+    }
+    return m->tbuf;
+}
+
+/* mean over N rows of the cross-entropy of logits y against tgt; if lam,
+ * lam = w (softmax(y) - onehot) / N (its gradient times w) */
+static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam)
+{
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const ebt_real *yr = y + (size_t)n * V;
+        double mx = yr[0], s = 0;
+        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
+        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
+        total += log(s) + mx - yr[tgt[n]];
+        if (lam) {
+            ebt_real *lr = lam + (size_t)n * V;
+            for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
+            lr[tgt[n]] -= (ebt_real)(w / N);
+        }
+    }
+    return total / N;
+}
+
+ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                          const ebt_real *alpha_mult, ebt_train_stats *stats)
+{
+    ebt_status st;
+    ebt_train_stats ts;
+    ebt_workspace *ws;
+    ebt__rng rng;
+    int V, N, K, ebt, nrep = 0, step_model;
+    size_t nv;
+    double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
+    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *buf;
+    int32_t *btok, *btgt;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
+    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if (!targets) { ebt__seterr(m->err, EBT__ERRLEN, "targets is NULL"); return EBT_ERR_ARG; }
+    V = m->cfg.vocab_size;
+    N = B * S;
+    nv = (size_t)N * V;
+    for (int n = 0; n < N; n++)
+        if (targets[n] < 0 || targets[n] >= V) {
+            ebt__seterr(m->err, EBT__ERRLEN, "target %d at index %d outside [0, %d)", (int)targets[n], n, V);
+            return EBT_ERR_TOKEN;
+        }
+    memset(&ts, 0, sizeof ts);
+    ebt = m->cfg.arch == EBT_ARCH_EBT;
+    if (!ebt) {
+        ebt_real l;
+        ebt_zero_grad(m);
+        if ((st = ebt_lm_backward(m, tokens, targets, B, S, &l)) != EBT_OK) { ebt_zero_grad(m); return st; }
+        ts.loss = ts.ce_first = ts.ce_last = l;
+        ts.step = m->opt_step;
+        if (stats) *stats = ts;
+        return EBT_OK;
+    }
+    if ((st = ebt__check_vec(init_logits, nv, "init_logits", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__check_vec(alpha_mult, (size_t)N, "alpha_mult", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
+    ws = m->ws;
+    ebt__rng_stream(&rng, opts->seed, 0x747261696eULL, (uint64_t)m->opt_step);
+    K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
+    {   /* scratch: y_0..y_K, p_0..p_{K-1}, g_0..g_{K-1}, ybar, hv, v; u; tokens */
+        int ovf = 0;
+        size_t n = ebt__mul(nv, 3 * (size_t)K + 4, &ovf) + 3 * (size_t)N + 64;
+        buf = ovf ? NULL : ebt__tbuf(m, n);
+        if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
+        ys = buf; ps = ys + (K + 1) * nv; gs = ps + K * nv; ybar = gs + K * nv; hv = ybar + nv; vv = hv + nv;
+        u = vv + nv; btok = (int32_t *)(void *)(u + N); btgt = btok + N;
+    }
+    m->train_K = K;
+    m->train_B = B;
+    m->train_S = S;
+    memcpy(btok, tokens, sizeof(int32_t) * (size_t)N);
+    memcpy(btgt, targets, sizeof(int32_t) * (size_t)N);
+    for (size_t i = 0; i < nv; i++) ys[i] = init_logits ? init_logits[i] : (ebt_real)(opts->init_scale * ebt__rng_normal(&rng));
+    /* replay: the last sequences of the batch continue past ones from their final logits */
+    if (opts->replay_capacity > 0 && opts->replay_frac > 0 && m->rb_count > 0 && m->rb_S == S) {
+        nrep = (int)(opts->replay_frac * B + 0.5);
+        nrep = nrep < m->rb_count ? nrep : m->rb_count;
+        for (int i = 0; i < nrep; i++) {
+            int e = (int)(ebt__rng_u64(&rng) % (uint64_t)m->rb_count), b = B - nrep + i;
+            memcpy(btok + (size_t)b * S, m->rb_tok + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(btgt + (size_t)b * S, m->rb_tgt + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(ys + (size_t)b * S * V, m->rb_y + (size_t)e * S * V, sizeof(ebt_real) * S * V);
+        }
+    }
+    alpha_eff = ebt__alpha_eff(m);
+    for (int n = 0; n < N; n++) {
+        double r = opts->alpha_rand;
+        u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rng) * (r - 1 / r) : 1);
+    }
+    step_model = m->cfg.n_step_embed > 0;
+    ebt__observe(ws, btok, B, S, 0);
+    /* forward: y_{k+1} = p_k - alpha_i g_k */
+    for (int k = 0; k < K; k++) {
+        ebt_real *yk = ys + k * nv, *pk = ps + k * nv, *gk = gs + k * nv, *y1 = ys + (k + 1) * nv;
+        double esum = 0;
+        if (opts->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
+            for (size_t i = 0; i < nv; i++) hv[i] = yk[i] + (ebt_real)(opts->noise * ebt__rng_normal(&rng));
+            ebt__softmax_rows(pk, hv, (size_t)N, V);
+        } else {
+            ebt__softmax_rows(pk, yk, (size_t)N, V);
+        }
+        ebt__observe_step(ws, k);
+        ebt__pred_forward(ws, pk);
+        ebt__pred_reverse(ws, NULL, 0, 0, NULL, pk, NULL, gk, NULL);
+        for (int n = 0; n < N; n++) esum += ws->energy[n];
+        if (!isfinite(esum) || !ebt__all_finite(gk, nv)) {
+            ebt__seterr(m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
+            return EBT_ERR_NONFINITE;
+        }
+        if (k == 0) e_first = esum / N;
+        e_last = esum / N;
+        for (int n = 0; n < N; n++) {
+            ebt_real a = (ebt_real)(alpha_eff * u[n]);
+            for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
+        }
+    }
+    /* loss: mean over steps (detach, full) or the last step (truncate) */
+    loss = 0;
+    for (int k = 1; k <= K; k++) {
+        double ce = ebt__ce_rows(ys + k * nv, btgt, N, V, 0, NULL);
+        if (k == 1) ce_first = ce;
+        if (k == K) ce_last = ce;
+        loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K ? ce : 0) : ce / K;
+    }
+    if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
+    /* backward through the steps; ybar = d loss/d y_{k+1} */
+    ebt_zero_grad(m);
+    {
+        double wK = opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K;
+        ebt__ce_rows(ys + K * nv, btgt, N, V, wK, ybar);
+    }
+    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    for (int k = K - 1; k >= 0; k--) {
+        ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
+        int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
+        for (int n = 0; n < N; n++) {   /* alpha: d/dalpha of -alpha_i g_k . ybar */
+            double dot = 0;
+            for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
+            galpha -= u[n] * dot;
+        }
+        if (second) {                   /* grads += grad_theta(v . g_k), hv = H_k v, v = -alpha_i ybar */
+            ebt__observe_step(ws, k);
+            for (int n = 0; n < N; n++) {
+                ebt_real a = (ebt_real)(-alpha_eff * u[n]);
+                for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
+            }
+            ebt__pred_forward(ws, pk);
+            ebt__pred_tangent(ws, vv);
+            ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
+            if (step_model) {           /* each step has its own observed stream */
+                ebt__obs_backward(ws, m, NULL);
+                memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+            }
+        }
+        if (opts->mode == EBT_MODE_DETACH) {   /* p_k constant: only the direct loss term reaches y_k */
+            if (k >= 1) ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, ybar);
+            continue;
+        }
+        /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
+        for (int n = 0; n < N; n++) {
+            ebt_real *yb = ybar + (size_t)n * V;
+            const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
+            double dot = 0;
+            for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
+            for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
+        }
+        if (k >= 1 && opts->mode == EBT_MODE_FULL) {
+            ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv);
+            for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
+        }
+    }
+    if (!step_model) ebt__obs_backward(ws, m, NULL);
+    m->g.alpha[0] = (opts->learn_alpha && m->w.alpha[0] > 1e-4) ? (ebt_real)galpha : 0;
+    ts.loss = loss;
+    ts.ce_first = ce_first;
+    ts.ce_last = ce_last;
+    ts.energy_first = e_first;
+    ts.energy_last = e_last;
+    ts.k = K;
+    ts.alpha = m->w.alpha[0];
+    ts.step = m->opt_step;
+    if (stats) *stats = ts;
+    return EBT_OK;
+}
+
+/* learning rate at optimiser step t: linear warm-up, then cosine to min_lr */
+static double ebt__lr_at(const ebt_train_opts *o, long t)
+{
+    double prog;
+    if (t < o->warmup_steps) return o->lr * (double)(t + 1) / (double)o->warmup_steps;
+    if (o->total_steps <= o->warmup_steps) return o->min_lr;
+    prog = (double)(t - o->warmup_steps) / (double)(o->total_steps - o->warmup_steps);
+    if (prog > 1) prog = 1;
+    return o->min_lr + 0.5 * (1 + cos(3.14159265358979323846 * prog)) * (o->lr - o->min_lr);
+}
+
+/* makes room for a replay buffer of the options' capacity and length S */
+static ebt_status ebt__replay_reserve(ebt_model *m, const ebt_train_opts *o, int S)
+{
+    int V = m->cfg.vocab_size;
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return EBT_OK;
+    if (!m->rb_y || m->rb_cap != o->replay_capacity || m->rb_S != S) {
+        int ovf = 0;
+        size_t cap = (size_t)o->replay_capacity;
+        ebt_real *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul(cap, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+        int32_t *t = (int32_t *)EBT_MALLOC(ebt__mul(cap * 2, (size_t)S * sizeof(int32_t), &ovf));
+        if (ovf || !y || !t) { EBT_FREE(y); EBT_FREE(t); return EBT_ERR_NOMEM; }
+        EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
+        m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + cap * S;
+        m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0;
+    }
+    return EBT_OK;
+}
+
+/* stores the last batch's sequences and final logits in the replay ring */
+static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
+{
+    int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
+    size_t nv = (size_t)B * S * V;
+    const ebt_real *yK = m->tbuf + (size_t)K * nv;
+    const int32_t *btok = (const int32_t *)(void *)(m->tbuf + (3 * (size_t)K + 4) * nv + (size_t)B * S), *btgt = btok + (size_t)B * S;
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
+    for (int b = 0; b < B; b++) {
+        int e = m->rb_next;
+        memcpy(m->rb_tok + (size_t)e * S, btok + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb_tgt + (size_t)e * S, btgt + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb_y + (size_t)e * S * V, yK + (size_t)b * S * V, sizeof(ebt_real) * S * V);
+        m->rb_next = (e + 1) % m->rb_cap;
+        if (m->rb_count < m->rb_cap) m->rb_count++;
+    }
+}
+
+ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                          ebt_train_stats *stats)
+{
+    ebt_train_stats ts;
+    ebt_status st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
+    double norm2 = 0, scale = 1, lr, b1t, b2t;
+    size_t np;
+    if (st != EBT_OK) { if (m) ebt_zero_grad(m); return st; }
+    np = m->n_params;
+    if (!opts->learn_alpha && m->g.alpha) m->g.alpha[0] = 0;
+    for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
+    if (!isfinite(norm2)) {
+        ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
+        ebt_zero_grad(m);
+        return EBT_ERR_NONFINITE;
+    }
+    ts.grad_norm = sqrt(norm2);
+    if (opts->grad_clip > 0 && ts.grad_norm > opts->grad_clip) scale = opts->grad_clip / ts.grad_norm;
+    if (ebt__replay_reserve(m, opts, S) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the replay buffer");
+        ebt_zero_grad(m);
+        return EBT_ERR_NOMEM;
+    }
+    if (!m->opt_m) {
+        m->opt_m = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        m->opt_v = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        if (!m->opt_m || !m->opt_v) {
+            EBT_FREE(m->opt_m); EBT_FREE(m->opt_v); m->opt_m = m->opt_v = NULL;
+            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state");
+            return EBT_ERR_NOMEM;
+        }
+        memset(m->opt_m, 0, np * sizeof(ebt_real));
+        memset(m->opt_v, 0, np * sizeof(ebt_real));
+    }
+    lr = ebt__lr_at(opts, m->opt_step);
+    b1t = 1 - pow(opts->beta1, (double)(m->opt_step + 1));
+    b2t = 1 - pow(opts->beta2, (double)(m->opt_step + 1));
+    /* pass 0 checks that the update stays finite, pass 1 applies it */
+    for (int pass = 0; pass < 2; pass++)
+        for (int t = 0; t < m->nt; t++) {
+            const ebt__tensor *T = &m->t[t];
+            int is_alpha = m->cfg.arch == EBT_ARCH_EBT && m->params + T->off == m->w.alpha;
+            double tlr = is_alpha ? lr * opts->alpha_lr_mult : lr, wd = T->decay ? opts->weight_decay : 0;
+            if (is_alpha && !opts->learn_alpha) continue;
+            for (size_t i = T->off; i < T->off + T->count; i++) {
+                double g = m->grads[i] * scale;
+                double mm = opts->beta1 * m->opt_m[i] + (1 - opts->beta1) * g;
+                double vv = opts->beta2 * m->opt_v[i] + (1 - opts->beta2) * g * g;
+                double p = m->params[i] * (1 - tlr * wd) - tlr * (mm / b1t) / (sqrt(vv / b2t) + opts->eps);
+                if (pass == 0) {
+                    if (!isfinite(p) || !isfinite(mm) || !isfinite(vv) || !isfinite((ebt_real)p) || !isfinite((ebt_real)vv)) {
+                        ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
+                        ebt_zero_grad(m);
+                        return EBT_ERR_NONFINITE;
+                    }
+                } else {
+                    m->opt_m[i] = (ebt_real)mm;
+                    m->opt_v[i] = (ebt_real)vv;
+                    m->params[i] = (ebt_real)p;
+                }
+            }
+        }
+    m->opt_step++;
+    ebt__replay_push(m, opts);
+    ts.lr = lr;
+    ts.alpha = m->cfg.arch == EBT_ARCH_EBT ? m->w.alpha[0] : 0;
+    ts.step = m->opt_step;
+    if (stats) *stats = ts;
     return EBT_OK;
 }
 

@@ -195,6 +195,155 @@ EBT_API ebt_status ebt_lm_logits(ebt_model *m, const int32_t *tokens, int B, int
 EBT_API ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
                                    int B, int S, ebt_real *loss);
 
+
+/* ---- Thinking (SPEC 4) --------------------------------------------------
+ * Gradient descent on the energy w.r.t. the candidate distribution, from
+ * random or given logits: y <- y + sigma N(0,1); p = softmax(y);
+ * y <- p - alpha_i dE/dp. A budget of K steps is K updates and K+1
+ * energies. Per position, thinking stops at the energy threshold or when
+ * the energy changes by no more than tol; a stopped position keeps its
+ * state and is no longer computed (only moving rows are evaluated).
+ * With several starts, each position keeps the start whose final energy is
+ * lowest (self-verification). */
+typedef struct {
+    int steps;               /* K, updates per position (default 4) */
+    double step_size;        /* alpha; <= 0: the model's max(alpha, 1e-4) (default 0) */
+    double alpha_rand;       /* r >= 1: alpha_i ~ U[alpha/r, alpha*r] per position (default 1: off) */
+    double noise;            /* Langevin sigma added to y before each step (default 0) */
+    double init_scale;       /* y_0 ~ N(0, init_scale^2) (default 1) */
+    double energy_threshold; /* stop when E_k <= threshold (default -INFINITY: off) */
+    double tol;              /* stop when |E_k - E_{k-1}| <= tol, k >= 1 (default -1: off) */
+    int restarts;            /* independent starts (default 1) */
+    int last_only;           /* 1: think only at each sequence's last position (generation) */
+    uint64_t seed;           /* randomness of y_0, noise and alpha_i */
+    const ebt_real *init_logits; /* [restarts * B*P*V] caller-given y_0, or NULL */
+} ebt_think_opts;
+
+EBT_API ebt_think_opts ebt_think_default(void);
+
+/* Outputs of ebt_think; every pointer may be NULL. P = S, or 1 with
+ * last_only; rows are (b, position) in order. */
+typedef struct {
+    ebt_real *probs;         /* [B*P*V] the answer softmax(y) of the winning start */
+    ebt_real *logits;        /* [B*P*V] its logits y */
+    ebt_real *energy;        /* [B*P*(K+1)] E_k of the winning start at k = 0..K; after a
+                                position stops its energy stays at the value it stopped with */
+    ebt_real *final_energy;  /* [B*P] */
+    int *steps_taken;        /* [B*P] updates the winning start made */
+    int *winner;             /* [B*P] index of the winning start */
+    /* filled always: */
+    long long rows_evaluated; /* predicted-row evaluations (energy+gradient) done, all starts */
+    long long rows_budget;    /* the same without any stopping: restarts * B*P * (K+1) */
+    int diverged;             /* positions whose energy or gradient became non-finite: they
+                                 stop at their last finite state (reported, not an error) */
+} ebt_think_result;
+
+/* Observes tokens[B*S] (B <= max_B, S <= max_S of ws), then thinks. Arch ebt. */
+EBT_API ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
+                             const ebt_think_opts *opts, ebt_think_result *res);
+/* Thinks about the workspace's current observation (ebt_observe /
+ * ebt_observe_append), without recomputing its observed stream. */
+EBT_API ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res);
+
+/* Appends n tokens to the current observation of a single sequence (B == 1)
+ * and computes only their observed rows, attending to the cached keys and
+ * values of the earlier ones (the KV cache of generation). EBT_ERR_ARG if
+ * the sequence would exceed the workspace's max_S. Models with a step
+ * embedding re-observe per thinking step, so appending to them is refused
+ * (EBT_ERR_UNSUPPORTED). After an append, the workspace serves energy,
+ * HVP and thinking calls; training calls need a fresh ebt_observe. */
+EBT_API ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n);
+
+/* ---- Generation ---------------------------------------------------------
+ * Autoregressive: for each new token, think about the next-token
+ * distribution (arch ebt) or take the logits (transformer++), then sample
+ * with temperature / top-p (temperature 0: argmax). The observed stream is
+ * a KV cache: each new token costs its own rows only. When the sequence
+ * reaches the workspace's max_S, the oldest half is dropped and the rest
+ * re-observed. */
+typedef struct {
+    ebt_think_opts think;    /* thinking per token (last_only is implied) */
+    double temperature;      /* 0 = argmax (default 1) */
+    double top_p;            /* nucleus sampling, 1 = off (default 1) */
+    uint64_t seed;           /* sampling randomness */
+    int no_cache;            /* 1: re-run the whole prefix per token (for tests/benchmarks) */
+} ebt_gen_opts;
+
+EBT_API ebt_gen_opts ebt_gen_default(void);
+
+/* Writes n_new tokens continuing prompt[n_prompt] (n_prompt >= 1) into
+ * out[n_new]; energy[n_new] (or NULL) receives the final energy of each
+ * token's thinking (NaN for transformer++), probs[n_new*V] (or NULL) the
+ * distribution each token was sampled from (before temperature/top-p). */
+EBT_API ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                                int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy,
+                                ebt_real *probs);
+
+/* ---- Training (SPEC 5) --------------------------------------------------
+ * One step on a batch: tokens[B*S] are the inputs x_0..x_{S-1} of each
+ * sequence, targets[B*S] the tokens each position must predict (usually
+ * x_1..x_S). For arch ebt the model thinks K steps from y_0 and the loss is
+ * the cross-entropy of the thoughts (mode below); for transformer++ the
+ * loss is the plain next-token cross-entropy. The optimiser is AdamW with
+ * global-norm clipping, warm-up and cosine decay; its state (and the
+ * replay buffer) lives in the model and is saved with it, so a stopped
+ * run resumes exactly. All randomness derives from (seed, step number). */
+typedef enum {
+    EBT_MODE_DETACH = 0,   /* "S1": p_k constant per step; loss = mean_k L_k */
+    EBT_MODE_TRUNCATE = 1, /* second order at the last step only; loss = L_K */
+    EBT_MODE_FULL = 2      /* back-propagate through every step (H_pp v); loss = mean_k L_k */
+} ebt_mode;
+
+typedef struct {
+    ebt_mode mode;           /* default DETACH */
+    int k_min, k_max;        /* steps per batch, uniform in [k_min, k_max] (default 2, 2) */
+    double alpha_rand;       /* r: alpha_i ~ U[alpha/r, alpha*r] per position (default 1: off) */
+    double noise;            /* Langevin sigma (default 0) */
+    double init_scale;       /* y_0 ~ N(0, init_scale^2) (default 1) */
+    int replay_capacity;     /* sequences kept in the replay buffer (default 0: off) */
+    double replay_frac;      /* fraction of each batch replayed from it (default 0) */
+    int learn_alpha;         /* alpha is trained (default 1) */
+    double alpha_lr_mult;    /* alpha's learning-rate multiplier (default 1) */
+    double lr;               /* peak learning rate (default 1e-3) */
+    double min_lr;           /* floor of the cosine decay (default 1e-4) */
+    long warmup_steps;       /* linear warm-up (default 100) */
+    long total_steps;        /* cosine decay ends here (default 10000) */
+    double weight_decay;     /* AdamW, not on norm gains or alpha (default 0.01) */
+    double beta1, beta2, eps;/* 0.9, 0.999, 1e-8 */
+    double grad_clip;        /* global norm over every gradient incl. alpha's; <= 0 off (default 1) */
+    uint64_t seed;
+} ebt_train_opts;
+
+EBT_API ebt_train_opts ebt_train_default(void);
+
+typedef struct {
+    double loss;             /* the loss that was optimised */
+    double ce_first, ce_last;/* mean cross-entropy after step 1 and after the last step (nats) */
+    double energy_first, energy_last; /* mean energy at step 0 and at the last step */
+    double grad_norm;        /* global gradient norm before clipping */
+    double lr;               /* learning rate used */
+    double alpha;            /* alpha after the step */
+    int k;                   /* thinking steps used */
+    long step;               /* optimiser steps taken so far (after this one) */
+} ebt_train_stats;
+
+/* Zeroes the gradients and computes them (SPEC 5) without updating
+ * anything. init_logits [B*S*V] and alpha_mult [B*S] (per-position step
+ * multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may be NULL: then they
+ * are drawn as the options say. Deterministic given both and noise 0,
+ * k_min == k_max, replay off. stats may be NULL. */
+EBT_API ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                  const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                                  const ebt_real *alpha_mult, ebt_train_stats *stats);
+/* ebt_train_grad, then (if the loss and every gradient are finite) clipping
+ * and one AdamW update. A non-finite step returns EBT_ERR_NONFINITE and
+ * leaves parameters, optimiser state and replay buffer unchanged. */
+EBT_API ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                  const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                                  ebt_train_stats *stats);
+/* Optimiser steps taken (0 for a new model). */
+EBT_API long ebt_train_steps_done(const ebt_model *m);
+
 #ifdef __cplusplus
 }
 #endif
