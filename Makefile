@@ -9,7 +9,7 @@ LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think
 
 .PHONY: all test asan bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)

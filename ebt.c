@@ -1867,6 +1867,13 @@ ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt
                     continue;
                 }
                 for (int j = 0; j < V; j++) yr[j] = pq[j] - alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
+                if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at y_k */
+                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
+                    active[r] = 0;
+                    done_k[r] = k;
+                    res->diverged++;
+                    n_active--;
+                }
             }
         }
         /* fill the history after each stop, then keep the lower final energy */
@@ -3248,7 +3255,10 @@ static ebt_status ebt__check_tensors(const ebt__st_header *h, const ebt__tensor 
     for (int j = 0; j < h->nt; j++) {
         const char *name = h->t[j].name;
         int known = 0;
-        if (strncmp(name, "optim.m.", 8) == 0 || strncmp(name, "optim.v.", 8) == 0) {
+        if (strncmp(name, "optim.replay.", 13) == 0) {
+            const char *w = name + 13;
+            known = !strcmp(w, "tokens") || !strcmp(w, "targets") || !strcmp(w, "logits");
+        } else if (strncmp(name, "optim.m.", 8) == 0 || strncmp(name, "optim.v.", 8) == 0) {
             for (int i = 0; i < nt && !known; i++)
                 if (strcmp(name + 8, t[i].name) == 0) {
                     known = 1;
@@ -3262,6 +3272,81 @@ static ebt_status ebt__check_tensors(const ebt__st_header *h, const ebt__tensor 
             for (int i = 0; i < nt && !known; i++) known = strcmp(name, t[i].name) == 0;
         }
         if (!known) { ebt__seterr(err, errlen, "unknown tensor %s", name); return EBT_ERR_FORMAT; }
+    }
+    return EBT_OK;
+}
+
+/* optimiser moments (all or none), optim.step, and the replay buffer */
+static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
+{
+    char nm[EBT__NAME_MAX + 8];
+    int nfound = 0, V = m->cfg.vocab_size;
+    const ebt__st_tensor *rt = ebt__st_find(h, "optim.replay.tokens"), *rg = ebt__st_find(h, "optim.replay.targets"),
+                         *rl = ebt__st_find(h, "optim.replay.logits");
+    ebt_status st = EBT_OK;
+    for (int j = 0; j < h->nt; j++) nfound += strncmp(h->t[j].name, "optim.m.", 8) == 0 || strncmp(h->t[j].name, "optim.v.", 8) == 0;
+    if (nfound > 0) {
+        long step;
+        const char *s = ebt__st_meta_get(h, "optim.step");
+        char *end;
+        if (nfound != 2 * m->nt) { ebt__seterr(err, errlen, "optimiser state is incomplete (%d of %d moment tensors)", nfound, 2 * m->nt); return EBT_ERR_FORMAT; }
+        errno = 0;
+        step = s ? strtol(s, &end, 10) : -1;
+        if (!s || errno || *end || step < 0) { ebt__seterr(err, errlen, "metadata optim.step = %s: expected an integer >= 0", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
+        m->opt_m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        m->opt_v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        if (!m->opt_m || !m->opt_v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        for (int i = 0; i < m->nt && st == EBT_OK; i++)
+            for (int w = 0; w < 2 && st == EBT_OK; w++) {
+                ebt_real *dst = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                snprintf(nm, sizeof nm, "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
+                st = ebt__st_read_tensor(f, h, ebt__st_find(h, nm), dst, m->t[i].count, err, errlen);
+                if (st == EBT_OK && !ebt__all_finite(dst, m->t[i].count)) { ebt__seterr(err, errlen, "tensor %s contains NaN or Inf", nm); st = EBT_ERR_FORMAT; }
+                for (size_t k = 0; w && st == EBT_OK && k < m->t[i].count; k++)
+                    if (dst[k] < 0) { ebt__seterr(err, errlen, "tensor %s has a negative second moment", nm); st = EBT_ERR_FORMAT; }
+            }
+        if (st != EBT_OK) return st;
+        m->opt_step = step;
+    }
+    if (rt || rg || rl) {
+        int cap, next, cnt, S;
+        size_t n;
+        ebt_real *tmp;
+        if (!rt || !rg || !rl || rt->ndim != 2 || rg->ndim != 2 || rl->ndim != 3 || rt->shape[0] < 1 || rt->shape[1] < 1 ||
+            rt->shape[0] > (1 << 20) || rt->shape[1] > m->cfg.max_seq_len || rg->shape[0] != rt->shape[0] ||
+            rg->shape[1] != rt->shape[1] || rl->shape[0] != rt->shape[0] || rl->shape[1] != rt->shape[1] || rl->shape[2] != V) {
+            ebt__seterr(err, errlen, "replay buffer tensors missing or with inconsistent shapes");
+            return EBT_ERR_FORMAT;
+        }
+        cnt = (int)rt->shape[0];
+        S = (int)rt->shape[1];
+        if (!ebt__parse_int(ebt__st_meta_get(h, "optim.replay.capacity"), cnt, 1 << 20, &cap) ||
+            !ebt__parse_int(ebt__st_meta_get(h, "optim.replay.next"), 0, cap - 1, &next) || (cnt < cap && next != cnt)) {
+            ebt__seterr(err, errlen, "metadata optim.replay.capacity/next missing or inconsistent");
+            return EBT_ERR_FORMAT;
+        }
+        n = (size_t)cap * S;
+        m->rb_y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
+        m->rb_tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
+        tmp = (ebt_real *)EBT_MALLOC(2 * n * sizeof(ebt_real));
+        if (!m->rb_y || !m->rb_tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        m->rb_tgt = m->rb_tok + n;
+        n = (size_t)cnt * S;
+        st = ebt__st_read_tensor(f, h, rt, tmp, n, err, errlen);
+        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rg, tmp + n, n, err, errlen);
+        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb_y, n * V, err, errlen);
+        for (size_t i = 0; st == EBT_OK && i < 2 * n; i++) {
+            if (!(tmp[i] >= 0 && tmp[i] < V && tmp[i] == (ebt_real)(int32_t)tmp[i])) {
+                ebt__seterr(err, errlen, "replay buffer token %g is not an id in [0, %d)", (double)tmp[i], V);
+                st = EBT_ERR_FORMAT;
+            } else {
+                (i < n ? m->rb_tok : m->rb_tgt)[i % n] = (int32_t)tmp[i];
+            }
+        }
+        if (st == EBT_OK && !ebt__all_finite(m->rb_y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
+        EBT_FREE(tmp);
+        if (st != EBT_OK) return st;
+        m->rb_cap = cap; m->rb_count = cnt; m->rb_next = next; m->rb_S = S;
     }
     return EBT_OK;
 }
@@ -3306,6 +3391,7 @@ ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errl
         }
     }
     if (st == EBT_OK && c.arch == EBT_ARCH_EBT) m->cfg.alpha = (double)m->w.alpha[0];
+    if (st == EBT_OK) st = ebt__load_train_state(f, &h, m, err, errlen);
 done:
     fclose(f);
     ebt__st_header_free(&h);
@@ -3328,8 +3414,10 @@ static void ebt__fmt_double(char *buf, size_t n, double v)
 
 ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t errlen)
 {
-    char vals[10][32];
+    char vals[13][32], (*names)[EBT__NAME_MAX + 8] = NULL;
     const char *kv[32];
+    ebt_real *rtok = NULL;
+    int no = m ? m->nt : 0;
     int nkv = 0;
     ebt__st_out *o;
     ebt_status st;
@@ -3356,8 +3444,25 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
         kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
     }
-    o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (size_t)m->nt);
-    if (!o) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+    /* optimiser state (SPEC 7 names) and the replay buffer */
+    if (m->opt_m) {
+        snprintf(vals[10], sizeof vals[10], "%ld", m->opt_step);
+        kv[nkv++] = "optim.step"; kv[nkv++] = vals[10];
+    }
+    if (m->rb_count > 0) {
+        snprintf(vals[11], sizeof vals[11], "%d", m->rb_cap);
+        kv[nkv++] = "optim.replay.capacity"; kv[nkv++] = vals[11];
+        snprintf(vals[12], sizeof vals[12], "%d", m->rb_next);
+        kv[nkv++] = "optim.replay.next"; kv[nkv++] = vals[12];
+    }
+    o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
+    names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);
+    if (m->rb_count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb_count * m->rb_S);
+    if (!o || !names || (m->rb_count > 0 && !rtok)) {
+        EBT_FREE(o); EBT_FREE(names); EBT_FREE(rtok);
+        ebt__seterr(err, errlen, "out of memory");
+        return EBT_ERR_NOMEM;
+    }
     for (int i = 0; i < m->nt; i++) {
         memset(&o[i], 0, sizeof o[i]);
         o[i].name = m->t[i].name;
@@ -3365,9 +3470,35 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         o[i].shape[0] = m->t[i].shape[0];
         o[i].shape[1] = m->t[i].shape[1];
         o[i].data = m->params + m->t[i].off;
+        if (m->opt_m) {
+            for (int w = 0; w < 2; w++) {
+                o[no] = o[i];
+                snprintf(names[2 * i + w], sizeof names[0], "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
+                o[no].name = names[2 * i + w];
+                o[no].data = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                no++;
+            }
+        }
     }
-    st = ebt__st_write(path, kv, nkv / 2, o, m->nt, err, errlen);
+    if (m->rb_count > 0) {
+        size_t n = (size_t)m->rb_count * m->rb_S;
+        static const char *rn[3] = { "optim.replay.tokens", "optim.replay.targets", "optim.replay.logits" };
+        for (size_t i = 0; i < n; i++) { rtok[i] = (ebt_real)m->rb_tok[i]; rtok[n + i] = (ebt_real)m->rb_tgt[i]; }
+        for (int w = 0; w < 3; w++) {
+            memset(&o[no], 0, sizeof o[no]);
+            o[no].name = rn[w];
+            o[no].ndim = w == 2 ? 3 : 2;
+            o[no].shape[0] = m->rb_count;
+            o[no].shape[1] = m->rb_S;
+            o[no].shape[2] = c->vocab_size;
+            o[no].data = w == 2 ? m->rb_y : rtok + (size_t)w * n;
+            no++;
+        }
+    }
+    st = ebt__st_write(path, kv, nkv / 2, o, no, err, errlen);
     EBT_FREE(o);
+    EBT_FREE(names);
+    EBT_FREE(rtok);
     return st;
 }
 

@@ -540,7 +540,7 @@ static int cmd_train(int argc, char **argv)
             last_print = t;
         }
     }
-    if (tty) fputs("\n", stderr);
+    if (tty) fputs("\r\033[K", stderr);
     printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.2f  -> %s\n",
            is_ebt ? "ebt" : "transformer++", step, (double)step * B * S / 1e6, now_s() - t0, ev.ce,
            exp(ev.ce), out);
@@ -701,8 +701,9 @@ static int plot(const char *path, const int *ks, const double *ce_k, const int *
         if (!isnan(base))
             for (int d = 0; d < 2; d++) png_line(&im, X0 + 1, PY(base) + d, X1, PY(base) + d, RED, 6);
         for (int i = 0; i < n; i++) {
-            for (int d = -1; i + 1 < n && d <= 1; d++)
-                png_line(&im, PX(xs[i]), PY(ys[i]) + d, PX(xs[i + 1]), PY(ys[i + 1]) + d, panel ? GREEN : BLUE, 0);
+            for (int d = 0; i + 1 < n && d < 9; d++)  /* 3 pixels thick */
+                png_line(&im, PX(xs[i]) + d % 3 - 1, PY(ys[i]) + d / 3 - 1, PX(xs[i + 1]) + d % 3 - 1,
+                         PY(ys[i + 1]) + d / 3 - 1, panel ? GREEN : BLUE, 0);
             png_rect(&im, PX(xs[i]) - 3, PY(ys[i]) - 3, PX(xs[i]) + 3, PY(ys[i]) + 3, panel ? GREEN : BLUE);
         }
         #undef PX
@@ -719,6 +720,17 @@ static int plot(const char *path, const int *ks, const double *ce_k, const int *
     int r = png_save(&im, path);
     png_free(&im);
     return r;
+}
+
+/* one markdown row: label, CE, perplexity, energy [, won by start != 0] */
+static void table_row(const char *label, const eval_out *e, int with_switch)
+{
+    char ppl[32], en[32], sw[32];
+    snprintf(ppl, sizeof ppl, exp(e->ce) < 1e6 ? "%.3f" : "%.3g", exp(e->ce));
+    snprintf(en, sizeof en, isnan(e->energy) ? "-" : "%.4f", e->energy);
+    snprintf(sw, sizeof sw, isnan(e->switched) ? "-" : "%.1f%%", 100 * e->switched);
+    printf("| %13s | %18.4f | %10s | %17s |", label, e->ce, ppl, en);
+    printf(with_switch ? " %17s |\n" : "\n", sw);
 }
 
 static int cmd_eval(int argc, char **argv)
@@ -761,14 +773,18 @@ static int cmd_eval(int argc, char **argv)
     eval_out base_ev = {NAN, NAN, NAN}, ek[N_KS], er[N_RS];
     const int ks[N_KS] = {1, 2, 3, 4, 8}, rs[N_RS] = {1, 2, 4};
     double ce_k[N_KS], ce_r[N_RS];
+    char label[16];
+    const int tty = isatty(fileno(stderr));
     ebt_status st;
     printf("validation: %ld batches x %d windows x %d bytes = %ld positions\n\n", nb, B, S, nb * B * S);
     if (base && (st = evaluate(base, NULL, &w, &th, &base_ev)) != EBT_OK) { rc = fail("baseline", st, base, NULL); goto done; }
     if (cfg->arch != EBT_ARCH_EBT) {
         eval_out e;
         if ((st = evaluate(m, NULL, &w, &th, &e)) != EBT_OK) { rc = fail("validation", st, m, NULL); goto done; }
-        printf("| model | val CE (nats/byte) | ppl |\n|---|---:|---:|\n| %s | %.4f | %.3f |\n", ckpt, e.ce, exp(e.ce));
-        if (base) printf("| %s | %.4f | %.3f |\n", base_path, base_ev.ce, exp(base_ev.ce));
+        printf("| model         | val CE (nats/byte) |        ppl | mean final energy |\n");
+        printf("|--------------:|-------------------:|-----------:|------------------:|\n");
+        table_row(ckpt, &e, 0);
+        if (base) table_row(base_path, &base_ev, 0);
         if (plot_path) fprintf(stderr, "ebt_lm: --plot needs an EBT checkpoint; no plot written\n");
         rc = 0;
         goto done;
@@ -784,23 +800,27 @@ static int cmd_eval(int argc, char **argv)
         if (same >= 0) {
             *e = ek[same];
         } else {
-            fprintf(stderr, "\rebt_lm: thinking %d steps, %d restarts ...\033[K", th.steps, th.restarts);
+            if (tty) fprintf(stderr, "\rebt_lm: thinking %d steps, %d restarts ...\033[K", th.steps, th.restarts);
             if ((st = evaluate(m, ws, &w, &th, e)) != EBT_OK) { rc = fail("validation", st, m, ws); goto done; }
         }
         if (i < N_KS) ce_k[i] = e->ce; else ce_r[i - N_KS] = e->ce;
     }
-    fprintf(stderr, "\r\033[K");
-    printf("| think steps | val CE (nats/byte) |    ppl | mean final energy |\n");
-    printf("|------------:|-------------------:|-------:|------------------:|\n");
-    for (int i = 0; i < N_KS; i++)
-        printf("| %11d | %18.4f | %6.3f | %17.4f |\n", ks[i], ek[i].ce, exp(ek[i].ce), ek[i].energy);
-    if (base) printf("| transformer++ | %16.4f | %6.3f | %17s |\n", base_ev.ce, exp(base_ev.ce), "-");
-    printf("\n| restarts (K=%d) | val CE (nats/byte) |    ppl | mean final energy | won by start != 0 |\n", eval_steps);
-    printf("|---------------:|-------------------:|-------:|------------------:|------------------:|\n");
-    for (int i = 0; i < N_RS; i++)
-        printf("| %14d | %18.4f | %6.3f | %17.4f | %16.1f%% |\n", rs[i], er[i].ce, exp(er[i].ce), er[i].energy,
-               100 * er[i].switched);
-    if (base) printf("| transformer++  | %18.4f | %6.3f | %17s | %17s |\n", base_ev.ce, exp(base_ev.ce), "-", "-");
+    if (tty) fputs("\r\033[K", stderr);
+    printf("| think steps   | val CE (nats/byte) |        ppl | mean final energy |\n");
+    printf("|--------------:|-------------------:|-----------:|------------------:|\n");
+    for (int i = 0; i < N_KS; i++) {
+        snprintf(label, sizeof label, "%d", ks[i]);
+        table_row(label, &ek[i], 0);
+    }
+    if (base) table_row("transformer++", &base_ev, 0);
+    snprintf(label, sizeof label, "restarts K=%d", eval_steps);
+    printf("\n| %13s | val CE (nats/byte) |        ppl | mean final energy | won by start != 0 |\n", label);
+    printf("|--------------:|-------------------:|-----------:|------------------:|------------------:|\n");
+    for (int i = 0; i < N_RS; i++) {
+        snprintf(label, sizeof label, "%d", rs[i]);
+        table_row(label, &er[i], 1);
+    }
+    if (base) table_row("transformer++", &base_ev, 1);
     if (plot_path) {
         if (plot(plot_path, ks, ce_k, rs, ce_r, eval_steps, base_ev.ce) != 0) {
             fprintf(stderr, "ebt_lm: cannot write %s\n", plot_path);

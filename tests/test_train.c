@@ -80,11 +80,158 @@ static void check_train_cfg(const char *cfg)
 static void test_train_ref_step_tied(void **s) { (void)s; check_train_cfg("a"); }
 static void test_train_ref_plain(void **s) { (void)s; check_train_cfg("b"); }
 
+/* a tiny byte-level corpus and batches drawn from it */
+static const char corpus[] =
+    "the quick brown fox jumps over the lazy dog. the lazy dog sleeps. the fox runs away. "
+    "a quick brown dog jumps over the lazy fox. the dog and the fox are friends now. ";
+
+static void batch(int32_t *tok, int32_t *tgt, int B, int S, unsigned seed)
+{
+    int n = (int)strlen(corpus);
+    for (int b = 0; b < B; b++) {
+        int at = (int)((seed * 2654435761u + (unsigned)b * 40503u) % (unsigned)(n - S - 1));
+        for (int i = 0; i < S; i++) {
+            tok[b * S + i] = (unsigned char)corpus[at + i] % 64;
+            tgt[b * S + i] = (unsigned char)corpus[at + i + 1] % 64;
+        }
+    }
+}
+
+static ebt_model *small(ebt_arch arch)
+{
+    ebt_config c = ebt_config_default();
+    ebt_model *m = NULL;
+    c.arch = arch; c.vocab_size = 64; c.d_model = 32; c.n_heads = 2; c.d_ff = 32; c.n_layers = 2; c.max_seq_len = 16;
+    c.alpha = 2;
+    assert_int_equal(ebt_create(&c, 3, &m), EBT_OK);
+    return m;
+}
+
+/* a short real run lowers the loss (EBT: cross-entropy after the last thinking step) */
+static void check_learns(ebt_arch arch)
+{
+    ebt_model *m = small(arch);
+    ebt_train_opts o = ebt_train_default();
+    ebt_train_stats st;
+    int32_t tok[8 * 16], tgt[8 * 16];
+    double first = 0, last = 0;
+    o.lr = 3e-3; o.warmup_steps = 10; o.total_steps = 150; o.k_min = 2; o.k_max = 3; o.alpha_rand = 2;
+    o.replay_capacity = 32; o.replay_frac = 0.25;
+    for (int s = 0; s < 150; s++) {
+        batch(tok, tgt, 8, 16, (unsigned)s);
+        assert_int_equal(ebt_train_step(m, &o, tok, tgt, 8, 16, NULL, &st), EBT_OK);
+        if (s < 10) first += st.ce_last / 10;
+        if (s >= 140) last += st.ce_last / 10;
+    }
+    printf("  %s: cross-entropy %.3f -> %.3f nats over 150 steps (alpha %.3f)\n",
+           arch == EBT_ARCH_EBT ? "ebt" : "transformer++", first, last, st.alpha);
+    assert_true(last < first - 0.5);
+    assert_int_equal(ebt_train_steps_done(m), 150);
+    ebt_free(m);
+}
+
+static void test_learns_ebt(void **s) { (void)s; check_learns(EBT_ARCH_EBT); }
+static void test_learns_transformer(void **s) { (void)s; check_learns(EBT_ARCH_TRANSFORMER); }
+
+#ifndef EBT_DOUBLE
+/* stopped after 4 steps, saved, loaded and resumed: the same losses, bit for
+ * bit, as an uninterrupted run, with every source of randomness on */
+static void check_resume(ebt_arch arch)
+{
+    ebt_train_opts o = ebt_train_default();
+    ebt_train_stats st;
+    int32_t tok[4 * 16], tgt[4 * 16];
+    double a[8], b[8];
+    ebt_model *m = small(arch), *r = NULL;
+    o.k_min = 1; o.k_max = 3; o.alpha_rand = 2; o.noise = 0.1; o.replay_capacity = 6; o.replay_frac = 0.5;
+    o.warmup_steps = 2; o.total_steps = 8; o.mode = EBT_MODE_TRUNCATE;
+    for (int s = 0; s < 8; s++) {
+        batch(tok, tgt, 4, 16, (unsigned)s);
+        assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
+        a[s] = st.loss;
+    }
+    ebt_free(m);
+    m = small(arch);
+    for (int s = 0; s < 4; s++) {
+        batch(tok, tgt, 4, 16, (unsigned)s);
+        assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
+        b[s] = st.loss;
+    }
+    assert_int_equal(ebt_save(m, "resume_test.safetensors"), EBT_OK);
+    ebt_free(m);
+    assert_int_equal(ebt_load("resume_test.safetensors", &r), EBT_OK);
+    assert_int_equal(ebt_train_steps_done(r), 4);
+    for (int s = 4; s < 8; s++) {
+        batch(tok, tgt, 4, 16, (unsigned)s);
+        assert_int_equal(ebt_train_step(r, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
+        b[s] = st.loss;
+    }
+    assert_memory_equal(a, b, sizeof a);
+    ebt_free(r);
+    remove("resume_test.safetensors");
+}
+
+static void test_resume_ebt(void **s) { (void)s; check_resume(EBT_ARCH_EBT); }
+static void test_resume_transformer(void **s) { (void)s; check_resume(EBT_ARCH_TRANSFORMER); }
+
+static uint64_t hash_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    uint64_t h = 1469598103934665603ULL;
+    int c;
+    assert_non_null(f);
+    while ((c = fgetc(f)) != EOF) h = (h ^ (unsigned)c) * 1099511628211ULL;
+    fclose(f);
+    return h;
+}
+
+/* a step whose update is not finite is refused; the model, its optimiser
+ * state and replay buffer are unchanged (the saved file is the same) and
+ * training goes on */
+static void test_nonfinite_refused(void **state)
+{
+    ebt_model *m = small(EBT_ARCH_EBT);
+    ebt_train_opts o = ebt_train_default(), huge;
+    ebt_train_stats st;
+    int32_t tok[4 * 16], tgt[4 * 16];
+    static ebt_real y0[4 * 16 * 64];
+    (void)state;
+    o.replay_capacity = 8; o.replay_frac = 0.5; o.warmup_steps = 0;
+    for (int s = 0; s < 3; s++) {
+        batch(tok, tgt, 4, 16, (unsigned)s);
+        assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
+    }
+    assert_int_equal(ebt_save(m, "nonfinite_test.safetensors"), EBT_OK);
+    uint64_t before = hash_file("nonfinite_test.safetensors");
+    huge = o;
+    huge.lr = 1e300; huge.min_lr = 1e300; huge.grad_clip = 0;
+    assert_int_equal(ebt_train_step(m, &huge, tok, tgt, 4, 16, NULL, &st), EBT_ERR_NONFINITE);
+    assert_true(ebt_last_error(m)[0] != 0);
+    for (int i = 0; i < 4 * 16 * 64; i++) y0[i] = (ebt_real)test_normal();
+    y0[77] = (ebt_real)NAN;   /* poisoned input */
+    assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, y0, &st), EBT_ERR_NONFINITE);
+    assert_int_equal(ebt_save(m, "nonfinite_test.safetensors"), EBT_OK);
+    assert_true(hash_file("nonfinite_test.safetensors") == before);
+    assert_int_equal(ebt_train_steps_done(m), 3);
+    assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);   /* training goes on */
+    assert_int_equal(ebt_train_steps_done(m), 4);
+    ebt_free(m);
+    remove("nonfinite_test.safetensors");
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_ref_step_tied),
         cmocka_unit_test(test_train_ref_plain),
+        cmocka_unit_test(test_learns_ebt),
+        cmocka_unit_test(test_learns_transformer),
+#ifndef EBT_DOUBLE /* checkpoints hold float32: resume and refusal are properties of the float build */
+        cmocka_unit_test(test_resume_ebt),
+        cmocka_unit_test(test_resume_transformer),
+        cmocka_unit_test(test_nonfinite_refused),
+#endif
     };
     return cmocka_run_group_tests_name("training (SPEC 5)", tests, NULL, NULL);
 }

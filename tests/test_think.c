@@ -1,0 +1,225 @@
+/* Thinking (SPEC 4) and generation: stopping on the energy threshold and
+ * the convergence tolerance, self-verification picks the lowest-energy
+ * start, stopped positions are not recomputed, a blow-up stops cleanly,
+ * last-position thinking equals the same row of full thinking, and
+ * KV-cached generation equals uncached generation. */
+#include "../ebt.h"
+#include "test_util.h"
+
+enum { B = 2, S = 6, V = 13, K = 6 };
+
+static ebt_model *make(ebt_arch arch, int step_embed)
+{
+    ebt_config c = ebt_config_default();
+    ebt_model *m = NULL;
+    c.arch = arch; c.vocab_size = V; c.d_model = 16; c.n_heads = 2; c.d_ff = 24; c.n_layers = 2; c.max_seq_len = 12;
+    c.n_step_embed = step_embed; c.alpha = 0.5;
+    assert_int_equal(ebt_create(&c, 21, &m), EBT_OK);
+    return m;
+}
+
+typedef struct {
+    ebt_real probs[B * S * V], energy[B * S * (K + 1)], fin[B * S];
+    int steps[B * S], win[B * S];
+    ebt_think_result r;
+} run;
+
+static void think(ebt_workspace *ws, ebt_model *m, const int32_t *tok, const ebt_think_opts *o, run *out)
+{
+    memset(&out->r, 0, sizeof out->r);
+    out->r.probs = out->probs; out->r.energy = out->energy; out->r.final_energy = out->fin;
+    out->r.steps_taken = out->steps; out->r.winner = out->win;
+    assert_int_equal(ebt_think(ws, m, tok, B, S, o, &out->r), EBT_OK);
+}
+
+static void fill(int32_t *tok, ebt_real *y0, int n_starts)
+{
+    for (int i = 0; i < B * S; i++) tok[i] = (int32_t)(test_unif() * V);
+    for (int i = 0; i < n_starts * B * S * V; i++) y0[i] = (ebt_real)test_normal();
+}
+
+static void check_stopping(int step_embed)
+{
+    ebt_model *m = make(EBT_ARCH_EBT, step_embed);
+    ebt_workspace *ws;
+    int32_t tok[B * S];
+    static ebt_real y0[B * S * V];
+    static run full, thr, tol;
+    ebt_think_opts o = ebt_think_default();
+    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
+    fill(tok, y0, 1);
+    o.steps = K; o.init_logits = y0;
+    think(ws, m, tok, &o, &full);
+    assert_true(full.r.rows_evaluated == (long long)B * S * (K + 1));
+    assert_true(full.r.rows_budget == full.r.rows_evaluated);
+    for (int r = 0; r < B * S; r++) assert_int_equal(full.steps[r], K);
+    /* energy threshold at the median of E_2: each position stops at the first k with E_k <= thr */
+    ebt_real e2[B * S];
+    for (int r = 0; r < B * S; r++) e2[r] = full.energy[r * (K + 1) + 2];
+    for (int i = 1; i < B * S; i++) for (int j = i; j > 0 && e2[j] < e2[j - 1]; j--) { ebt_real t = e2[j]; e2[j] = e2[j - 1]; e2[j - 1] = t; }
+    o.energy_threshold = e2[B * S / 2];
+    think(ws, m, tok, &o, &thr);
+    long long evals = 0;
+    int stopped_early = 0;
+    for (int r = 0; r < B * S; r++) {
+        int k = 0;
+        while (k < K && !(full.energy[r * (K + 1) + k] <= o.energy_threshold)) k++;
+        assert_int_equal(thr.steps[r], k);
+        assert_true(thr.fin[r] == full.energy[r * (K + 1) + k]);
+        for (int j = k; j <= K; j++) assert_true(thr.energy[r * (K + 1) + j] == thr.fin[r]);   /* stays */
+        evals += k + 1;
+        stopped_early += k < K;
+    }
+    assert_true(stopped_early > 0);
+    assert_true(thr.r.rows_evaluated == evals);          /* stopped rows cost nothing more */
+    assert_true(thr.r.rows_evaluated < thr.r.rows_budget);
+    printf("  threshold: %lld of %lld row evaluations (%.0f%% saved)\n", thr.r.rows_evaluated, thr.r.rows_budget,
+           100.0 * (1 - (double)thr.r.rows_evaluated / thr.r.rows_budget));
+    /* convergence tolerance at the median |E_k - E_{k-1}| */
+    o.energy_threshold = -INFINITY;
+    o.tol = 0;
+    for (int r = 0; r < B * S; r++) o.tol += fabs(full.energy[r * (K + 1) + 3] - full.energy[r * (K + 1) + 2]) / (B * S);
+    think(ws, m, tok, &o, &tol);
+    stopped_early = 0;
+    for (int r = 0; r < B * S; r++) {
+        int k = 1;
+        while (k < K && !(fabs((double)full.energy[r * (K + 1) + k] - full.energy[r * (K + 1) + k - 1]) <= o.tol)) k++;
+        if (!(fabs((double)full.energy[r * (K + 1) + K] - full.energy[r * (K + 1) + K - 1]) <= o.tol) && k == K) k = K;
+        assert_int_equal(tol.steps[r], k);
+        assert_true(tol.fin[r] == full.energy[r * (K + 1) + k]);
+        stopped_early += k < K;
+    }
+    assert_true(stopped_early > 0);
+    ebt_workspace_free(ws);
+    ebt_free(m);
+}
+
+static void test_stop_plain(void **s) { (void)s; check_stopping(0); }
+static void test_stop_step_embed(void **s) { (void)s; check_stopping(3); }
+
+/* with 4 starts, every position keeps the start whose final energy is lowest */
+static void test_self_verification(void **state)
+{
+    ebt_model *m = make(EBT_ARCH_EBT, 0);
+    ebt_workspace *ws;
+    int32_t tok[B * S];
+    static ebt_real y0[4 * B * S * V];
+    static run all, one[4];
+    ebt_think_opts o = ebt_think_default();
+    int nonzero = 0;
+    (void)state;
+    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
+    fill(tok, y0, 4);
+    o.steps = 3; o.restarts = 4; o.init_logits = y0;
+    think(ws, m, tok, &o, &all);
+    o.restarts = 1;
+    for (int s = 0; s < 4; s++) { o.init_logits = y0 + (size_t)s * B * S * V; think(ws, m, tok, &o, &one[s]); }
+    for (int r = 0; r < B * S; r++) {
+        int best = 0;
+        for (int s = 1; s < 4; s++) if (one[s].fin[r] < one[best].fin[r]) best = s;
+        assert_int_equal(all.win[r], best);
+        assert_true(all.fin[r] == one[best].fin[r]);
+        assert_memory_equal(&all.probs[r * V], &one[best].probs[r * V], sizeof(ebt_real) * V);
+        nonzero += best != 0;
+    }
+    assert_true(nonzero > 0);   /* the choice mattered */
+    assert_true(all.r.rows_evaluated == 4LL * B * S * 4);
+    ebt_workspace_free(ws);
+    ebt_free(m);
+}
+
+/* thinking at the last position only equals that row of thinking everywhere */
+static void test_last_only(void **state)
+{
+    ebt_model *m = make(EBT_ARCH_EBT, 0);
+    ebt_workspace *ws;
+    int32_t tok[B * S];
+    static ebt_real y0[B * S * V], ylast[B * V];
+    static run full;
+    ebt_real probs[B * V], en[B * (K + 1)];
+    ebt_think_result r;
+    ebt_think_opts o = ebt_think_default();
+    (void)state;
+    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
+    fill(tok, y0, 1);
+    for (int b = 0; b < B; b++) memcpy(ylast + b * V, y0 + ((size_t)b * S + S - 1) * V, sizeof(ebt_real) * V);
+    o.steps = K; o.init_logits = y0;
+    think(ws, m, tok, &o, &full);
+    memset(&r, 0, sizeof r);
+    r.probs = probs; r.energy = en;
+    o.last_only = 1; o.init_logits = ylast;
+    assert_int_equal(ebt_think(ws, m, tok, B, S, &o, &r), EBT_OK);
+    assert_true(r.rows_evaluated == (long long)B * (K + 1));
+    for (int b = 0; b < B; b++) {
+        int row = b * S + S - 1;
+        for (int j = 0; j < V; j++) assert_true(fabs(probs[b * V + j] - full.probs[row * V + j]) <= 1e-6);
+        for (int k = 0; k <= K; k++)
+            assert_true(fabs(en[b * (K + 1) + k] - full.energy[row * (K + 1) + k]) <= 1e-5 * (1 + fabs(en[b * (K + 1) + k])));
+    }
+    ebt_workspace_free(ws);
+    ebt_free(m);
+}
+
+/* a step size that blows the energy up stops cleanly and is reported */
+static void test_blow_up(void **state)
+{
+    ebt_model *m = make(EBT_ARCH_EBT, 0);
+    ebt_workspace *ws;
+    int32_t tok[B * S];
+    static ebt_real y0[B * S * V];
+    static run r;
+    ebt_think_opts o = ebt_think_default();
+    (void)state;
+    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
+    fill(tok, y0, 1);
+    o.steps = 3; o.init_logits = y0; o.step_size = 1e38;
+    think(ws, m, tok, &o, &r);
+    assert_true(r.r.diverged > 0);
+    for (int i = 0; i < B * S * V; i++) assert_true(isfinite(r.probs[i]));
+    for (int i = 0; i < B * S; i++) assert_true(isfinite(r.fin[i]));
+    printf("  step size 1e38: %d of %d positions diverged and stopped at their last finite state\n", r.r.diverged, B * S);
+    ebt_workspace_free(ws);
+    ebt_free(m);
+}
+
+/* generation with the KV cache equals re-running the whole prefix */
+static void check_cache(ebt_arch arch)
+{
+    enum { NP = 5, NN = 14 };   /* 5 + 14 > max_S 12: the window slides too */
+    ebt_model *m = make(arch, 0);
+    ebt_workspace *ws;
+    int32_t prompt[NP] = { 1, 5, 7, 2, 11 }, a[NN], b[NN];
+    static ebt_real pa[NN * V], pb[NN * V];
+    ebt_real ea[NN], eb[NN];
+    ebt_gen_opts o = ebt_gen_default();
+    assert_int_equal(ebt_workspace_create(m, 1, 12, &ws), EBT_OK);
+    o.temperature = 0.9; o.top_p = 0.95; o.think.steps = 3;
+    assert_int_equal(ebt_generate(ws, m, prompt, NP, NN, &o, a, ea, pa), EBT_OK);
+    o.no_cache = 1;
+    assert_int_equal(ebt_generate(ws, m, prompt, NP, NN, &o, b, eb, pb), EBT_OK);
+    double maxd = 0;
+    for (int i = 0; i < NN * V; i++) maxd = fmax(maxd, fabs(pa[i] - pb[i]));
+    printf("  %s: cached vs uncached max |dp| = %.2e\n", arch == EBT_ARCH_EBT ? "ebt" : "transformer++", maxd);
+    assert_memory_equal(a, b, sizeof a);
+    assert_true(maxd <= 1e-5);
+    for (int i = 0; i < NN; i++) assert_true(arch != EBT_ARCH_EBT || fabs(ea[i] - eb[i]) <= 1e-4 * (1 + fabs(eb[i])));
+    ebt_workspace_free(ws);
+    ebt_free(m);
+}
+
+static void test_cache_ebt(void **s) { (void)s; check_cache(EBT_ARCH_EBT); }
+static void test_cache_transformer(void **s) { (void)s; check_cache(EBT_ARCH_TRANSFORMER); }
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stop_plain),
+        cmocka_unit_test(test_stop_step_embed),
+        cmocka_unit_test(test_self_verification),
+        cmocka_unit_test(test_last_only),
+        cmocka_unit_test(test_blow_up),
+        cmocka_unit_test(test_cache_ebt),
+        cmocka_unit_test(test_cache_transformer),
+    };
+    return cmocka_run_group_tests_name("thinking and generation", tests, NULL, NULL);
+}
