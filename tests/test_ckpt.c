@@ -1,7 +1,9 @@
 /* Checkpoints: bit-exact round trips for every arch/option; corrupted,
  * truncated or mislabelled files rejected with a message; a failed save
  * leaves the previous file intact. */
+#define _POSIX_C_SOURCE 200809L
 #include <sys/stat.h>
+#include <unistd.h>
 #include "../ebt.h"
 #include "test_util.h"
 
