@@ -39,7 +39,6 @@
    Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
 */
 #define _POSIX_C_SOURCE 200809L
-#include <ctype.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -141,50 +140,43 @@ static int load_model(const char *path, ebt_model **m)
     return 1;
 }
 
-/* ---- option parsing: each returns 1 if v is a valid value -------------- */
+/* ---- options: one table per command --------------------------------- */
 
-static int opt_long(const char *v, long lo, long hi, long *out)
+typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_LONG, OPT_DBL, OPT_U64 } opt_kind;
+typedef struct { const char *name; opt_kind kind; void *dst; double lo, hi; } opt_spec;
+
+/* Parses argv[1..] against o[n] (numbers must lie in [lo, hi]; a flag sets
+ * its int to 1). Returns -1 when all is well, else the exit code: 0 after
+ * --help (usage on stdout), 2 for a bad option (usage on stderr). */
+static int parse_opts(int argc, char **argv, const opt_spec *o, int n, const char *usage)
 {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || x < lo || x > hi) return 0;
-    *out = x;
-    return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int k = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 0; }
+        while (k < n && strcmp(a, o[k].name)) k++;
+        if (k == n || (o[k].kind != OPT_FLAG && !v)) {
+            fprintf(stderr, "ebt_lm: unknown or incomplete option '%s'\n\n%s", a, usage);
+            return 2;
+        }
+        if (o[k].kind == OPT_FLAG) { *(int *)o[k].dst = 1; continue; }
+        i++;
+        char *end = (char *)v;
+        double x = o[k].kind == OPT_STR ? 0 : strtod(v, &end);
+        int ok = o[k].kind == OPT_STR ||
+                 (end != v && !*end && x >= o[k].lo && x <= o[k].hi && (o[k].kind == OPT_DBL || x == floor(x)));
+        if (o[k].kind == OPT_U64) ok = *v && !v[strspn(v, "0123456789")];
+        if (!ok) { fprintf(stderr, "ebt_lm: invalid value '%s' for %s\n\n%s", v, a, usage); return 2; }
+        if (o[k].kind == OPT_STR) *(const char **)o[k].dst = v;
+        else if (o[k].kind == OPT_INT) *(int *)o[k].dst = (int)x;
+        else if (o[k].kind == OPT_LONG) *(long *)o[k].dst = (long)x;
+        else if (o[k].kind == OPT_DBL) *(double *)o[k].dst = x;
+        else *(uint64_t *)o[k].dst = (uint64_t)strtoull(v, NULL, 10);
+    }
+    return -1;
 }
 
-static int opt_int(const char *v, long lo, long hi, int *out)
-{
-    long x;
-    if (!opt_long(v, lo, hi, &x)) return 0;
-    *out = (int)x;
-    return 1;
-}
-
-static int opt_dbl(const char *v, double lo, double hi, double *out)
-{
-    char *end;
-    double x = strtod(v, &end);
-    if (end == v || *end || !(x >= lo && x <= hi)) return 0;
-    *out = x;
-    return 1;
-}
-
-static int opt_u64(const char *v, uint64_t *out)
-{
-    char *end;
-    if (!isdigit((unsigned char)*v)) return 0;
-    unsigned long long x = strtoull(v, &end, 0);
-    if (*end) return 0;
-    *out = (uint64_t)x;
-    return 1;
-}
-
-static int usage_error(const char *usage, const char *opt, const char *val)
-{
-    if (val) fprintf(stderr, "ebt_lm: invalid value '%s' for %s\n\n%s", val, opt, usage);
-    else fprintf(stderr, "ebt_lm: unknown or incomplete option '%s'\n\n%s", opt, usage);
-    return 2;
-}
+#define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ---- corpus ------------------------------------------------------------ */
 
@@ -351,65 +343,41 @@ static int cmd_train(int argc, char **argv)
     to.alpha_rand = RECIPE_ALPHA_RAND; to.noise = RECIPE_NOISE; to.replay_capacity = RECIPE_REPLAY;
     to.replay_frac = RECIPE_REPLAY_FRAC; to.lr = RECIPE_LR; to.warmup_steps = RECIPE_WARMUP;
     to.seed = 1;
-    const char *data = NULL, *out = NULL;
-    int B = RECIPE_BATCH, S = RECIPE_SEQ, ff = 0, resume = 0, arch_set = 0, seq_set = 0, eval_steps = 0;
+    const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL;
+    int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = 0, eval_steps = 0;
     long steps = 0, eval_every = 200, save_every = 500, eval_batches = 8;
     double minutes = -1;
-
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(TRAIN_USAGE, stdout); return 0; }
-        else if (!strcmp(a, "--tie")) cfg.tie_pred_embed = 1;
-        else if (!strcmp(a, "--resume")) resume = 1;
-        else if (!strcmp(a, "--no-learn-alpha")) to.learn_alpha = 0;
-        else if (!v) return usage_error(TRAIN_USAGE, a, NULL);
-        else {
-            i++;
-            if (!strcmp(a, "--data")) data = v;
-            else if (!strcmp(a, "--out")) out = v;
-            else if (!strcmp(a, "--arch")) {
-                arch_set = 1;
-                if (!strcmp(v, "ebt")) cfg.arch = EBT_ARCH_EBT;
-                else if (!strcmp(v, "transformer") || !strcmp(v, "transformer++")) cfg.arch = EBT_ARCH_TRANSFORMER;
-                else ok = 0;
-            } else if (!strcmp(a, "--mode")) {
-                if (!strcmp(v, "detach")) to.mode = EBT_MODE_DETACH;
-                else if (!strcmp(v, "truncate")) to.mode = EBT_MODE_TRUNCATE;
-                else if (!strcmp(v, "full")) to.mode = EBT_MODE_FULL;
-                else ok = 0;
-            }
-            else if (!strcmp(a, "--minutes")) ok = opt_dbl(v, 0.001, 1e7, &minutes);
-            else if (!strcmp(a, "--steps")) ok = opt_long(v, 1, 1L << 40, &steps);
-            else if (!strcmp(a, "--save-every")) ok = opt_long(v, 1, 1L << 40, &save_every);
-            else if (!strcmp(a, "--eval-every")) ok = opt_long(v, 0, 1L << 40, &eval_every);
-            else if (!strcmp(a, "--eval-batches")) ok = opt_long(v, 1, 1 << 20, &eval_batches);
-            else if (!strcmp(a, "--eval-steps")) ok = opt_int(v, 1, 1000, &eval_steps);
-            else if (!strcmp(a, "--d")) ok = opt_int(v, 2, 1 << 16, &cfg.d_model);
-            else if (!strcmp(a, "--layers")) ok = opt_int(v, 1, 1024, &cfg.n_layers);
-            else if (!strcmp(a, "--heads")) ok = opt_int(v, 1, 1 << 16, &cfg.n_heads);
-            else if (!strcmp(a, "--ff")) ok = opt_int(v, 1, 1 << 20, &ff);
-            else if (!strcmp(a, "--seq")) ok = seq_set = opt_int(v, 1, 1 << 20, &S);
-            else if (!strcmp(a, "--batch")) ok = opt_int(v, 1, 1 << 20, &B);
-            else if (!strcmp(a, "--alpha")) ok = opt_dbl(v, 0, 1e9, &cfg.alpha);
-            else if (!strcmp(a, "--step-embed")) ok = opt_int(v, 0, 1 << 16, &cfg.n_step_embed);
-            else if (!strcmp(a, "--k-min")) ok = opt_int(v, 1, 1000, &to.k_min);
-            else if (!strcmp(a, "--k-max")) ok = opt_int(v, 1, 1000, &to.k_max);
-            else if (!strcmp(a, "--alpha-rand")) ok = opt_dbl(v, 1, 1e6, &to.alpha_rand);
-            else if (!strcmp(a, "--noise")) ok = opt_dbl(v, 0, 1e6, &to.noise);
-            else if (!strcmp(a, "--replay")) ok = opt_int(v, 0, 1 << 24, &to.replay_capacity);
-            else if (!strcmp(a, "--replay-frac")) ok = opt_dbl(v, 0, 1, &to.replay_frac);
-            else if (!strcmp(a, "--lr")) ok = opt_dbl(v, 0, 10, &to.lr);
-            else if (!strcmp(a, "--min-lr")) ok = opt_dbl(v, 0, 10, &to.min_lr);
-            else if (!strcmp(a, "--warmup")) ok = opt_long(v, 0, 1L << 40, &to.warmup_steps);
-            else if (!strcmp(a, "--alpha-lr-mult")) ok = opt_dbl(v, 0, 1e6, &to.alpha_lr_mult);
-            else if (!strcmp(a, "--clip")) ok = opt_dbl(v, 0, 1e9, &to.grad_clip);
-            else if (!strcmp(a, "--wd")) ok = opt_dbl(v, 0, 10, &to.weight_decay);
-            else if (!strcmp(a, "--seed")) ok = opt_u64(v, &to.seed);
-            else return usage_error(TRAIN_USAGE, a, NULL);
-        }
-        if (!ok) return usage_error(TRAIN_USAGE, a, v);
-    }
+    const opt_spec spec[] = {
+        {"--data", OPT_STR, &data, 0, 0}, {"--out", OPT_STR, &out, 0, 0}, {"--arch", OPT_STR, &arch, 0, 0},
+        {"--resume", OPT_FLAG, &resume, 0, 0}, {"--minutes", OPT_DBL, &minutes, 1e-3, 1e7},
+        {"--steps", OPT_LONG, &steps, 1, 1e12}, {"--save-every", OPT_LONG, &save_every, 1, 1e12},
+        {"--eval-every", OPT_LONG, &eval_every, 0, 1e12}, {"--eval-batches", OPT_LONG, &eval_batches, 1, 1e6},
+        {"--eval-steps", OPT_INT, &eval_steps, 1, 1000}, {"--d", OPT_INT, &cfg.d_model, 2, 65536},
+        {"--layers", OPT_INT, &cfg.n_layers, 1, 1024}, {"--heads", OPT_INT, &cfg.n_heads, 1, 65536},
+        {"--ff", OPT_INT, &ff, 1, 1 << 20}, {"--seq", OPT_INT, &S, 1, 1 << 20},
+        {"--batch", OPT_INT, &B, 1, 1 << 20}, {"--alpha", OPT_DBL, &cfg.alpha, 0, 1e9},
+        {"--step-embed", OPT_INT, &cfg.n_step_embed, 0, 65536}, {"--tie", OPT_FLAG, &tie, 0, 0},
+        {"--mode", OPT_STR, &mode, 0, 0}, {"--k-min", OPT_INT, &to.k_min, 1, 1000},
+        {"--k-max", OPT_INT, &to.k_max, 1, 1000}, {"--alpha-rand", OPT_DBL, &to.alpha_rand, 1, 1e6},
+        {"--noise", OPT_DBL, &to.noise, 0, 1e6}, {"--replay", OPT_INT, &to.replay_capacity, 0, 1 << 24},
+        {"--replay-frac", OPT_DBL, &to.replay_frac, 0, 1}, {"--lr", OPT_DBL, &to.lr, 0, 10},
+        {"--min-lr", OPT_DBL, &to.min_lr, 0, 10}, {"--warmup", OPT_LONG, &to.warmup_steps, 0, 1e12},
+        {"--no-learn-alpha", OPT_FLAG, &fixed_alpha, 0, 0}, {"--alpha-lr-mult", OPT_DBL, &to.alpha_lr_mult, 0, 1e6},
+        {"--clip", OPT_DBL, &to.grad_clip, 0, 1e9}, {"--wd", OPT_DBL, &to.weight_decay, 0, 10},
+        {"--seed", OPT_U64, &to.seed, 0, 0},
+    };
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE);
+    if (rc >= 0) return rc;
+    if (arch && strcmp(arch, "ebt") && strcmp(arch, "transformer") && strcmp(arch, "transformer++"))
+        { fprintf(stderr, "ebt_lm: --arch is ebt or transformer\n"); return 2; }
+    if (mode && strcmp(mode, "detach") && strcmp(mode, "truncate") && strcmp(mode, "full"))
+        { fprintf(stderr, "ebt_lm: --mode is detach, truncate or full\n"); return 2; }
+    cfg.arch = arch && strcmp(arch, "ebt") ? EBT_ARCH_TRANSFORMER : EBT_ARCH_EBT;
+    if (mode) to.mode = mode[0] == 'f' ? EBT_MODE_FULL : mode[0] == 't' ? EBT_MODE_TRUNCATE : EBT_MODE_DETACH;
+    cfg.tie_pred_embed = tie;
+    to.learn_alpha = !fixed_alpha;
+    const int seq_set = S > 0;
+    if (!seq_set) S = RECIPE_SEQ;
     if (to.k_min > to.k_max) { fprintf(stderr, "ebt_lm: --k-min > --k-max\n"); return 2; }
     if (minutes < 0 && steps == 0) minutes = 5;
     cfg.d_ff = ff ? ff : cfg.d_model;
@@ -420,12 +388,12 @@ static int cmd_train(int argc, char **argv)
     ebt_workspace *ws = NULL;
     int32_t *tok = NULL, *tgt = NULL;
     corpus c = {0};
-    int rc = 1;
     struct stat sb;
+    rc = 1;
     if (resume && stat(out, &sb) == 0) {
         if (load_model(out, &m)) return 1;
         const ebt_config *mc = ebt_model_config(m);
-        if (arch_set && mc->arch != cfg.arch) {
+        if (arch && mc->arch != cfg.arch) {
             fprintf(stderr, "ebt_lm: %s holds a different arch than --arch\n", out);
             ebt_free(m);
             return 2;
@@ -496,7 +464,11 @@ static int cmd_train(int argc, char **argv)
             last_eval = step;
         }
         if (step > last_save && (at_end || step % save_every == 0)) {
-            if ((st = ebt_save(m, out)) != EBT_OK) { rc = fail("ebt_save", st, m, NULL); goto done; }
+            char err[256] = "";
+            if ((st = ebt_save_ex(m, out, err, sizeof err)) != EBT_OK) {
+                fprintf(stderr, "\nebt_lm: cannot save %s: %s: %s\n", out, ebt_status_str(st), err);
+                goto done;
+            }
             last_save = step;
         }
         if (at_end) break;
@@ -580,31 +552,22 @@ static int cmd_sample(int argc, char **argv)
     int n = 300;
     ebt_gen_opts g = ebt_gen_default();
     g.think.steps = 4; g.think.restarts = 1; g.temperature = 0.8; g.top_p = 0.95; g.seed = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(SAMPLE_USAGE, stdout); return 0; }
-        if (!v) return usage_error(SAMPLE_USAGE, a, NULL);
-        i++;
-        if (!strcmp(a, "--ckpt")) ckpt = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--n")) ok = opt_int(v, 1, 1 << 24, &n);
-        else if (!strcmp(a, "--steps")) ok = opt_int(v, 0, 1000, &g.think.steps);
-        else if (!strcmp(a, "--restarts")) ok = opt_int(v, 1, 1000, &g.think.restarts);
-        else if (!strcmp(a, "--step-size")) ok = opt_dbl(v, 0, 1e9, &g.think.step_size);
-        else if (!strcmp(a, "--temperature")) ok = opt_dbl(v, 0, 100, &g.temperature);
-        else if (!strcmp(a, "--top-p")) ok = opt_dbl(v, 0, 1, &g.top_p);
-        else if (!strcmp(a, "--seed")) ok = opt_u64(v, &g.seed);
-        else return usage_error(SAMPLE_USAGE, a, NULL);
-        if (!ok) return usage_error(SAMPLE_USAGE, a, v);
-    }
+    const opt_spec spec[] = {
+        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--prompt", OPT_STR, &prompt, 0, 0}, {"--n", OPT_INT, &n, 1, 1 << 24},
+        {"--steps", OPT_INT, &g.think.steps, 0, 1000}, {"--restarts", OPT_INT, &g.think.restarts, 1, 1000},
+        {"--step-size", OPT_DBL, &g.think.step_size, 0, 1e9}, {"--temperature", OPT_DBL, &g.temperature, 0, 100},
+        {"--top-p", OPT_DBL, &g.top_p, 0, 1}, {"--seed", OPT_U64, &g.seed, 0, 0},
+    };
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE);
+    if (rc >= 0) return rc;
     g.think.seed = g.seed ^ 0x7417c0deULL;
 
     ebt_model *m = NULL;
     ebt_workspace *ws = NULL;
     if (load_model(ckpt, &m)) return 1;
     const ebt_config *cfg = ebt_model_config(m);
-    int np = (int)strlen(prompt), rc = 1, keep;
+    int np = (int)strlen(prompt), keep;
+    rc = 1;
     int32_t *pt = malloc(((size_t)np + 1) * sizeof *pt), *gen = malloc((size_t)n * sizeof *gen);
     ebt_real *en = malloc((size_t)n * sizeof *en);
     ebt_status st;
@@ -738,26 +701,17 @@ static int cmd_eval(int argc, char **argv)
     const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
     long nb = 16;
     int B = 16, eval_steps = 4;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(EVAL_USAGE, stdout); return 0; }
-        if (!v) return usage_error(EVAL_USAGE, a, NULL);
-        i++;
-        if (!strcmp(a, "--ckpt")) ckpt = v;
-        else if (!strcmp(a, "--baseline")) base_path = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--plot")) plot_path = v;
-        else if (!strcmp(a, "--batches")) ok = opt_long(v, 1, 1 << 20, &nb);
-        else if (!strcmp(a, "--batch")) ok = opt_int(v, 1, 1 << 20, &B);
-        else if (!strcmp(a, "--eval-steps")) ok = opt_int(v, 0, 1000, &eval_steps);
-        else return usage_error(EVAL_USAGE, a, NULL);
-        if (!ok) return usage_error(EVAL_USAGE, a, v);
-    }
+    const opt_spec spec[] = {
+        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--baseline", OPT_STR, &base_path, 0, 0}, {"--data", OPT_STR, &data, 0, 0},
+        {"--plot", OPT_STR, &plot_path, 0, 0}, {"--batches", OPT_LONG, &nb, 1, 1e6}, {"--batch", OPT_INT, &B, 1, 1 << 20},
+        {"--eval-steps", OPT_INT, &eval_steps, 0, 1000},
+    };
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE);
+    if (rc >= 0) return rc;
     ebt_model *m = NULL, *base = NULL;
     ebt_workspace *ws = NULL;
     corpus c = {0};
-    int rc = 1;
+    rc = 1;
     if (load_model(ckpt, &m) || (base_path && load_model(base_path, &base))) goto done;
     const ebt_config *cfg = ebt_model_config(m);
     int S = cfg->max_seq_len;

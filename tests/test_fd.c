@@ -168,12 +168,113 @@ static void test_fd_transformer(void **state)
     assert_true(ok);
 }
 
+
+/* ---- training gradients (SPEC 5) against finite differences -----------
+ * full: the true loss through the whole chain. detach: the surrogate with
+ * every p_k frozen at its unperturbed value. truncate: the surrogate with
+ * g_0..g_{K-2} frozen (the chain through softmax stays live). */
+enum { TB = 2, TS = 4, TV = 7, TK = 3 };
+
+static double ce_mean(const ebt_real *y, const int32_t *tgt, int N, int V)
+{
+    double s = 0;
+    for (int n = 0; n < N; n++) {
+        double mx = -1e300, z = 0;
+        for (int j = 0; j < V; j++) mx = fmax(mx, y[n * V + j]);
+        for (int j = 0; j < V; j++) z += exp(y[n * V + j] - mx);
+        s += log(z) + mx - y[n * V + tgt[n]];
+    }
+    return s / N;
+}
+
+static void softmax_into(ebt_real *p, const ebt_real *y, int N, int V)
+{
+    for (int n = 0; n < N; n++) {
+        double mx = -1e300, z = 0;
+        for (int j = 0; j < V; j++) mx = fmax(mx, y[n * V + j]);
+        for (int j = 0; j < V; j++) z += exp(y[n * V + j] - mx);
+        for (int j = 0; j < V; j++) p[n * V + j] = exp(y[n * V + j] - mx) / z;
+    }
+}
+
+/* the loss of mode md; record (if not NULL) stores p_k and g_k of this run,
+ * frozen (if not NULL) supplies them as the surrogate needs */
+static double chain_loss(ebt_model *m, int md, const int32_t *tok, const int32_t *tgt, const ebt_real *y0,
+                         const ebt_real *u, ebt_real *record_p, ebt_real *record_g, const ebt_real *fp, const ebt_real *fg)
+{
+    enum { N = TB * TS, NV = TB * TS * TV };
+    ebt_real y[NV], p[NV], g[NV];
+    double alpha = fmax(m->w.alpha[0], 1e-4), loss = 0;
+    memcpy(y, y0, sizeof y);
+    for (int k = 0; k < TK; k++) {
+        if (md == EBT_MODE_DETACH && fp) memcpy(p, fp + k * NV, sizeof p);
+        else softmax_into(p, y, N, TV);
+        if (md == EBT_MODE_TRUNCATE && fg && k < TK - 1) memcpy(g, fg + k * NV, sizeof g);
+        else assert_int_equal(ebt_energy(m, tok, p, TB, TS, k, NULL, g), EBT_OK);
+        if (record_p) { memcpy(record_p + k * NV, p, sizeof p); memcpy(record_g + k * NV, g, sizeof g); }
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < TV; j++) y[n * TV + j] = p[n * TV + j] - alpha * u[n] * g[n * TV + j];
+        if (md != EBT_MODE_TRUNCATE) loss += ce_mean(y, tgt, N, TV) / TK;
+    }
+    if (md == EBT_MODE_TRUNCATE) loss = ce_mean(y, tgt, N, TV);
+    return loss;
+}
+
+static void check_train_fd(int step_embed, int tied)
+{
+    static const char *names[] = { "detach", "truncate", "full" };
+    enum { N = TB * TS, NV = TB * TS * TV };
+    const double h = 1e-5;
+    ebt_model *m = make_model(EBT_ARCH_EBT, step_embed, tied);
+    int32_t tok[N], tgt[N];
+    ebt_real y0[NV], u[N], fp[TK * NV], fg[TK * NV];
+    size_t np = ebt_n_params(m);
+    double *ref = malloc(np * sizeof *ref);
+    int ok = 1;
+    m->w.alpha[0] = 0.7;
+    for (int i = 0; i < N; i++) { tok[i] = (int32_t)(test_unif() * TV); tgt[i] = (int32_t)(test_unif() * TV); u[i] = 0.5 + test_unif(); }
+    for (int i = 0; i < NV; i++) y0[i] = test_normal();
+    for (int md = 0; md < 3; md++) {
+        ebt_train_opts o = ebt_train_default();
+        ebt_train_stats st;
+        o.mode = (ebt_mode)md;
+        o.k_min = o.k_max = TK;
+        printf("training, mode %s: step_embed=%d tied=%d\n", names[md], step_embed, tied);
+        double l0 = chain_loss(m, md, tok, tgt, y0, u, fp, fg, NULL, NULL);
+        assert_int_equal(ebt_train_grad(m, &o, tok, tgt, TB, TS, y0, u, &st), EBT_OK);
+        assert_true(fabs(st.loss - l0) <= 1e-12 * (1 + fabs(l0)));
+        for (size_t i = 0; i < np; i++) {   /* 4-point central stencil: the chained loss is strongly curved */
+            ebt_real s = m->params[i];
+            double f[4], off[4] = { -2, -1, 1, 2 };
+            for (int q = 0; q < 4; q++) {
+                m->params[i] = s + off[q] * h;
+                f[q] = chain_loss(m, md, tok, tgt, y0, u, NULL, NULL, fp, fg);
+            }
+            m->params[i] = s;
+            ref[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h);
+        }
+        for (int t = 0; t < m->nt; t++) {
+            char what[96];
+            snprintf(what, sizeof what, "%s d loss/d %s", names[md], m->t[t].name);
+            ok &= check_close(what, m->grads + m->t[t].off, ref + m->t[t].off, m->t[t].count, TOL);
+        }
+    }
+    free(ref);
+    ebt_free(m);
+    assert_true(ok);
+}
+
+static void test_fd_train_step_tied(void **state) { (void)state; check_train_fd(3, 1); }
+static void test_fd_train_plain(void **state) { (void)state; check_train_fd(0, 0); }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fd_ebt_step_tied),
         cmocka_unit_test(test_fd_ebt_plain),
         cmocka_unit_test(test_fd_transformer),
+        cmocka_unit_test(test_fd_train_step_tied),
+        cmocka_unit_test(test_fd_train_plain),
     };
     return cmocka_run_group_tests_name("finite differences (double)", tests, NULL, NULL);
 }
