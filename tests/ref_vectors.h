@@ -64,4 +64,13 @@ static inline const ref_rec *ref_get(const ref_file *f, const char *name)
         if (strcmp(f->r[i].name, name) == 0) return &f->r[i];
     return NULL;
 }
+/* the record, which must exist (and hold n values if n != 0); needs cmocka */
+static inline const ref_rec *ref_need(const ref_file *f, const char *name, size_t n)
+{
+    const ref_rec *r = ref_get(f, name);
+    if (!r) printf("  missing record %s\n", name);
+    assert_non_null(r);
+    if (n) assert_int_equal(r->n, n);
+    return r;
+}
 #endif

@@ -10,15 +10,6 @@
 #define TOL_E 1e-5   /* energies, dE/dp, dE/dtheta, logits, loss */
 #define TOL_2 1e-5   /* second order: H v and the mixed term */
 
-static const ref_rec *need(const ref_file *f, const char *name, size_t n)
-{
-    const ref_rec *r = ref_get(f, name);
-    if (!r) printf("  missing record %s\n", name);
-    assert_non_null(r);
-    if (n) assert_int_equal(r->n, n);
-    return r;
-}
-
 /* the model's gradients against records "<prefix>.<tensor name>" (alpha has none) */
 static int check_grads(ebt_model *m, const ref_file *f, const char *prefix, double tol)
 {
@@ -30,7 +21,7 @@ static int check_grads(ebt_model *m, const ref_file *f, const char *prefix, doub
         if (strcmp(name, "alpha") == 0) continue;
         snprintf(key, sizeof key, "%s.%s", prefix, name);
         ebt_real *gr = ebt_grad(m, name, &cnt);
-        ok &= check_close(key, gr, need(f, key, cnt)->x, cnt, tol);
+        ok &= check_close(key, gr, ref_need(f, key, cnt)->x, cnt, tol);
     }
     return ok;
 }
@@ -50,23 +41,23 @@ static void check_ebt_cfg(const char *cfg)
     if (st != EBT_OK) printf("  load: %s\n", err);
     assert_int_equal(st, EBT_OK);
     const ebt_config *c = ebt_model_config(m);
-    int B = (int)need(&f, "B", 1)->x[0], S = (int)need(&f, "S", 1)->x[0], step = (int)need(&f, "step", 1)->x[0];
+    int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], step = (int)ref_need(&f, "step", 1)->x[0];
     size_t n = (size_t)B * S * c->vocab_size;
-    const ref_rec *rt = need(&f, "tokens", (size_t)B * S);
+    const ref_rec *rt = ref_need(&f, "tokens", (size_t)B * S);
     int32_t *tok = malloc(sizeof *tok * (size_t)B * S);
     ebt_real *p = malloc(n * sizeof *p), *v = malloc(n * sizeof *v), *g = malloc(n * sizeof *g), *hv = malloc(n * sizeof *hv);
     ebt_real *E = malloc(sizeof *E * (size_t)B * S);
     for (int i = 0; i < B * S; i++) tok[i] = (int32_t)rt->x[i];
-    to_real(p, need(&f, "probs", n));
-    to_real(v, need(&f, "v", n));
+    to_real(p, ref_need(&f, "probs", n));
+    to_real(v, ref_need(&f, "v", n));
     printf("config %s: V=%d D=%d L=%d H=%d F=%d step_embed=%d tied=%d B=%d S=%d\n", cfg, c->vocab_size, c->d_model,
            c->n_layers, c->n_heads, c->d_ff, c->n_step_embed, c->tie_pred_embed, B, S);
 
     assert_int_equal(ebt_energy(m, tok, p, B, S, step, E, g), EBT_OK);
-    ok &= check_close("energy", E, need(&f, "energy", (size_t)B * S)->x, (size_t)B * S, TOL_E);
-    ok &= check_close("dE/dp", g, need(&f, "grad_probs", n)->x, n, TOL_E);
+    ok &= check_close("energy", E, ref_need(&f, "energy", (size_t)B * S)->x, (size_t)B * S, TOL_E);
+    ok &= check_close("dE/dp", g, ref_need(&f, "grad_probs", n)->x, n, TOL_E);
     assert_int_equal(ebt_hvp(m, tok, p, B, S, step, v, hv), EBT_OK);
-    ok &= check_close("H_pp v", hv, need(&f, "hvp", n)->x, n, TOL_2);
+    ok &= check_close("H_pp v", hv, ref_need(&f, "hvp", n)->x, n, TOL_2);
 
     ebt_zero_grad(m);
     assert_int_equal(ebt_energy_backward(m, tok, p, B, S, step, NULL, NULL), EBT_OK);
@@ -92,19 +83,19 @@ static void test_ref_transformer(void **state)
     assert_int_equal(ref_load("ref/c.txt", &f), 0);
     assert_int_equal(ebt_load("ref/c.safetensors", &m), EBT_OK);
     const ebt_config *c = ebt_model_config(m);
-    int B = (int)need(&f, "B", 1)->x[0], S = (int)need(&f, "S", 1)->x[0], V = c->vocab_size;
+    int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], V = c->vocab_size;
     size_t n = (size_t)B * S * V;
-    const ref_rec *rt = need(&f, "tokens", (size_t)B * S), *rg = need(&f, "targets", (size_t)B * S);
+    const ref_rec *rt = ref_need(&f, "tokens", (size_t)B * S), *rg = ref_need(&f, "targets", (size_t)B * S);
     int32_t tok[64], tgt[64];
     ebt_real *logits = malloc(n * sizeof *logits), loss;
     assert_true(B * S <= 64);
     for (int i = 0; i < B * S; i++) { tok[i] = (int32_t)rt->x[i]; tgt[i] = (int32_t)rg->x[i]; }
     printf("config c (transformer++): V=%d D=%d L=%d B=%d S=%d\n", V, c->d_model, c->n_layers, B, S);
     assert_int_equal(ebt_lm_logits(m, tok, B, S, logits), EBT_OK);
-    ok &= check_close("logits", logits, need(&f, "logits", n)->x, n, TOL_E);
+    ok &= check_close("logits", logits, ref_need(&f, "logits", n)->x, n, TOL_E);
     ebt_zero_grad(m);
     assert_int_equal(ebt_lm_backward(m, tok, tgt, B, S, &loss), EBT_OK);
-    ok &= check_close("loss", &loss, need(&f, "loss", 1)->x, 1, TOL_E);
+    ok &= check_close("loss", &loss, ref_need(&f, "loss", 1)->x, 1, TOL_E);
     ok &= check_grads(m, &f, "grad", TOL_E);
     free(logits);
     ebt_free(m);

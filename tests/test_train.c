@@ -23,15 +23,6 @@
 #define TOL_ALPHA 5e-4
 #endif
 
-static const ref_rec *need(const ref_file *f, const char *name, size_t n)
-{
-    const ref_rec *r = ref_get(f, name);
-    if (!r) printf("  missing record %s\n", name);
-    assert_non_null(r);
-    if (n) assert_int_equal(r->n, n);
-    return r;
-}
-
 static void check_train_cfg(const char *cfg)
 {
     static const char *modes[] = { "detach", "truncate", "full" };
@@ -43,15 +34,15 @@ static void check_train_cfg(const char *cfg)
     assert_int_equal(ref_load(path, &f), 0);
     snprintf(path, sizeof path, "ref/%s.safetensors", cfg);
     assert_int_equal(ebt_load(path, &m), EBT_OK);
-    int B = (int)need(&f, "B", 1)->x[0], S = (int)need(&f, "S", 1)->x[0], K = (int)need(&f, "K", 1)->x[0];
+    int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], K = (int)ref_need(&f, "K", 1)->x[0];
     int V = ebt_model_config(m)->vocab_size, N = B * S;
     int32_t *tok = malloc(sizeof *tok * N), *tgt = malloc(sizeof *tgt * N);
     ebt_real *y0 = malloc(sizeof *y0 * N * V), *u = malloc(sizeof *u * N);
     const ref_rec *r;
-    r = need(&f, "tokens", N); for (int i = 0; i < N; i++) tok[i] = (int32_t)r->x[i];
-    r = need(&f, "targets", N); for (int i = 0; i < N; i++) tgt[i] = (int32_t)r->x[i];
-    r = need(&f, "init_logits", (size_t)N * V); for (int i = 0; i < N * V; i++) y0[i] = (ebt_real)r->x[i];
-    r = need(&f, "alpha_mult", N); for (int i = 0; i < N; i++) u[i] = (ebt_real)r->x[i];
+    r = ref_need(&f, "tokens", N); for (int i = 0; i < N; i++) tok[i] = (int32_t)r->x[i];
+    r = ref_need(&f, "targets", N); for (int i = 0; i < N; i++) tgt[i] = (int32_t)r->x[i];
+    r = ref_need(&f, "init_logits", (size_t)N * V); for (int i = 0; i < N * V; i++) y0[i] = (ebt_real)r->x[i];
+    r = ref_need(&f, "alpha_mult", N); for (int i = 0; i < N; i++) u[i] = (ebt_real)r->x[i];
     for (int md = 0; md < 3; md++) {
         ebt_train_opts o = ebt_train_default();
         ebt_train_stats st;
@@ -62,13 +53,13 @@ static void check_train_cfg(const char *cfg)
         assert_int_equal(ebt_train_grad(m, &o, tok, tgt, B, S, y0, u, &st), EBT_OK);
         ebt_real loss = (ebt_real)st.loss;
         snprintf(key, sizeof key, "%s.loss", modes[md]);
-        ok &= check_close(key, &loss, need(&f, key, 1)->x, 1, TOL);
+        ok &= check_close(key, &loss, ref_need(&f, key, 1)->x, 1, TOL);
         for (int t = 0; t < ebt_n_tensors(m); t++) {
             const char *name = ebt_tensor_name(m, t);
             size_t cnt;
             ebt_real *g = ebt_grad(m, name, &cnt);
             snprintf(key, sizeof key, "%s.grad.%s", modes[md], name);
-            ok &= check_close(key, g, need(&f, key, cnt)->x, cnt, strcmp(name, "alpha") ? TOL : TOL_ALPHA);
+            ok &= check_close(key, g, ref_need(&f, key, cnt)->x, cnt, strcmp(name, "alpha") ? TOL : TOL_ALPHA);
         }
     }
     free(tok); free(tgt); free(y0); free(u);
