@@ -8,7 +8,7 @@ CFLAGS  += $(STD) $(OPT)
 LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
-EXAMPLES = $(BUILD)/minimal
+EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think
 
 .PHONY: all test asan bench clean ref
@@ -29,6 +29,9 @@ $(BUILD)/libebt.so: $(BUILD)/ebt.o
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
+$(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
+	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
@@ -47,6 +50,7 @@ $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/l
 test: all $(TESTS)
 	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
 	$(BUILD)/minimal > /dev/null || fail=1; \
+	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
 asan:

@@ -26,8 +26,9 @@
      number of optimiser steps (a resumed run continues up to it). With
      --steps alone there is no time limit. The cosine schedule ends at
      --steps; with only --minutes it ends at an estimate made after this
-     run's first 10 steps from their speed (those 10 steps use the
-     library's default total_steps; for a fresh run they are in warm-up).
+     run's first 10 steps from their speed and the time of the validation
+     at the start (those 10 steps use the library's default total_steps;
+     for a fresh run they are in warm-up).
      For a bit-exact resume give --steps (the estimate depends on speed).
    - Batch k is drawn from (seed, k) alone, so a resumed run sees the same
      batches as an uninterrupted one; the optimiser state and replay
@@ -69,7 +70,9 @@
 #define RECIPE_WARMUP      100
 /* ======================================================================= */
 
+#ifndef FORTUNE_DIR                   /* overridable for tests: -DFORTUNE_DIR=... */
 #define FORTUNE_DIR "/usr/share/games/fortunes"
+#endif
 #define EVAL_SEED   0x5eed0fe7a1ULL   /* validation windows and thinking noise */
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -444,7 +447,7 @@ static int cmd_train(int argc, char **argv)
     const int tty = isatty(fileno(stderr));
     const long step0 = ebt_train_steps_done(m);
     const double t0 = now_s(), deadline = minutes > 0 ? t0 + 60 * minutes : HUGE_VAL;
-    double train_time = 0, last_print = -1e9;
+    double train_time = 0, eval_time = 0, last_print = -1e9;
     long step = step0, last_eval = -1, last_save = step0;
     int retries = 0, estimated = steps > 0;
     eval_out ev = {NAN, NAN, NAN};
@@ -454,10 +457,13 @@ static int cmd_train(int argc, char **argv)
 
     for (;;) {
         int at_end = (steps > 0 && step >= steps) || now_s() >= deadline;
-        if (step > last_eval && (at_end || (eval_every > 0 && step % eval_every == 0 && step > step0))) {
+        if (step > last_eval && (at_end || step == step0 || (eval_every > 0 && step % eval_every == 0))) {
+            double te = now_s();
             if ((st = evaluate(m, ws, &w, &th, &ev)) != EBT_OK) { rc = fail("validation", st, m, ws); goto done; }
+            eval_time = now_s() - te;
             if (tty) fputs("\r\033[K", stderr);
-            printf("step %ld  val %.4f nats/byte  ppl %.2f", step, ev.ce, exp(ev.ce));
+            printf(exp(ev.ce) < 1e6 ? "step %ld  val %.4f nats/byte  ppl %.2f" : "step %ld  val %.4f nats/byte  ppl %.3g",
+                   step, ev.ce, exp(ev.ce));
             if (is_ebt) printf("  energy %.4f  (think %d steps)", ev.energy, th.steps);
             printf("\n");
             fflush(stdout);
@@ -486,8 +492,9 @@ static int cmd_train(int argc, char **argv)
         step = ebt_train_steps_done(m);
 
         double t = now_s(), per_step = train_time / (double)(step - step0);
-        if (!estimated && step - step0 >= 10) {   /* fix the cosine schedule's end */
-            to.total_steps = step + (long)((deadline - t) / per_step);
+        if (!estimated && step - step0 >= 10) {   /* fix the cosine schedule's end, evals included */
+            double cost = per_step + (eval_every > 0 ? eval_time / (double)eval_every : 0);
+            to.total_steps = step + (long)((deadline - t - eval_time) / cost);
             estimated = 1;
             if (tty) fputs("\r\033[K", stderr);
             fprintf(stderr, "ebt_lm: %.3f s/step, cosine schedule set to end at step %ld\n",
@@ -513,7 +520,7 @@ static int cmd_train(int argc, char **argv)
         }
     }
     if (tty) fputs("\r\033[K", stderr);
-    printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.2f  -> %s\n",
+    printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.3g  -> %s\n",
            is_ebt ? "ebt" : "transformer++", step, (double)step * B * S / 1e6, now_s() - t0, ev.ce,
            exp(ev.ce), out);
     rc = 0;
