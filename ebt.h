@@ -238,7 +238,10 @@ typedef struct {
                                  stop at their last finite state (reported, not an error) */
 } ebt_think_result;
 
-/* Observes tokens[B*S] (B <= max_B, S <= max_S of ws), then thinks. Arch ebt. */
+/* Observes tokens[B*S] (B <= max_B, S <= max_S of ws), then thinks. Arch ebt.
+ * Restarts run one after another in the same workspace (no larger workspace
+ * needed); the call allocates its own scratch (about 7 B*P*V reals). Errors
+ * are described by ebt_ws_last_error(ws). */
 EBT_API ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
                              const ebt_think_opts *opts, ebt_think_result *res);
 /* Thinks about the workspace's current observation (ebt_observe /
@@ -271,10 +274,12 @@ typedef struct {
 
 EBT_API ebt_gen_opts ebt_gen_default(void);
 
-/* Writes n_new tokens continuing prompt[n_prompt] (n_prompt >= 1) into
+/* Writes n_new tokens continuing prompt[n_prompt] (n_prompt >= 1, any
+ * length: only its last max_S tokens are seen) into
  * out[n_new]; energy[n_new] (or NULL) receives the final energy of each
  * token's thinking (NaN for transformer++), probs[n_new*V] (or NULL) the
- * distribution each token was sampled from (before temperature/top-p). */
+ * distribution each token was sampled from (before temperature/top-p).
+ * Errors are described by ebt_ws_last_error(ws). */
 EBT_API ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
                                 int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy,
                                 ebt_real *probs);
@@ -287,7 +292,9 @@ EBT_API ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int
  * loss is the plain next-token cross-entropy. The optimiser is AdamW with
  * global-norm clipping, warm-up and cosine decay; its state (and the
  * replay buffer) lives in the model and is saved with it, so a stopped
- * run resumes exactly. All randomness derives from (seed, step number). */
+ * run resumes exactly. All randomness derives from (seed, step number):
+ * a refused step retried on the same batch draws the same numbers again.
+ * Errors are described by ebt_last_error(m). */
 typedef enum {
     EBT_MODE_DETACH = 0,   /* "S1": p_k constant per step; loss = mean_k L_k */
     EBT_MODE_TRUNCATE = 1, /* second order at the last step only; loss = L_K */
