@@ -2363,7 +2363,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
                 ebt_real a = (ebt_real)(-alpha_eff * u[n]);
                 for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
             }
-            ebt__pred_forward(ws, pk);
+            if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
             ebt__pred_tangent(ws, vv);
             ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
             if (step_model) {           /* each step has its own observed stream */
