@@ -543,7 +543,9 @@ static const char SAMPLE_USAGE[] =
     "  --step-size A       thinking step size (default 0: the model's alpha)\n"
     "  --temperature T     (default 0.8; 0 = argmax)\n"
     "  --top-p P           nucleus sampling (default 0.95; 1 = off)\n"
-    "  --seed S            (default 1)\n";
+    "  --seed S            (default 1)\n"
+    "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
+    "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n";
 
 static void put_bytes(const int32_t *t, int n)
 {
@@ -564,6 +566,7 @@ static int cmd_sample(int argc, char **argv)
         {"--steps", OPT_INT, &g.think.steps, 0, 1000}, {"--restarts", OPT_INT, &g.think.restarts, 1, 1000},
         {"--step-size", OPT_DBL, &g.think.step_size, 0, 1e9}, {"--temperature", OPT_DBL, &g.temperature, 0, 100},
         {"--top-p", OPT_DBL, &g.top_p, 0, 1}, {"--seed", OPT_U64, &g.seed, 0, 0},
+        {"--noise", OPT_DBL, &g.think.noise, 0, 1e6}, {"--init-scale", OPT_DBL, &g.think.init_scale, 0, 1e6},
     };
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE);
     if (rc >= 0) return rc;
@@ -620,6 +623,8 @@ static const char EVAL_USAGE[] =
     "  --batches N         validation batches (default 16)\n"
     "  --batch B           windows per batch (default 16)\n"
     "  --eval-steps K      thinking steps of the restarts table (default 4)\n"
+    "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
+    "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
     "  --plot FILE.png     line plot of CE against thinking steps and restarts\n";
 
 #define N_KS 5
@@ -708,10 +713,12 @@ static int cmd_eval(int argc, char **argv)
     const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
     long nb = 16;
     int B = 16, eval_steps = 4;
+    double noise = 0, init_scale = 1;
     const opt_spec spec[] = {
         {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--baseline", OPT_STR, &base_path, 0, 0}, {"--data", OPT_STR, &data, 0, 0},
         {"--plot", OPT_STR, &plot_path, 0, 0}, {"--batches", OPT_LONG, &nb, 1, 1e6}, {"--batch", OPT_INT, &B, 1, 1 << 20},
-        {"--eval-steps", OPT_INT, &eval_steps, 0, 1000},
+        {"--eval-steps", OPT_INT, &eval_steps, 0, 1000}, {"--noise", OPT_DBL, &noise, 0, 1e6},
+        {"--init-scale", OPT_DBL, &init_scale, 0, 1e6},
     };
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE);
     if (rc >= 0) return rc;
@@ -731,6 +738,8 @@ static int cmd_eval(int argc, char **argv)
     ebt_think_opts th = ebt_think_default();
     th.restarts = 1;
     th.seed = EVAL_SEED;
+    th.noise = noise;
+    th.init_scale = init_scale;
     eval_out base_ev = {NAN, NAN, NAN}, ek[N_KS], er[N_RS];
     const int ks[N_KS] = {1, 2, 3, 4, 8}, rs[N_RS] = {1, 2, 4};
     double ce_k[N_KS], ce_r[N_RS];
