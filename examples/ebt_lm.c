@@ -625,6 +625,7 @@ static const char EVAL_USAGE[] =
     "  --eval-steps K      thinking steps of the restarts table (default 4)\n"
     "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
     "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
+    "  --step-size A       thinking step size (default 0: the model's alpha)\n"
     "  --plot FILE.png     line plot of CE against thinking steps and restarts\n";
 
 #define N_KS 5
@@ -713,12 +714,12 @@ static int cmd_eval(int argc, char **argv)
     const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
     long nb = 16;
     int B = 16, eval_steps = 4;
-    double noise = 0, init_scale = 1;
+    double noise = 0, init_scale = 1, step_size = 0;
     const opt_spec spec[] = {
         {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--baseline", OPT_STR, &base_path, 0, 0}, {"--data", OPT_STR, &data, 0, 0},
         {"--plot", OPT_STR, &plot_path, 0, 0}, {"--batches", OPT_LONG, &nb, 1, 1e6}, {"--batch", OPT_INT, &B, 1, 1 << 20},
         {"--eval-steps", OPT_INT, &eval_steps, 0, 1000}, {"--noise", OPT_DBL, &noise, 0, 1e6},
-        {"--init-scale", OPT_DBL, &init_scale, 0, 1e6},
+        {"--init-scale", OPT_DBL, &init_scale, 0, 1e6}, {"--step-size", OPT_DBL, &step_size, 0, 1e9},
     };
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE);
     if (rc >= 0) return rc;
@@ -740,6 +741,7 @@ static int cmd_eval(int argc, char **argv)
     th.seed = EVAL_SEED;
     th.noise = noise;
     th.init_scale = init_scale;
+    th.step_size = step_size;
     eval_out base_ev = {NAN, NAN, NAN}, ek[N_KS], er[N_RS];
     const int ks[N_KS] = {1, 2, 3, 4, 8}, rs[N_RS] = {1, 2, 4};
     double ce_k[N_KS], ce_r[N_RS];
