@@ -44,12 +44,15 @@
 
    THREADS
    - Weights are read-only during evaluation. Calls taking an explicit
-     ebt_workspace (ebt_observe, ebt_ws_energy, ebt_ws_hvp) may run on many
-     threads at once over one model, each thread with its own workspace,
-     as long as no thread modifies the model meanwhile.
+     ebt_workspace (ebt_observe, ebt_observe_append, ebt_ws_energy,
+     ebt_ws_hvp, ebt_think, ebt_think_observed, ebt_generate) may run on
+     many threads at once over one model, each thread with its own
+     workspace, as long as no thread modifies the model meanwhile.
    - Calls on an ebt_model without a workspace (ebt_energy, ebt_hvp,
-     ebt_*_backward, ebt_lm_*) use a workspace owned by the model and
-     gradients owned by the model: one thread per model at a time.
+     ebt_*_backward, ebt_lm_*, ebt_train_*, ebt_save, ebt_param/ebt_grad
+     writes) use a workspace, gradients and optimiser state owned by the
+     model: one thread per model at a time, and not while other threads
+     evaluate it.
 
    License: MIT (see LICENSE).
 */
