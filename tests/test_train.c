@@ -12,14 +12,16 @@
  * the float64 reference to about 1e-12: the math is exact. The float32
  * build loses more than the energy tests: the thinking chain amplifies
  * rounding (H_pp v entries reach ~1e3 against gradients ~10, and
- * pbar = ybar + H v cancels). Measured in float32: weights up to 8.1e-5,
- * alpha (one scalar summed over every position and step) 1.7e-4; bounds
- * 1e-4 and 5e-4. */
+ * pbar = ybar + H v cancels). Measured in float32 on this project's
+ * machine (OpenBLAS Cooperlake kernels): weights up to 8.1e-5, alpha (one
+ * scalar summed over every position and step) 1.7e-4. The float bounds,
+ * 2e-4 and 5e-4, leave room for other BLAS kernels' rounding; exactness
+ * is what the double build checks. */
 #ifdef EBT_DOUBLE
 #define TOL 1e-9
 #define TOL_ALPHA 1e-9
 #else
-#define TOL 1e-4
+#define TOL 2e-4
 #define TOL_ALPHA 5e-4
 #endif
 
