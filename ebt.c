@@ -1141,6 +1141,13 @@ static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
     return d;
 }
 
+/* zeroes the observed-stream cotangents the predicted side accumulates */
+static void ebt__zero_acc(ebt_workspace *ws)
+{
+    const ebt_config *c = &ws->m->cfg;
+    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)c->n_layers * ws->B * ws->So * 3 * c->d_model);
+}
+
 /* Sets the predicted rows to the n positions rows[k] = b*S + i (sorted
  * ascending), or to all B*S positions when rows is NULL. */
 static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
@@ -1514,6 +1521,17 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
  * PUBLIC ENERGY API
  * ====================================================================== */
 
+/* every id of ids[n] in [0, V), or EBT_ERR_TOKEN naming the first that is not */
+static ebt_status ebt__check_ids(const int32_t *ids, size_t n, int V, const char *what, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V) {
+            ebt__seterr(err, errlen, "%s %d at index %zu outside [0, %d)", what, (int)ids[i], i, V);
+            return EBT_ERR_TOKEN;
+        }
+    return EBT_OK;
+}
+
 /* validates tokens[B*S] and sizes for model m */
 static ebt_status ebt__check_seq(const ebt_model *m, const int32_t *tokens, int B, int S, int step,
                                  char *err, size_t errlen)
@@ -1529,12 +1547,7 @@ static ebt_status ebt__check_seq(const ebt_model *m, const int32_t *tokens, int 
         ebt__seterr(err, errlen, "B=%d S=%d too large", B, S);
         return EBT_ERR_ARG;
     }
-    for (size_t i = 0; i < (size_t)B * S; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
-            ebt__seterr(err, errlen, "token %d at index %zu outside [0, %d)", (int)tokens[i], i, c->vocab_size);
-            return EBT_ERR_TOKEN;
-        }
-    return EBT_OK;
+    return ebt__check_ids(tokens, (size_t)B * S, c->vocab_size, "token", err, errlen);
 }
 
 /* an array of the current B*S*V (or B*S) reals given by the caller */
@@ -1683,7 +1696,7 @@ ebt_status ebt_energy_backward(ebt_model *m, const int32_t *tokens, const ebt_re
     ws = m->ws;
     ebt__pred_forward(ws, probs);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)B * S);
-    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    ebt__zero_acc(ws);
     ebt__pred_reverse(ws, m, 1, 0, weight, probs, NULL, NULL, NULL);
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
@@ -1698,7 +1711,7 @@ ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_rea
     ws = m->ws;
     ebt__pred_forward(ws, probs);
     ebt__pred_tangent(ws, v);
-    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    ebt__zero_acc(ws);
     ebt__pred_reverse(ws, m, 2, 1, NULL, probs, v, grad_probs, hv);
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
@@ -1922,11 +1935,7 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
     if (!tokens || n < 1) { ebt__seterr(ws->err, EBT__ERRLEN, "tokens is NULL or n < 1"); return EBT_ERR_ARG; }
     if (ws->B != 1) { ebt__seterr(ws->err, EBT__ERRLEN, "append needs a single sequence (B == 1)"); return EBT_ERR_ARG; }
     if (n > ws->max_S - ws->S) { ebt__seterr(ws->err, EBT__ERRLEN, "S=%d + %d exceeds the workspace's max_S %d", ws->S, n, ws->max_S); return EBT_ERR_ARG; }
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
-            ebt__seterr(ws->err, EBT__ERRLEN, "token %d at index %d outside [0, %d)", (int)tokens[i], i, m->cfg.vocab_size);
-            return EBT_ERR_TOKEN;
-        }
+    if (ebt__check_ids(tokens, (size_t)n, m->cfg.vocab_size, "token", ws->err, EBT__ERRLEN) != EBT_OK) return EBT_ERR_TOKEN;
     memcpy(ws->tokens + ws->S, tokens, sizeof(int32_t) * (size_t)n);
     j0 = ws->So;
     ws->S += n;
@@ -1934,6 +1943,26 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
     ebt__obs_forward(ws, j0);
     if (m->cfg.arch == EBT_ARCH_EBT) ebt__pred_rows(ws, NULL, 0);
     return EBT_OK;
+}
+
+/* mean over N rows of the cross-entropy of logits y against tgt; if lam,
+ * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
+static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam)
+{
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const ebt_real *yr = y + (size_t)n * V;
+        double mx = yr[0], s = 0;
+        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
+        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
+        total += log(s) + mx - yr[tgt[n]];
+        if (lam) {
+            ebt_real *lr = lam + (size_t)n * V;
+            for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
+            lr[tgt[n]] -= (ebt_real)(w / N);
+        }
+    }
+    return total / N;
 }
 
 /* ======================================================================
@@ -1976,33 +2005,20 @@ ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *t
     ebt_status st;
     ebt_workspace *ws;
     int N, V, D;
-    double total = 0;
+    double total;
     if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
-    if (m && targets && B >= 1 && S >= 1 && B <= INT32_MAX / S)
-        for (size_t i = 0; i < (size_t)B * S; i++)
-            if (targets[i] < 0 || targets[i] >= m->cfg.vocab_size) {
-                ebt__seterr(m->err, EBT__ERRLEN, "target %d at index %zu outside [0, %d)", (int)targets[i], i, m->cfg.vocab_size);
-                return EBT_ERR_TOKEN;
-            }
-    if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;
+    if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;  /* checks B, S and tokens */
+    if ((st = ebt__check_ids(targets, (size_t)B * S, m->cfg.vocab_size, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     ws = m->ws;
     N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model;
-    /* dlogits = (softmax - onehot) / N, in place */
-    for (int n = 0; n < N; n++) {
-        ebt_real *z = ws->logits + (size_t)n * V, mx = z[0], sum = 0;
-        for (int j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-        for (int j = 0; j < V; j++) sum += exp(z[j] - mx);
-        total += (double)(log(sum) + mx - z[targets[n]]);
-        for (int j = 0; j < V; j++) z[j] = exp(z[j] - mx) / sum / N;
-        z[targets[n]] -= (ebt_real)1 / N;
-    }
+    total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits);  /* logits become dlogits */
     if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
-    *loss = (ebt_real)(total / N);
+    *loss = (ebt_real)total;
     ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V);       /* dlm_head += dlogits^T nf */
     ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V);      /* dnf = dlogits @ lm_head */
     memset(ws->ro.dout, 0, sizeof(ebt_real) * (size_t)N * D);
     ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D);
-    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * N * 3 * D);
+    ebt__zero_acc(ws);
     ebt__obs_backward(ws, m, ws->ro.dout);
     return EBT_OK;
 }
@@ -2096,11 +2112,7 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
     o.think.init_logits = NULL;
     if ((st = ebt__check_think_opts(&o.think, ws->err)) != EBT_OK) return st;
     V = m->cfg.vocab_size;
-    for (int i = 0; i < n_prompt; i++)
-        if (prompt[i] < 0 || prompt[i] >= V) {
-            ebt__seterr(ws->err, EBT__ERRLEN, "prompt token %d at index %d outside [0, %d)", (int)prompt[i], i, V);
-            return EBT_ERR_TOKEN;
-        }
+    if ((st = ebt__check_ids(prompt, (size_t)n_prompt, V, "prompt token", ws->err, EBT__ERRLEN)) != EBT_OK) return st;
     ebt = m->cfg.arch == EBT_ARCH_EBT;
     cache = !o.no_cache && m->cfg.n_step_embed == 0;
     maxS = ws->max_S;
@@ -2214,24 +2226,23 @@ static ebt_real *ebt__tbuf(ebt_model *m, size_t n)
     return m->tbuf;
 }
 
-/* mean over N rows of the cross-entropy of logits y against tgt; if lam,
- * lam = w (softmax(y) - onehot) / N (its gradient times w) */
-static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam)
+/* The training scratch (one block, m->tbuf): y_0..y_K, p_0..p_{K-1},
+ * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); the batch's tokens and
+ * targets (N each). Both ebt_train_grad and the replay push address it. */
+typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u; int32_t *tok, *tgt; } ebt__tscratch;
+
+static size_t ebt__tscratch_size(int K, size_t N, size_t nv, int *ovf)
 {
-    double total = 0;
-    for (int n = 0; n < N; n++) {
-        const ebt_real *yr = y + (size_t)n * V;
-        double mx = yr[0], s = 0;
-        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-        total += log(s) + mx - yr[tgt[n]];
-        if (lam) {
-            ebt_real *lr = lam + (size_t)n * V;
-            for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
-            lr[tgt[n]] -= (ebt_real)(w / N);
-        }
-    }
-    return total / N;
+    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
+}
+
+static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv)
+{
+    ebt__tscratch t;
+    t.ys = buf; t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
+    t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv;
+    t.tok = (int32_t *)(void *)(t.u + N); t.tgt = t.tok + N;
+    return t;
 }
 
 ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
@@ -2245,7 +2256,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     int V, N, K, ebt, nrep = 0, step_model;
     size_t nv;
     double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
-    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *buf;
+    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u;
     int32_t *btok, *btgt;
     if (!m) return EBT_ERR_ARG;
     m->err[0] = 0;
@@ -2255,11 +2266,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     V = m->cfg.vocab_size;
     N = B * S;
     nv = (size_t)N * V;
-    for (int n = 0; n < N; n++)
-        if (targets[n] < 0 || targets[n] >= V) {
-            ebt__seterr(m->err, EBT__ERRLEN, "target %d at index %d outside [0, %d)", (int)targets[n], n, V);
-            return EBT_ERR_TOKEN;
-        }
+    if ((st = ebt__check_ids(targets, (size_t)N, V, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     memset(&ts, 0, sizeof ts);
     ebt = m->cfg.arch == EBT_ARCH_EBT;
     if (!ebt) {
@@ -2277,13 +2284,14 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ws = m->ws;
     ebt__rng_stream(&rng, opts->seed, 0x747261696eULL, (uint64_t)m->opt_step);
     K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
-    {   /* scratch: y_0..y_K, p_0..p_{K-1}, g_0..g_{K-1}, ybar, hv, v; u; tokens */
+    {
         int ovf = 0;
-        size_t n = ebt__mul(nv, 3 * (size_t)K + 4, &ovf) + 3 * (size_t)N + 64;
-        buf = ovf ? NULL : ebt__tbuf(m, n);
+        size_t n = ebt__tscratch_size(K, (size_t)N, nv, &ovf);
+        ebt__tscratch t;
+        ebt_real *buf = ovf ? NULL : ebt__tbuf(m, n);
         if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
-        ys = buf; ps = ys + (K + 1) * nv; gs = ps + K * nv; ybar = gs + K * nv; hv = ybar + nv; vv = hv + nv;
-        u = vv + nv; btok = (int32_t *)(void *)(u + N); btgt = btok + N;
+        t = ebt__tscratch_at(buf, K, (size_t)N, nv);
+        ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; btok = t.tok; btgt = t.tgt;
     }
     m->train_K = K;
     m->train_B = B;
@@ -2349,7 +2357,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         double wK = opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K;
         ebt__ce_rows(ys + K * nv, btgt, N, V, wK, ybar);
     }
-    memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+    ebt__zero_acc(ws);
     for (int k = K - 1; k >= 0; k--) {
         ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
         int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
@@ -2369,7 +2377,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
             ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
             if (step_model) {           /* each step has its own observed stream */
                 ebt__obs_backward(ws, m, NULL);
-                memset(ws->acc, 0, sizeof(ebt_real) * (size_t)m->cfg.n_layers * B * ws->So * 3 * m->cfg.d_model);
+                ebt__zero_acc(ws);
             }
         }
         if (opts->mode == EBT_MODE_DETACH) {   /* p_k constant: only the direct loss term reaches y_k */
@@ -2437,8 +2445,9 @@ static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
 {
     int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
     size_t nv = (size_t)B * S * V;
-    const ebt_real *yK = m->tbuf + (size_t)K * nv;
-    const int32_t *btok = (const int32_t *)(void *)(m->tbuf + (3 * (size_t)K + 4) * nv + (size_t)B * S), *btgt = btok + (size_t)B * S;
+    ebt__tscratch t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv);
+    const ebt_real *yK = t.ys + (size_t)K * nv;
+    const int32_t *btok = t.tok, *btgt = t.tgt;
     if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
     for (int b = 0; b < B; b++) {
         int e = m->rb_next;
@@ -2460,7 +2469,6 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     size_t np;
     if (st != EBT_OK) { if (m) ebt_zero_grad(m); return st; }
     np = m->n_params;
-    if (!opts->learn_alpha && m->g.alpha) m->g.alpha[0] = 0;
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
     if (!isfinite(norm2)) {
         ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
