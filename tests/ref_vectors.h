@@ -64,6 +64,21 @@ static inline const ref_rec *ref_get(const ref_file *f, const char *name)
         if (strcmp(f->r[i].name, name) == 0) return &f->r[i];
     return NULL;
 }
+/* loads the vectors ref/<vectors> and the checkpoint ref/<ckpt>.safetensors
+ * (both must load; needs cmocka and ebt.h) */
+static inline ebt_model *ref_open(const char *vectors, const char *ckpt, ref_file *f)
+{
+    char path[256], err[256];
+    ebt_model *m = NULL;
+    snprintf(path, sizeof path, "ref/%s", vectors);
+    assert_int_equal(ref_load(path, f), 0);
+    snprintf(path, sizeof path, "ref/%s.safetensors", ckpt);
+    ebt_status st = ebt_load_ex(path, &m, err, sizeof err);
+    if (st != EBT_OK) printf("  load %s: %s\n", path, err);
+    assert_int_equal(st, EBT_OK);
+    return m;
+}
+
 /* the record, which must exist (and hold n values if n != 0); needs cmocka */
 static inline const ref_rec *ref_need(const ref_file *f, const char *name, size_t n)
 {

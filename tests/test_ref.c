@@ -30,16 +30,11 @@ static void to_real(ebt_real *dst, const ref_rec *r) { for (size_t i = 0; i < r-
 
 static void check_ebt_cfg(const char *cfg)
 {
-    char path[256], err[256];
+    char name[32];
     ref_file f;
-    ebt_model *m = NULL;
     int ok = 1;
-    snprintf(path, sizeof path, "ref/%s.txt", cfg);
-    assert_int_equal(ref_load(path, &f), 0);
-    snprintf(path, sizeof path, "ref/%s.safetensors", cfg);
-    ebt_status st = ebt_load_ex(path, &m, err, sizeof err);
-    if (st != EBT_OK) printf("  load: %s\n", err);
-    assert_int_equal(st, EBT_OK);
+    snprintf(name, sizeof name, "%s.txt", cfg);
+    ebt_model *m = ref_open(name, cfg, &f);
     const ebt_config *c = ebt_model_config(m);
     int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], step = (int)ref_need(&f, "step", 1)->x[0];
     size_t n = (size_t)B * S * c->vocab_size;
@@ -77,11 +72,9 @@ static void test_ref_plain(void **state) { (void)state; check_ebt_cfg("b"); }
 static void test_ref_transformer(void **state)
 {
     ref_file f;
-    ebt_model *m = NULL;
     int ok = 1;
     (void)state;
-    assert_int_equal(ref_load("ref/c.txt", &f), 0);
-    assert_int_equal(ebt_load("ref/c.safetensors", &m), EBT_OK);
+    ebt_model *m = ref_open("c.txt", "c", &f);
     const ebt_config *c = ebt_model_config(m);
     int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], V = c->vocab_size;
     size_t n = (size_t)B * S * V;

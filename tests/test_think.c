@@ -32,10 +32,14 @@ static void think(ebt_workspace *ws, ebt_model *m, const int32_t *tok, const ebt
     assert_int_equal(ebt_think(ws, m, tok, B, S, o, &out->r), EBT_OK);
 }
 
-static void fill(int32_t *tok, ebt_real *y0, int n_starts)
+/* a workspace for m, random tokens and n_starts sets of initial logits */
+static ebt_workspace *prepare(ebt_model *m, int32_t *tok, ebt_real *y0, int n_starts)
 {
+    ebt_workspace *ws = NULL;
+    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
     for (int i = 0; i < B * S; i++) tok[i] = (int32_t)(test_unif() * V);
     for (int i = 0; i < n_starts * B * S * V; i++) y0[i] = (ebt_real)test_normal();
+    return ws;
 }
 
 static void check_stopping(int step_embed)
@@ -46,8 +50,7 @@ static void check_stopping(int step_embed)
     static ebt_real y0[B * S * V];
     static run full, thr, tol;
     ebt_think_opts o = ebt_think_default();
-    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
-    fill(tok, y0, 1);
+    ws = prepare(m, tok, y0, 1);
     o.steps = K; o.init_logits = y0;
     think(ws, m, tok, &o, &full);
     assert_true(full.r.rows_evaluated == (long long)B * S * (K + 1));
@@ -108,8 +111,7 @@ static void test_self_verification(void **state)
     ebt_think_opts o = ebt_think_default();
     int nonzero = 0;
     (void)state;
-    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
-    fill(tok, y0, 4);
+    ws = prepare(m, tok, y0, 4);
     o.steps = 3; o.restarts = 4; o.init_logits = y0;
     think(ws, m, tok, &o, &all);
     o.restarts = 1;
@@ -140,8 +142,7 @@ static void test_last_only(void **state)
     ebt_think_result r;
     ebt_think_opts o = ebt_think_default();
     (void)state;
-    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
-    fill(tok, y0, 1);
+    ws = prepare(m, tok, y0, 1);
     for (int b = 0; b < B; b++) memcpy(ylast + b * V, y0 + ((size_t)b * S + S - 1) * V, sizeof(ebt_real) * V);
     o.steps = K; o.init_logits = y0;
     think(ws, m, tok, &o, &full);
@@ -170,8 +171,7 @@ static void test_blow_up(void **state)
     static run r;
     ebt_think_opts o = ebt_think_default();
     (void)state;
-    assert_int_equal(ebt_workspace_create(m, B, S, &ws), EBT_OK);
-    fill(tok, y0, 1);
+    ws = prepare(m, tok, y0, 1);
     o.steps = 3; o.init_logits = y0; o.step_size = 1e38;
     think(ws, m, tok, &o, &r);
     assert_true(r.r.diverged > 0);

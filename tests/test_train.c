@@ -28,14 +28,11 @@
 static void check_train_cfg(const char *cfg)
 {
     static const char *modes[] = { "detach", "truncate", "full" };
-    char path[128];
+    char name[32];
     ref_file f;
-    ebt_model *m = NULL;
     int ok = 1;
-    snprintf(path, sizeof path, "ref/train_%s.txt", cfg);
-    assert_int_equal(ref_load(path, &f), 0);
-    snprintf(path, sizeof path, "ref/%s.safetensors", cfg);
-    assert_int_equal(ebt_load(path, &m), EBT_OK);
+    snprintf(name, sizeof name, "train_%s.txt", cfg);
+    ebt_model *m = ref_open(name, cfg, &f);
     int B = (int)ref_need(&f, "B", 1)->x[0], S = (int)ref_need(&f, "S", 1)->x[0], K = (int)ref_need(&f, "K", 1)->x[0];
     int V = ebt_model_config(m)->vocab_size, N = B * S;
     int32_t *tok = malloc(sizeof *tok * N), *tgt = malloc(sizeof *tgt * N);
