@@ -1786,7 +1786,9 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
     ws->step = k;
 }
 
-ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
+/* thinking on the current observation; restore: leave a step-token model's
+ * workspace observed at the step it had (generation re-observes anyway) */
+static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res, int restore)
 {
     const ebt_model *m;
     ebt_think_opts o;
@@ -1903,7 +1905,7 @@ ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt
             }
         }
     }
-    ebt__observe_step(ws, step0);
+    if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
     if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V);
     if (res->logits) memcpy(res->logits, best_y, sizeof(ebt_real) * nv);
@@ -1913,6 +1915,11 @@ ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt
     if (res->winner) memcpy(res->winner, best_w, sizeof(int) * NP);
     EBT_FREE(mem);
     return EBT_OK;
+}
+
+ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
+{
+    return ebt__think(ws, opts, res, 1);
 }
 
 ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
@@ -2134,7 +2141,7 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
             r.probs = q;
             r.final_energy = &e;
             th.seed = o.think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(n_prompt + t);
-            if ((st = ebt_think_observed(ws, &th, &r)) != EBT_OK) break;
+            if ((st = ebt__think(ws, &th, &r, 0)) != EBT_OK) break;
         } else {
             ebt__lm_last_logits(ws, q);
             ebt__softmax_rows(q, q, 1, V);
