@@ -35,6 +35,24 @@
 #include <cblas.h>
 #endif
 
+/* Threads: with -fopenmp the row-wise kernels and the per-head attention
+ * blocks are split over the workspace's thread count (ebt_workspace_set_threads);
+ * every split keeps each output's arithmetic in one thread and in the serial
+ * order, so results are bit-identical for any thread count. Matrix products
+ * use OpenBLAS's own threads. Without OpenMP everything runs on the caller. */
+#ifdef _OPENMP
+#include <omp.h>
+#define EBT__PRAGMA(x) _Pragma(#x)
+/* a parallel for over the following loop when nt > 1 and the work is big enough */
+#define EBT__PARFOR(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(static) if((nt) > 1 && (work) >= 8192))
+static int ebt__tid(void) { return omp_get_thread_num(); }
+static int ebt__default_threads(void) { int n = omp_get_max_threads(); return n < 1 ? 1 : n > 64 ? 64 : n; }
+#else
+#define EBT__PARFOR(nt, work) (void)(nt);
+static int ebt__tid(void) { return 0; }
+static int ebt__default_threads(void) { return 1; }
+#endif
+
 #if defined(EBT_MALLOC) + defined(EBT_REALLOC) + defined(EBT_FREE) != 0 && \
     defined(EBT_MALLOC) + defined(EBT_REALLOC) + defined(EBT_FREE) != 3
 #error "define all of EBT_MALLOC, EBT_REALLOC and EBT_FREE, or none"
@@ -134,6 +152,37 @@ static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
         }
 }
 
+/* The thread count of a call's kernels: the workspace's count when the
+ * BLAS runs single-threaded (then ebt also splits the large products
+ * itself), else 0: OpenBLAS threads the products whole and every other
+ * kernel stays on the caller's thread, so that two pools of spinning
+ * threads never compete for the cores. */
+static int ebt__nt(int threads)
+{
+#if defined(OPENBLAS_VERSION) && defined(_OPENMP)
+    if (openblas_get_num_threads() > 1) return 0;
+#endif
+    return threads;
+}
+
+/* A large product (nt >= 1) split by rows of C into blocks of
+ * EBT__GEMM_ROWS spread over nt threads; the blocks do not depend on nt,
+ * so neither do the results. nt == 0: one call, threaded by the BLAS. */
+#define EBT__GEMM_ROWS 128
+static void ebt__gemm_par(int nt, int ta, int tb, int M, int N, int K, ebt_real alpha,
+                          const ebt_real *A, int lda, const ebt_real *B, int ldb,
+                          ebt_real beta, ebt_real *C, int ldc)
+{
+    int nb = (M + EBT__GEMM_ROWS - 1) / EBT__GEMM_ROWS;
+    if (nt == 0 || nb <= 1) { ebt__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); return; }
+    EBT__PARFOR(nt, (size_t)M * N * K)
+    for (int bi = 0; bi < nb; bi++) {
+        int i0 = bi * EBT__GEMM_ROWS, m = M - i0 < EBT__GEMM_ROWS ? M - i0 : EBT__GEMM_ROWS;
+        ebt__gemm(ta, tb, m, N, K, alpha, ta ? A + i0 : A + (size_t)i0 * lda, lda, B, ldb, beta,
+                  C + (size_t)i0 * ldc, ldc);
+    }
+}
+
 /* ======================================================================
  * RNG: xoshiro256** seeded by splitmix64; normals by Box-Muller.
  * ====================================================================== */
@@ -224,6 +273,7 @@ struct ebt_model {
     ebt__weights w, g;    /* pointers into params and grads */
     ebt_real *rope_cos, *rope_sin; /* (max_seq_len+2, Dh/2) */
     ebt_workspace *ws;    /* the model's own workspace, grown on demand */
+    int threads;          /* its thread count (0: default) */
     /* training state, saved with the model: AdamW moments (NULL before the
      * first step), steps taken, and the replay buffer of past sequences */
     ebt_real *opt_m, *opt_v;
@@ -534,25 +584,25 @@ static void ebt__tokemb_bwd(ebt_real *dW, const ebt_real *dh, const int32_t *tok
     }
 }
 /* fwd: h(N,D) = p(N,V) @ W(V,D).  Tangent: th = v @ W (same call with v). */
-static void ebt__pemb_fwd(ebt_real *h, const ebt_real *p, const ebt_real *W, int N, int V, int D)
+static void ebt__pemb_fwd(ebt_real *h, const ebt_real *p, const ebt_real *W, int N, int V, int D, int nt)
 {
-    ebt__gemm(0, 0, N, D, V, 1, p, V, W, D, 0, h, D);          /* h = p @ W */
+    ebt__gemm_par(nt, 0, 0, N, D, V, 1, p, V, W, D, 0, h, D);          /* h = p @ W */
 }
 /* bwd: dp(N,V) = dh @ W^T (if dp); dW(V,D) += p^T @ dh (if dW) */
 static void ebt__pemb_bwd(ebt_real *dp, ebt_real *dW, const ebt_real *dh, const ebt_real *p,
-                          const ebt_real *W, int N, int V, int D)
+                          const ebt_real *W, int N, int V, int D, int nt)
 {
-    if (dp) ebt__gemm(0, 1, N, V, D, 1, dh, D, W, D, 0, dp, V); /* dp = dh @ W^T */
-    if (dW) ebt__gemm(1, 0, V, D, N, 1, p, V, dh, D, 1, dW, D); /* dW += p^T @ dh */
+    if (dp) ebt__gemm_par(nt, 0, 1, N, V, D, 1, dh, D, W, D, 0, dp, V); /* dp = dh @ W^T */
+    if (dW) ebt__gemm_par(nt, 1, 0, V, D, N, 1, p, V, dh, D, 1, dW, D); /* dW += p^T @ dh */
 }
 /* tangent of bwd: tdp(N,V) = tdh @ W^T (this is H v); tdW += p^T tdh + v^T dh */
 static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, const ebt_real *dh,
-                           const ebt_real *p, const ebt_real *v, const ebt_real *W, int N, int V, int D)
+                           const ebt_real *p, const ebt_real *v, const ebt_real *W, int N, int V, int D, int nt)
 {
-    if (tdp) ebt__gemm(0, 1, N, V, D, 1, tdh, D, W, D, 0, tdp, V); /* tdp = tdh @ W^T */
+    if (tdp) ebt__gemm_par(nt, 0, 1, N, V, D, 1, tdh, D, W, D, 0, tdp, V); /* tdp = tdh @ W^T */
     if (tdW) {
-        ebt__gemm(1, 0, V, D, N, 1, p, V, tdh, D, 1, tdW, D);      /* tdW += p^T @ tdh */
-        ebt__gemm(1, 0, V, D, N, 1, v, V, dh, D, 1, tdW, D);       /* tdW += v^T @ dh */
+        ebt__gemm_par(nt, 1, 0, V, D, N, 1, p, V, tdh, D, 1, tdW, D);      /* tdW += p^T @ tdh */
+        ebt__gemm_par(nt, 1, 0, V, D, N, 1, v, V, dh, D, 1, tdW, D);       /* tdW += v^T @ dh */
     }
 }
 
@@ -563,8 +613,9 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
 
 /* y(N,D), rs(N) cached r; x(N,D); g(D) */
 static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
-                             int N, int D, ebt_real eps)
+                             int N, int D, ebt_real eps, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * D)
     for (int n = 0; n < N; n++) {
         const ebt_real *xr = x + (size_t)n * D;
         ebt_real *yr = y + (size_t)n * D, ss = 0;
@@ -574,23 +625,38 @@ static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const
         for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     }
 }
+/* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
+ * summed in row order, as a serial loop would) */
+static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
+                        int N, int D, int nt)
+{
+    int nb = (D + 15) / 16;
+    EBT__PARFOR(nt, (size_t)N * D)
+    for (int blk = 0; blk < nb; blk++) {
+        int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+        for (int n = 0; n < N; n++)
+            for (int j = j0; j < j1; j++) dg[j] += dy[(size_t)n * D + j] * x[(size_t)n * D + j] * r[n];
+    }
+}
 /* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
 static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
-                             const ebt_real *rs, const ebt_real *g, int N, int D)
+                             const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * D)
     for (int n = 0; n < N; n++) {
         const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
         ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
         for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
         ebt_real k = r * r * r * cx / D;
         for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
-        if (dg) for (int j = 0; j < D; j++) dg[j] += dyr[j] * xr[j] * r;
     }
+    if (dg) ebt__colsum(dg, dy, x, rs, N, D, nt);
 }
 /* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
 static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                             const ebt_real *g, int N, int D)
+                             const ebt_real *g, int N, int D, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * D)
     for (int n = 0; n < N; n++) {
         const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
         ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
@@ -601,11 +667,12 @@ static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x
 }
 /* tangent of bwd (tdy may be NULL = 0):
  *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
- *   tdg += tdy x r + dy (tx r + x tr)                                  (if tdg) */
+ *   tdg += tdy x r + dy (tx r + x tr)          (if tdg; trs (N) is scratch for tr) */
 static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
                               const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                              const ebt_real *g, int N, int D)
+                              const ebt_real *g, ebt_real *trs, int N, int D, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * D)
     for (int n = 0; n < N; n++) {
         size_t o = (size_t)n * D;
         const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
@@ -617,13 +684,24 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
         }
         ebt_real r3 = r * r * r, tr = -r3 * xtx / D;
         ebt_real kx = (3 * r * r * tr * cx + r3 * tcx) / D, ktx = r3 * cx / D;
+        trs[n] = tr;
         for (int j = 0; j < D; j++) {
             ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
             tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
         }
-        if (tdg)
-            for (int j = 0; j < D; j++)
-                tdg[j] += (tdyr ? tdyr[j] * xr[j] * r : 0) + dyr[j] * (txr[j] * r + xr[j] * tr);
+    }
+    if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
+        int nb = (D + 15) / 16;
+        EBT__PARFOR(nt, (size_t)N * D)
+        for (int blk = 0; blk < nb; blk++) {
+            int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+            for (int n = 0; n < N; n++) {
+                size_t o = (size_t)n * D;
+                ebt_real r = rs[n], tr = trs[n];
+                for (int j = j0; j < j1; j++)
+                    tdg[j] += (tdy ? tdy[o + j] * x[o + j] * r : 0) + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+            }
+        }
     }
 }
 
@@ -636,9 +714,10 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
  * position pos[r], or (pos NULL) pos0 + r % T (blocks of T rows).
  * inverse=1 applies R^T. */
 static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
-                      const ebt_real *cosv, const ebt_real *sinv, int inverse)
+                      const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
 {
     int half = Dh / 2;
+    EBT__PARFOR(nt, (size_t)N * H * Dh)
     for (int r = 0; r < N; r++) {
             int p = pos ? pos[r] : pos0 + r % T;
             ebt_real *row = x + (size_t)r * ld;
@@ -654,11 +733,11 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
     }
 }
 /* q and k column blocks of a qkv buffer (N, 3D) */
-static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int N, const int *pos, int T, int pos0, int inverse)
+static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int N, const int *pos, int T, int pos0, int inverse, int nt)
 {
     int D = m->cfg.d_model, H = m->cfg.n_heads;
-    ebt__rope(qkv, 3 * D, N, pos, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
-    ebt__rope(qkv + D, 3 * D, N, pos, T, pos0, H, D / H, m->rope_cos, m->rope_sin, inverse);
+    /* q and k are adjacent: one pass over 2H heads of each row */
+    ebt__rope(qkv, 3 * D, N, pos, T, pos0, 2 * H, D / H, m->rope_cos, m->rope_sin, inverse, nt);
 }
 
 /* ======================================================================
@@ -668,17 +747,17 @@ static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int N, const int *po
  *   tbwd:     tdx = tdy @ W ;  tdW += tdy^T x + dy^T tx
  * ====================================================================== */
 
-static void ebt__lin_fwd(ebt_real *y, const ebt_real *x, const ebt_real *W, int N, int In, int Out, ebt_real beta)
+static void ebt__lin_fwd(ebt_real *y, const ebt_real *x, const ebt_real *W, int N, int In, int Out, ebt_real beta, int nt)
 {
-    ebt__gemm(0, 1, N, Out, In, 1, x, In, W, In, beta, y, Out);       /* y = x @ W^T (+ beta y) */
+    ebt__gemm_par(nt, 0, 1, N, Out, In, 1, x, In, W, In, beta, y, Out);       /* y = x @ W^T (+ beta y) */
 }
-static void ebt__lin_bwd_x(ebt_real *dx, const ebt_real *dy, const ebt_real *W, int N, int In, int Out)
+static void ebt__lin_bwd_x(ebt_real *dx, const ebt_real *dy, const ebt_real *W, int N, int In, int Out, int nt)
 {
-    ebt__gemm(0, 0, N, In, Out, 1, dy, Out, W, In, 0, dx, In);        /* dx = dy @ W */
+    ebt__gemm_par(nt, 0, 0, N, In, Out, 1, dy, Out, W, In, 0, dx, In);        /* dx = dy @ W */
 }
-static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, int N, int In, int Out)
+static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, int N, int In, int Out, int nt)
 {
-    ebt__gemm(1, 0, Out, In, N, 1, dy, Out, x, In, 1, dW, In);        /* dW += dy^T @ x */
+    ebt__gemm_par(nt, 1, 0, Out, In, N, 1, dy, Out, x, In, 1, dW, In);        /* dW += dy^T @ x */
 }
 
 /* ======================================================================
@@ -854,8 +933,9 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
 static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
 
 /* u(N,F) */
-static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F)
+static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * F)
     for (int n = 0; n < N; n++) {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
         ebt_real *ur = u + (size_t)n * F;
@@ -863,8 +943,9 @@ static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F)
     }
 }
 /* bwd: dz1 = du z3 silu'(z1) ; dz3 = du silu(z1)   -> dz13(N,2F) */
-static void ebt__swiglu_bwd(ebt_real *dz13, const ebt_real *du, const ebt_real *z13, int N, int F)
+static void ebt__swiglu_bwd(ebt_real *dz13, const ebt_real *du, const ebt_real *z13, int N, int F, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * F)
     for (int n = 0; n < N; n++) {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F, *dur = du + (size_t)n * F;
         ebt_real *d1 = dz13 + (size_t)n * 2 * F, *d3 = d1 + F;
@@ -876,8 +957,9 @@ static void ebt__swiglu_bwd(ebt_real *dz13, const ebt_real *du, const ebt_real *
     }
 }
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
-static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F)
+static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * F)
     for (int n = 0; n < N; n++) {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
         const ebt_real *t1 = tz13 + (size_t)n * 2 * F, *t3 = t1 + F;
@@ -891,8 +973,9 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
 /* tangent of bwd:
  *   tdz1 = tdu z3 silu' + du tz3 silu' + du z3 silu'' tz1 ;  tdz3 = tdu silu + du silu' tz1 */
 static void ebt__swiglu_tbwd(ebt_real *tdz13, const ebt_real *tdu, const ebt_real *du,
-                             const ebt_real *tz13, const ebt_real *z13, int N, int F)
+                             const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * F)
     for (int n = 0; n < N; n++) {
         size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
         const ebt_real *z1 = z13 + o2, *z3 = z1 + F, *t1 = tz13 + o2, *t3 = t1 + F;
@@ -957,7 +1040,7 @@ typedef struct {
     ebt_real *dqkv, *tdqkv; /* (N,3D) */
     ebt_real *dz, *tdz;     /* (N,2F) */
     ebt_real *du, *tdu;     /* (N,F) */
-    ebt_real *G, *dS, *T, *mu; /* attention scratch for one (b,h): (T,So+1) x3, (T) */
+    ebt_real *trs;          /* (N) scratch of the RMSNorm tangent-of-backward */
 } ebt__rev;
 
 struct ebt_workspace {
@@ -979,6 +1062,9 @@ struct ebt_workspace {
     ebt_real *t_hL, *t_nf;                  /* their tangents */
     ebt_real *acc;     /* (L, B*So, 3D) cotangents of observed q,k,v from the predicted side */
     ebt__rev rp, ro;   /* reverse scratch, predicted and observed */
+    int threads;       /* threads of the row-wise and attention kernels */
+    int scr_threads;   /* threads the attention scratch is sized for */
+    ebt_real *scr;     /* attention scratch per thread: G, dS, T (So,So+1) and mu (So) */
     ebt_real *mem;
     char err[EBT__ERRLEN];
 };
@@ -1025,7 +1111,7 @@ static ebt__acts ebt__acts_at(const ebt__acts *A, size_t r0, size_t D, size_t F)
     return v;
 }
 
-static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t F, size_t T, size_t So, int tangent)
+static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t F, int tangent)
 {
     R->dh = ebt__take(a, N, D);
     R->dx = ebt__take(a, N, D);
@@ -1033,16 +1119,41 @@ static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t
     R->dqkv = ebt__take(a, N, 3 * D);
     R->dz = ebt__take(a, N, 2 * F);
     R->du = ebt__take(a, N, F);
-    R->G = ebt__take(a, T, So + 1);
-    R->dS = ebt__take(a, T, So + 1);
-    R->mu = ebt__take(a, T, 1);
-    R->T = tangent ? ebt__take(a, T, So + 1) : NULL;
     R->tdh = tangent ? ebt__take(a, N, D) : NULL;
     R->tdx = tangent ? ebt__take(a, N, D) : NULL;
     R->tdout = tangent ? ebt__take(a, N, D) : NULL;
     R->tdqkv = tangent ? ebt__take(a, N, 3 * D) : NULL;
     R->tdz = tangent ? ebt__take(a, N, 2 * F) : NULL;
     R->tdu = tangent ? ebt__take(a, N, F) : NULL;
+    R->trs = tangent ? ebt__take(a, N, 1) : NULL;
+}
+
+/* the attention scratch of one thread (sized by ebt__scr_alloc) */
+typedef struct { ebt_real *G, *dS, *T, *mu; } ebt__ascr;
+static size_t ebt__scr_stride(size_t So) { return (3 * So * (So + 1) + So + 15) / 16 * 16; }
+static ebt__ascr ebt__scr(const ebt_workspace *ws, int tid)
+{
+    size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), n = So * (So + 1);
+    ebt__ascr r;
+    r.G = ws->scr + (size_t)tid * ebt__scr_stride(So);
+    r.dS = r.G + n; r.T = r.dS + n; r.mu = r.T + n;
+    return r;
+}
+/* (re)sizes the attention scratch for n threads */
+static ebt_status ebt__scr_alloc(ebt_workspace *ws, int n)
+{
+    size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), bytes;
+    int ovf = 0;
+    ebt_real *p;
+    if (ws->scr && n <= ws->scr_threads) return EBT_OK;
+    bytes = ebt__mul(ebt__mul(ebt__scr_stride(So), (size_t)n, &ovf), sizeof(ebt_real), &ovf);
+    if (ovf) return EBT_ERR_NOMEM;
+    p = (ebt_real *)EBT_MALLOC(bytes);
+    if (!p) return EBT_ERR_NOMEM;
+    EBT_FREE(ws->scr);
+    ws->scr = p;
+    ws->scr_threads = n;
+    return EBT_OK;
 }
 
 /* assigns every pointer of ws from a->base (or only counts when NULL) */
@@ -1055,14 +1166,14 @@ static void ebt__ws_layout(ebt_workspace *ws, ebt__arena *a)
     int ebt = c->arch == EBT_ARCH_EBT;
     ws->tokens = (int32_t *)(void *)ebt__take_int(a, B * S);
     for (size_t l = 0; l < L; l++) ebt__take_acts(a, &ws->oa[l], No, D, F, ebt__mul(B * H * So, So + 1, &a->ovf), 0);
-    ebt__take_rev(a, &ws->ro, No, D, F, So, So, 0);
+    ebt__take_rev(a, &ws->ro, No, D, F, 0);
     ws->acc = ebt__take(a, L * No, 3 * D);
     if (ebt) {
         for (size_t l = 0; l < L; l++) {
             ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 0);
             ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 1);
         }
-        ebt__take_rev(a, &ws->rp, Np, D, F, S, So, 1);
+        ebt__take_rev(a, &ws->rp, Np, D, F, 1);
         ws->p_hL = ebt__take(a, Np, D);
         ws->p_rsf = ebt__take(a, Np, 1);
         ws->p_nf = ebt__take(a, Np, D);
@@ -1085,6 +1196,7 @@ void ebt_workspace_free(ebt_workspace *ws)
 {
     if (!ws) return;
     EBT_FREE(ws->mem);
+    EBT_FREE(ws->scr);
     EBT_FREE(ws->oa);
     EBT_FREE(ws->pa);
     EBT_FREE(ws->ta);
@@ -1118,11 +1230,30 @@ ebt_status ebt_workspace_create(const ebt_model *m, int max_B, int max_S, ebt_wo
     a.base = (ebt_real *)(((uintptr_t)ws->mem + 63) & ~(uintptr_t)63);
     a.used = 0;
     ebt__ws_layout(ws, &a);  /* assign */
+    ws->threads = ebt__default_threads();
+    if (ebt__scr_alloc(ws, ws->threads) != EBT_OK) { ebt_workspace_free(ws); return EBT_ERR_NOMEM; }
     *out = ws;
     return EBT_OK;
 }
 
 const char *ebt_ws_last_error(const ebt_workspace *ws) { return ws ? ws->err : "workspace is NULL"; }
+
+ebt_status ebt_workspace_set_threads(ebt_workspace *ws, int n)
+{
+    if (!ws || n < 0 || n > 1024) return EBT_ERR_ARG;
+    if (n == 0) n = ebt__default_threads();
+#ifndef _OPENMP
+    n = 1;
+#endif
+    if (ebt__scr_alloc(ws, n) != EBT_OK) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for the scratch of %d threads", n);
+        return EBT_ERR_NOMEM;
+    }
+    ws->threads = n;
+    return EBT_OK;
+}
+
+int ebt_workspace_threads(const ebt_workspace *ws) { return ws ? ws->threads : 0; }
 
 /* attention dims of either stream (lims and nq are set per block) */
 static ebt__attn_dims ebt__dims(const ebt_workspace *ws, int predicted)
@@ -1181,88 +1312,88 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
  * Rows: N rows; RoPE positions pos[r], or pos0 + r % T when pos is NULL.
  * ====================================================================== */
 
-static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int N, const int *pos, int T, int pos0)
+static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int N, const int *pos, int T, int pos0, int nt)
 {
     int D = m->cfg.d_model;
-    ebt__rmsnorm_fwd(A->a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps);
-    ebt__lin_fwd(A->qkv, A->a, w->wqkv, N, D, 3 * D, 0);        /* qkv = a @ Wqkv^T */
-    ebt__rope_qk(m, A->qkv, N, pos, T, pos0, 0);
+    ebt__rmsnorm_fwd(A->a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
+    ebt__lin_fwd(A->qkv, A->a, w->wqkv, N, D, 3 * D, 0, nt);        /* qkv = a @ Wqkv^T */
+    ebt__rope_qk(m, A->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, int N)
+static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(A->h1, A->x, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(A->h1, A->o, w->wo, N, D, D, 1);               /* h1 = x + o @ Wo^T */
-    ebt__rmsnorm_fwd(A->f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps);
-    ebt__lin_fwd(A->z13, A->f, w->w13, N, D, 2 * F, 0);         /* z13 = f @ W13^T */
-    ebt__swiglu_fwd(A->u, A->z13, N, F);
+    ebt__lin_fwd(A->h1, A->o, w->wo, N, D, D, 1, nt);               /* h1 = x + o @ Wo^T */
+    ebt__rmsnorm_fwd(A->f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
+    ebt__lin_fwd(A->z13, A->f, w->w13, N, D, 2 * F, 0, nt);         /* z13 = f @ W13^T */
+    ebt__swiglu_fwd(A->u, A->z13, N, F, nt);
     memcpy(out, A->h1, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(out, A->u, w->w2, N, F, D, 1);                 /* out = h1 + u @ W2^T */
+    ebt__lin_fwd(out, A->u, w->w2, N, F, D, 1, nt);                 /* out = h1 + u @ W2^T */
 }
 
 /* tangents of the two halves (Tg holds tangents; A the primal activations) */
-static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int N, const int *pos, int T, int pos0)
+static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int N, const int *pos, int T, int pos0, int nt)
 {
     int D = m->cfg.d_model;
-    ebt__rmsnorm_tan(Tg->a, Tg->x, A->x, A->rs1, w->attn_norm, N, D);
-    ebt__lin_fwd(Tg->qkv, Tg->a, w->wqkv, N, D, 3 * D, 0);      /* tqkv = ta @ Wqkv^T */
-    ebt__rope_qk(m, Tg->qkv, N, pos, T, pos0, 0);
+    ebt__rmsnorm_tan(Tg->a, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
+    ebt__lin_fwd(Tg->qkv, Tg->a, w->wqkv, N, D, 3 * D, 0, nt);      /* tqkv = ta @ Wqkv^T */
+    ebt__rope_qk(m, Tg->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, int N)
+static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(Tg->h1, Tg->x, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(Tg->h1, Tg->o, w->wo, N, D, D, 1);             /* th1 = tx + to @ Wo^T */
-    ebt__rmsnorm_tan(Tg->f, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D);
-    ebt__lin_fwd(Tg->z13, Tg->f, w->w13, N, D, 2 * F, 0);       /* tz13 = tf @ W13^T */
-    ebt__swiglu_tan(Tg->u, Tg->z13, A->z13, N, F);
+    ebt__lin_fwd(Tg->h1, Tg->o, w->wo, N, D, D, 1, nt);             /* th1 = tx + to @ Wo^T */
+    ebt__rmsnorm_tan(Tg->f, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    ebt__lin_fwd(Tg->z13, Tg->f, w->w13, N, D, 2 * F, 0, nt);       /* tz13 = tf @ W13^T */
+    ebt__swiglu_tan(Tg->u, Tg->z13, A->z13, N, F, nt);
     memcpy(tout, Tg->h1, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(tout, Tg->u, w->w2, N, F, D, 1);               /* tout = th1 + tu @ W2^T */
+    ebt__lin_fwd(tout, Tg->u, w->w2, N, F, D, 1, nt);               /* tout = th1 + tu @ W2^T */
 }
 
 /* reverse of the FFN half and the Wo projection: on entry R->dh is the
  * cotangent of the block output; on exit it is that of the block input's
  * residual path (dh1 before the attention), and R->dout that of o. */
 static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
-                                  ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N)
+                                  ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
     /* out = h1 + u @ W2^T */
-    ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D);                    /* du = dh @ W2 */
-    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, A->u, N, F, D);    /* dW2 += dh^T u */
+    ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D, nt);                    /* du = dh @ W2 */
+    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, A->u, N, F, D, nt);    /* dW2 += dh^T u */
     if (tan) {
-        ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D);              /* tdu = tdh @ W2 */
+        ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);              /* tdu = tdh @ W2 */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->w2, R->tdh, A->u, N, F, D);           /* tdW2 += tdh^T u */
-            ebt__lin_bwd_w(gw->w2, R->dh, Tg->u, N, F, D);           /*       + dh^T tu */
+            ebt__lin_bwd_w(gw->w2, R->tdh, A->u, N, F, D, nt);           /* tdW2 += tdh^T u */
+            ebt__lin_bwd_w(gw->w2, R->dh, Tg->u, N, F, D, nt);           /*       + dh^T tu */
         }
     }
     /* u = swiglu(z13) */
-    ebt__swiglu_bwd(R->dz, R->du, A->z13, N, F);
-    if (tan) ebt__swiglu_tbwd(R->tdz, R->tdu, R->du, Tg->z13, A->z13, N, F);
+    ebt__swiglu_bwd(R->dz, R->du, A->z13, N, F, nt);
+    if (tan) ebt__swiglu_tbwd(R->tdz, R->tdu, R->du, Tg->z13, A->z13, N, F, nt);
     /* z13 = f @ W13^T */
-    ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F);               /* df = dz @ W13 */
-    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, A->f, N, D, 2 * F);
+    ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F, nt);               /* df = dz @ W13 */
+    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, A->f, N, D, 2 * F, nt);
     if (tan) {
-        ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F);         /* tdf = tdz @ W13 */
+        ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F, nt);         /* tdf = tdz @ W13 */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->w13, R->tdz, A->f, N, D, 2 * F);
-            ebt__lin_bwd_w(gw->w13, R->dz, Tg->f, N, D, 2 * F);
+            ebt__lin_bwd_w(gw->w13, R->tdz, A->f, N, D, 2 * F, nt);
+            ebt__lin_bwd_w(gw->w13, R->dz, Tg->f, N, D, 2 * F, nt);
         }
     }
     /* f = rmsnorm(h1) * ffn_norm ; residual: dh1 = dh + (this) */
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D);
-    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D);
+    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, R->trs, N, D, nt);
     /* h1 = x + o @ Wo^T */
-    ebt__lin_bwd_x(R->dout, R->dh, w->wo, N, D, D);                  /* do = dh1 @ Wo */
-    if (gmode == 1) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D);
+    ebt__lin_bwd_x(R->dout, R->dh, w->wo, N, D, D, nt);                  /* do = dh1 @ Wo */
+    if (gmode == 1) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D, nt);
     if (tan) {
-        ebt__lin_bwd_x(R->tdout, R->tdh, w->wo, N, D, D);            /* tdo = tdh1 @ Wo */
+        ebt__lin_bwd_x(R->tdout, R->tdh, w->wo, N, D, D, nt);            /* tdo = tdh1 @ Wo */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->wo, R->tdh, A->o, N, D, D);
-            ebt__lin_bwd_w(gw->wo, R->dh, Tg->o, N, D, D);
+            ebt__lin_bwd_w(gw->wo, R->tdh, A->o, N, D, D, nt);
+            ebt__lin_bwd_w(gw->wo, R->dh, Tg->o, N, D, D, nt);
         }
     }
 }
@@ -1272,22 +1403,22 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
  * rotated back in place. */
 static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
                              ebt__rev *R, ebt_real *dqkv, ebt_real *tdqkv,
-                             const ebt__acts *A, const ebt__acts *Tg, int N, const int *pos, int T, int pos0)
+                             const ebt__acts *A, const ebt__acts *Tg, int N, const int *pos, int T, int pos0, int nt)
 {
     int D = m->cfg.d_model;
-    ebt__rope_qk(m, dqkv, N, pos, T, pos0, 1);
-    ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D);               /* da = dqkv @ Wqkv */
-    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, A->a, N, D, 3 * D);
+    ebt__rope_qk(m, dqkv, N, pos, T, pos0, 1, nt);
+    ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D, nt);               /* da = dqkv @ Wqkv */
+    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, A->a, N, D, 3 * D, nt);
     if (tdqkv) {
-        ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1);
-        ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D);         /* tda = tdqkv @ Wqkv */
+        ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1, nt);
+        ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D, nt);         /* tda = tdqkv @ Wqkv */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->wqkv, tdqkv, A->a, N, D, 3 * D);
-            ebt__lin_bwd_w(gw->wqkv, dqkv, Tg->a, N, D, 3 * D);
+            ebt__lin_bwd_w(gw->wqkv, tdqkv, A->a, N, D, 3 * D, nt);
+            ebt__lin_bwd_w(gw->wqkv, dqkv, Tg->a, N, D, 3 * D, nt);
         }
     }
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D);
-    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, N, D);
+    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, R->trs, N, D, nt);
 }
 
 /* ======================================================================
@@ -1312,6 +1443,7 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
     const ebt_config *c = &m->cfg;
     int B = ws->B, So = ws->So, D = c->d_model, F = c->d_ff, H = c->n_heads, L = c->n_layers;
     int N = j0 > 0 ? So - j0 : B * So;   /* rows computed (j0 > 0 needs B == 1) */
+    int nt = ebt__nt(ws->threads);
     ebt__attn_dims d = ebt__dims(ws, 0);
     d.nq = j0 > 0 ? N : So;
     d.shift = j0;
@@ -1329,16 +1461,17 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__acts A = ebt__acts_at(&ws->oa[l], (size_t)j0, (size_t)D, (size_t)F);
         int last = l == L - 1;
-        ebt__attn_in_fwd(m, w, &A, N, NULL, j0 > 0 ? N : So, j0);
+        ebt__attn_in_fwd(m, w, &A, N, NULL, j0 > 0 ? N : So, j0, nt);
         if (last && c->arch == EBT_ARCH_EBT) break;
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++) {
-                const ebt_real *k = ws->oa[l].qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
-                ebt__attn_fwd(A.o + (size_t)b * So * D + (size_t)h * d.Dh,
-                              ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
-                              A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
-            }
-        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, N);
+        EBT__PARFOR(nt, (size_t)B * H * N * So)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            const ebt_real *k = ws->oa[l].qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
+            ebt__attn_fwd(A.o + (size_t)b * So * D + (size_t)h * d.Dh,
+                          ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
+                          A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
+        }
+        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, N, nt);
     }
 }
 
@@ -1351,7 +1484,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int B = ws->B, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * So;
+    int B = ws->B, So = ws->So, D = c->d_model, H = c->n_heads, L = c->n_layers, N = B * So, nt = ebt__nt(ws->threads);
     ebt__attn_dims d = ebt__dims(ws, 0);
     ebt__rev *R = &ws->ro;
     if (dh_top) memcpy(R->dh, dh_top, sizeof(ebt_real) * (size_t)N * D);
@@ -1362,17 +1495,19 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
         const ebt__acts *A = &ws->oa[l];
         ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
         if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
-            ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N);
-            for (int b = 0; b < B; b++)
-                for (int h = 0; h < H; h++) {
-                    size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
-                    const ebt_real *q = A->qkv + qo;
-                    ebt__attn_bwd(dqkv + qo, dqkv + qo + D, dqkv + qo + 2 * D, NULL, NULL, R->G, R->dS, R->mu,
-                                  R->dout + (size_t)b * So * D + (size_t)h * d.Dh,
-                                  A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
-                }
+            ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N, nt);
+            EBT__PARFOR(nt, (size_t)B * H * So * So)
+            for (int bh = 0; bh < B * H; bh++) {
+                int b = bh / H, h = bh % H;
+                size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
+                const ebt_real *q = A->qkv + qo;
+                ebt__ascr sc = ebt__scr(ws, ebt__tid());
+                ebt__attn_bwd(dqkv + qo, dqkv + qo + D, dqkv + qo + 2 * D, NULL, NULL, sc.G, sc.dS, sc.mu,
+                              R->dout + (size_t)b * So * D + (size_t)h * d.Dh,
+                              A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
+            }
         }
-        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0);
+        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
     }
     for (int b = 0; b < B; b++) {
         const ebt_real *row = R->dh + (size_t)b * So * D;
@@ -1415,23 +1550,23 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
-    ebt__pemb_fwd(ws->pa[0].x, probs, m->w.pred, N, c->vocab_size, D);
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np, nt = ebt__nt(ws->threads);
+    ebt__pemb_fwd(ws->pa[0].x, probs, m->w.pred, N, c->vocab_size, D, nt);
     for (int l = 0; l < L; l++) {
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__acts *A = &ws->pa[l];
         const ebt__acts *O = &ws->oa[l];
-        ebt__attn_in_fwd(m, w, A, N, ws->prow_pos, 1, 0);
-        for (int b = 0; b < ws->B; b++)
-            for (int h = 0; h < H; h++) {
-                ebt__pblock pb = ebt__pred_block(ws, b, h);
-                const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
-                if (pb.d.nq == 0) continue;
-                ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-            }
-        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, N);
+        ebt__attn_in_fwd(m, w, A, N, ws->prow_pos, 1, 0, nt);
+        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        for (int bh = 0; bh < ws->B * H; bh++) {
+            ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
+            const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
+            if (pb.d.nq == 0) continue;
+            ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
+        }
+        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, N, nt);
     }
-    ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps);
+    ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps, nt);
     ebt__ehead_fwd(ws->energy, ws->p_nf, m->w.ehead, N, D);
 }
 
@@ -1439,24 +1574,24 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
-    ebt__pemb_fwd(ws->ta[0].x, v, m->w.pred, N, c->vocab_size, D);  /* th0 = v @ Wpe */
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np, nt = ebt__nt(ws->threads);
+    ebt__pemb_fwd(ws->ta[0].x, v, m->w.pred, N, c->vocab_size, D, nt);  /* th0 = v @ Wpe */
     for (int l = 0; l < L; l++) {
         const ebt__layer_w *w = &m->w.layer[l];
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
         ebt__acts *Tg = &ws->ta[l];
-        ebt__attn_in_tan(m, w, Tg, A, N, ws->prow_pos, 1, 0);
-        for (int b = 0; b < ws->B; b++)
-            for (int h = 0; h < H; h++) {
-                ebt__pblock pb = ebt__pred_block(ws, b, h);
-                const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
-                if (pb.d.nq == 0) continue;
-                ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
-                              A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-            }
-        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, N);
+        ebt__attn_in_tan(m, w, Tg, A, N, ws->prow_pos, 1, 0, nt);
+        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        for (int bh = 0; bh < ws->B * H; bh++) {
+            ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
+            const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
+            if (pb.d.nq == 0) continue;
+            ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+                          A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
+        }
+        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, N, nt);
     }
-    ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D);
+    ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
 }
 
 /* The reverse sweep of the predicted stream, seeded with weight[r] (NULL:
@@ -1471,7 +1606,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
-    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np;
+    int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np, nt = ebt__nt(ws->threads);
     ebt__rev R = ws->rp;
     ebt__weights *g = gm ? &gm->g : NULL;
     if (!tangent) R.tdh = NULL;
@@ -1480,41 +1615,43 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
     ebt__ehead_bwd(R.dx, gmode == 1 ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
     if (gmode == 2) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
     memset(R.dh, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(R.dh, gmode == 1 ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D);
+    ebt__rmsnorm_bwd(R.dh, gmode == 1 ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
     if (tangent) {
         memset(R.tdh, 0, sizeof(ebt_real) * (size_t)N * D);
         ebt__rmsnorm_tbwd(R.tdh, gmode == 2 ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
-                          ws->p_rsf, m->w.final_norm, N, D);
+                          ws->p_rsf, m->w.final_norm, R.trs, N, D, nt);
     }
     for (int l = L - 1; l >= 0; l--) {
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__layer_w *gw = g ? &g->layer[l] : NULL;
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l], *Tg = tangent ? &ws->ta[l] : NULL;
         ebt_real *acc = ws->acc + (size_t)l * ws->B * ws->So * 3 * D;
-        ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N);
+        ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N, nt);
         memset(R.dqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
         if (tangent) memset(R.tdqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
-        for (int b = 0; b < ws->B; b++)
-            for (int h = 0; h < H; h++) {
-                ebt__pblock pb = ebt__pred_block(ws, b, h);
-                const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
-                ebt_real *dq = R.dqkv + pb.q;
-                if (pb.d.nq == 0) continue;
-                ebt__attn_bwd(dq, gmode == 1 ? acc + pb.k : NULL, gmode == 1 ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
-                              R.G, R.dS, R.mu, R.dout + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-                if (tangent) {
-                    const ebt_real *tq = Tg->qkv + pb.q;
-                    ebt_real *tdq = R.tdqkv + pb.q;
-                    ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
-                                   R.T, R.G, R.dS, R.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
-                                   A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-                }
+        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        for (int bh = 0; bh < ws->B * H; bh++) {
+            ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
+            const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
+            ebt_real *dq = R.dqkv + pb.q;
+            ebt__ascr sc;
+            if (pb.d.nq == 0) continue;
+            sc = ebt__scr(ws, ebt__tid());
+            ebt__attn_bwd(dq, gmode == 1 ? acc + pb.k : NULL, gmode == 1 ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
+                          sc.G, sc.dS, sc.mu, R.dout + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
+            if (tangent) {
+                const ebt_real *tq = Tg->qkv + pb.q;
+                ebt_real *tdq = R.tdqkv + pb.q;
+                ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
+                               sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+                               A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
-        ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0);
+        }
+        ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0, nt);
     }
     /* h0 = p @ Wpe */
-    ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D);
-    if (tangent) ebt__pemb_tbwd(hv, gmode == 2 ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D);
+    ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D, nt);
+    if (tangent) ebt__pemb_tbwd(hv, gmode == 2 ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D, nt);
 }
 
 /* ======================================================================
@@ -1643,8 +1780,27 @@ static ebt_status ebt__model_ws(ebt_model *m, int B, int S)
     if (m->ws) { B = B > m->ws->max_B ? B : m->ws->max_B; S = S > m->ws->max_S ? S : m->ws->max_S; }
     st = ebt_workspace_create(m, B, S, &ws);
     if (st != EBT_OK) { ebt__seterr(m->err, EBT__ERRLEN, "cannot allocate a workspace for B=%d S=%d", B, S); return st; }
+    if ((st = ebt_workspace_set_threads(ws, m->threads)) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "%s", ws->err);
+        ebt_workspace_free(ws);
+        return st;
+    }
     ebt_workspace_free(m->ws);
     m->ws = ws;
+    return EBT_OK;
+}
+
+ebt_status ebt_set_threads(ebt_model *m, int n)
+{
+    ebt_status st;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if (n < 0 || n > 1024) { ebt__seterr(m->err, EBT__ERRLEN, "threads must be in [0, 1024], got %d", n); return EBT_ERR_ARG; }
+    if (m->ws && (st = ebt_workspace_set_threads(m->ws, n)) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "%s", m->ws->err);
+        return st;
+    }
+    m->threads = n;
     return EBT_OK;
 }
 
@@ -1992,8 +2148,8 @@ static ebt_status ebt__lm_forward(ebt_model *m, const int32_t *tokens, int B, in
     ws = m->ws;
     ebt__observe(ws, tokens, B, S, 0);
     N = B * S;
-    ebt__rmsnorm_fwd(ws->o_nf, ws->o_rsf, ws->o_hL, m->w.final_norm, N, c->d_model, (ebt_real)c->norm_eps);
-    ebt__lin_fwd(ws->logits, ws->o_nf, m->w.lm_head, N, c->d_model, c->vocab_size, 0); /* logits = nf @ lm_head^T */
+    ebt__rmsnorm_fwd(ws->o_nf, ws->o_rsf, ws->o_hL, m->w.final_norm, N, c->d_model, (ebt_real)c->norm_eps, ebt__nt(ws->threads));
+    ebt__lin_fwd(ws->logits, ws->o_nf, m->w.lm_head, N, c->d_model, c->vocab_size, 0, ebt__nt(ws->threads)); /* logits = nf @ lm_head^T */
     return EBT_OK;
 }
 
@@ -2021,10 +2177,10 @@ ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *t
     total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits);  /* logits become dlogits */
     if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
     *loss = (ebt_real)total;
-    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V);       /* dlm_head += dlogits^T nf */
-    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V);      /* dnf = dlogits @ lm_head */
+    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, ebt__nt(ws->threads));       /* dlm_head += dlogits^T nf */
+    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V, ebt__nt(ws->threads));      /* dnf = dlogits @ lm_head */
     memset(ws->ro.dout, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D);
+    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D, ebt__nt(ws->threads));
     ebt__zero_acc(ws);
     ebt__obs_backward(ws, m, ws->ro.dout);
     return EBT_OK;
@@ -2052,8 +2208,8 @@ static void ebt__lm_last_logits(ebt_workspace *ws, ebt_real *logits)
     const ebt_model *m = ws->m;
     int D = m->cfg.d_model;
     size_t r = (size_t)ws->So - 1;
-    ebt__rmsnorm_fwd(ws->o_nf + r * D, ws->o_rsf + r, ws->o_hL + r * D, m->w.final_norm, 1, D, (ebt_real)m->cfg.norm_eps);
-    ebt__lin_fwd(logits, ws->o_nf + r * D, m->w.lm_head, 1, D, m->cfg.vocab_size, 0); /* logits = nf @ lm_head^T */
+    ebt__rmsnorm_fwd(ws->o_nf + r * D, ws->o_rsf + r, ws->o_hL + r * D, m->w.final_norm, 1, D, (ebt_real)m->cfg.norm_eps, 1);
+    ebt__lin_fwd(logits, ws->o_nf + r * D, m->w.lm_head, 1, D, m->cfg.vocab_size, 0, 1); /* logits = nf @ lm_head^T */
 }
 
 typedef struct { ebt_real w; int i; } ebt__pair;

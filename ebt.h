@@ -43,6 +43,16 @@
      none) before including ebt.c.
 
    THREADS
+   - Inside one call: with OpenMP (compile ebt.c with -fopenmp; the Makefile
+     does) the row-wise kernels (RMSNorm, RoPE, SwiGLU) and the attention
+     blocks (one per sequence and head) run on the workspace's threads:
+     ebt_workspace_set_threads, or ebt_set_threads for the calls that use
+     the model's own workspace (training, ebt_energy, ...). The default is
+     OpenMP's (OMP_NUM_THREADS, else the number of cores). Matrix products
+     run in OpenBLAS with its own thread count (OPENBLAS_NUM_THREADS or
+     openblas_set_num_threads). Every result is bit-identical for any
+     thread count: work is split so that each output is computed by one
+     thread in the order a single thread would use.
    - Weights are read-only during evaluation. Calls taking an explicit
      ebt_workspace (ebt_observe, ebt_observe_append, ebt_ws_energy,
      ebt_ws_hvp, ebt_think, ebt_think_observed, ebt_generate) may run on
@@ -188,6 +198,15 @@ EBT_API ebt_status ebt_ws_hvp(ebt_workspace *ws, const ebt_real *probs, const eb
                               ebt_real *hv, ebt_real *energy, ebt_real *grad_probs);
 /* Last error message of calls on this workspace ("" if none). */
 EBT_API const char *ebt_ws_last_error(const ebt_workspace *ws);
+/* Threads for this workspace's kernels (see THREADS); n = 0 restores the
+ * default; n in [0, 1024]. Without OpenMP the count is always 1. The only
+ * allocation is a per-thread attention scratch (about 3 max_S^2 reals per
+ * thread) when n exceeds what the workspace was sized for. */
+EBT_API ebt_status ebt_workspace_set_threads(ebt_workspace *ws, int n);
+EBT_API int ebt_workspace_threads(const ebt_workspace *ws);
+/* The same for the model's own workspace (training, ebt_energy, ebt_hvp,
+ * ebt_*_backward, ebt_lm_*). */
+EBT_API ebt_status ebt_set_threads(ebt_model *m, int n);
 
 /* ---- transformer++ baseline (arch EBT_ARCH_TRANSFORMER) ---------------- */
 /* logits[B*S*V] of next tokens after each prefix of tokens[B*S]. */
