@@ -2390,22 +2390,55 @@ static ebt_real *ebt__tbuf(ebt_model *m, size_t n)
 }
 
 /* The training scratch (one block, m->tbuf): y_0..y_K, p_0..p_{K-1},
- * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); the batch's tokens and
- * targets (N each). Both ebt_train_grad and the replay push address it. */
-typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u; int32_t *tok, *tgt; } ebt__tscratch;
+ * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); a copy of the gradients
+ * (restored if the step fails after they were overwritten); the batch's
+ * tokens and targets (N each). Both ebt_train_grad and the replay push
+ * address it. */
+typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave; int32_t *tok, *tgt; } ebt__tscratch;
 
-static size_t ebt__tscratch_size(int K, size_t N, size_t nv, int *ovf)
+static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t np, int *ovf)
 {
-    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
+    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + np + (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
 }
 
-static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv)
+static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t np)
 {
     ebt__tscratch t;
     t.ys = buf; t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
-    t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv;
-    t.tok = (int32_t *)(void *)(t.u + N); t.tgt = t.tok + N;
+    t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv; t.gsave = t.u + N;
+    t.tok = (int32_t *)(void *)(t.gsave + np); t.tgt = t.tok + N;
     return t;
+}
+
+/* galpha += d/dalpha of -alpha_i g_k . ybar = -sum_n u_n (ybar_n . g_n) */
+static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha)
+{
+    for (int n = 0; n < N; n++) {
+        double dot = 0;
+        for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
+        *galpha -= u[n] * dot;
+    }
+}
+
+/* The second-order term of one thinking step whose forward (at p_k) is in
+ * ws: alpha's gradient, then grads += grad_theta(v . g_k) and hv = H_k v
+ * with v = -alpha_i ybar (ybar = d loss / d y_{k+1}). */
+static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk, const ebt_real *gk,
+                            const ebt_real *ybar, ebt_real *vv, ebt_real *hv, const ebt_real *u,
+                            double alpha_eff, double *galpha)
+{
+    int N = ws->np, V = m->cfg.vocab_size;
+    ebt__alpha_grad(ybar, gk, u, N, V, galpha);
+    for (int n = 0; n < N; n++) {
+        ebt_real a = (ebt_real)(-alpha_eff * u[n]);
+        for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
+    }
+    ebt__pred_tangent(ws, vv);
+    ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
+    if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
+        ebt__obs_backward(ws, m, NULL);
+        ebt__zero_acc(ws);
+    }
 }
 
 ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
@@ -2416,10 +2449,10 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ebt_train_stats ts;
     ebt_workspace *ws;
     ebt__rng rng;
-    int V, N, K, ebt, nrep = 0, step_model;
+    int V, N, K, ebt, nrep = 0, step_model, early;
     size_t nv;
     double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
-    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u;
+    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave;
     int32_t *btok, *btgt;
     if (!m) return EBT_ERR_ARG;
     m->err[0] = 0;
@@ -2449,12 +2482,12 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
     {
         int ovf = 0;
-        size_t n = ebt__tscratch_size(K, (size_t)N, nv, &ovf);
+        size_t n = ebt__tscratch_size(K, (size_t)N, nv, m->n_params, &ovf);
         ebt__tscratch t;
         ebt_real *buf = ovf ? NULL : ebt__tbuf(m, n);
         if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
-        t = ebt__tscratch_at(buf, K, (size_t)N, nv);
-        ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; btok = t.tok; btgt = t.tgt;
+        t = ebt__tscratch_at(buf, K, (size_t)N, nv, m->n_params);
+        ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; gsave = t.gsave; btok = t.tok; btgt = t.tgt;
     }
     m->train_K = K;
     m->train_B = B;
@@ -2479,11 +2512,23 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rng) * (r - 1 / r) : 1);
     }
     step_model = m->cfg.n_step_embed > 0;
+    /* Detach mode differentiates each step on its own (p_k is a constant):
+     * its mixed term is taken right after the step, while the step's
+     * activations are still in the workspace. The other modes need the
+     * cotangents of later steps first and run a backward pass over the
+     * steps afterwards, re-running the forward of all but the last. */
+    early = opts->mode == EBT_MODE_DETACH;
     ebt__observe(ws, btok, B, S, 0);
+    if (early) {
+        memcpy(gsave, m->grads, sizeof(ebt_real) * m->n_params);
+        ebt_zero_grad(m);
+        ebt__zero_acc(ws);
+    }
+    loss = 0;
     /* forward: y_{k+1} = p_k - alpha_i g_k */
     for (int k = 0; k < K; k++) {
         ebt_real *yk = ys + k * nv, *pk = ps + k * nv, *gk = gs + k * nv, *y1 = ys + (k + 1) * nv;
-        double esum = 0;
+        double esum = 0, ce;
         if (opts->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
             for (size_t i = 0; i < nv; i++) hv[i] = yk[i] + (ebt_real)(opts->noise * ebt__rng_normal(&rng));
             ebt__softmax_rows(pk, hv, (size_t)N, V);
@@ -2496,7 +2541,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         for (int n = 0; n < N; n++) esum += ws->energy[n];
         if (!isfinite(esum) || !ebt__all_finite(gk, nv)) {
             ebt__seterr(m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
-            return EBT_ERR_NONFINITE;
+            goto fail;
         }
         if (k == 0) e_first = esum / N;
         e_last = esum / N;
@@ -2504,60 +2549,40 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
             ebt_real a = (ebt_real)(alpha_eff * u[n]);
             for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
         }
+        /* loss: mean over steps (detach, full) or the last step (truncate) */
+        ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL);
+        if (k == 0) ce_first = ce;
+        ce_last = ce;
+        loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
+        if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); goto fail; }
+        if (early) ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha);
     }
-    /* loss: mean over steps (detach, full) or the last step (truncate) */
-    loss = 0;
-    for (int k = 1; k <= K; k++) {
-        double ce = ebt__ce_rows(ys + k * nv, btgt, N, V, 0, NULL);
-        if (k == 1) ce_first = ce;
-        if (k == K) ce_last = ce;
-        loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K ? ce : 0) : ce / K;
-    }
-    if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
-    /* backward through the steps; ybar = d loss/d y_{k+1} */
-    ebt_zero_grad(m);
-    {
-        double wK = opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K;
-        ebt__ce_rows(ys + K * nv, btgt, N, V, wK, ybar);
-    }
-    ebt__zero_acc(ws);
-    for (int k = K - 1; k >= 0; k--) {
-        ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
-        int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
-        for (int n = 0; n < N; n++) {   /* alpha: d/dalpha of -alpha_i g_k . ybar */
-            double dot = 0;
-            for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
-            galpha -= u[n] * dot;
-        }
-        if (second) {                   /* grads += grad_theta(v . g_k), hv = H_k v, v = -alpha_i ybar */
-            ebt__observe_step(ws, k);
+    if (!early) {   /* backward through the steps; ybar = d loss/d y_{k+1} */
+        ebt_zero_grad(m);
+        ebt__ce_rows(ys + K * nv, btgt, N, V, opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K, ybar);
+        ebt__zero_acc(ws);
+        for (int k = K - 1; k >= 0; k--) {
+            ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
+            int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
+            if (second) {
+                ebt__observe_step(ws, k);
+                if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
+                ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha);
+            } else {
+                ebt__alpha_grad(ybar, gk, u, N, V, &galpha);
+            }
+            /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
             for (int n = 0; n < N; n++) {
-                ebt_real a = (ebt_real)(-alpha_eff * u[n]);
-                for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
+                ebt_real *yb = ybar + (size_t)n * V;
+                const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
+                double dot = 0;
+                for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
+                for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
             }
-            if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
-            ebt__pred_tangent(ws, vv);
-            ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
-            if (step_model) {           /* each step has its own observed stream */
-                ebt__obs_backward(ws, m, NULL);
-                ebt__zero_acc(ws);
+            if (k >= 1 && opts->mode == EBT_MODE_FULL) {
+                ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv);
+                for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
             }
-        }
-        if (opts->mode == EBT_MODE_DETACH) {   /* p_k constant: only the direct loss term reaches y_k */
-            if (k >= 1) ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, ybar);
-            continue;
-        }
-        /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-        for (int n = 0; n < N; n++) {
-            ebt_real *yb = ybar + (size_t)n * V;
-            const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
-            double dot = 0;
-            for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
-            for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-        }
-        if (k >= 1 && opts->mode == EBT_MODE_FULL) {
-            ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv);
-            for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
         }
     }
     if (!step_model) ebt__obs_backward(ws, m, NULL);
@@ -2572,6 +2597,9 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ts.step = m->opt_step;
     if (stats) *stats = ts;
     return EBT_OK;
+fail:
+    if (early) memcpy(m->grads, gsave, sizeof(ebt_real) * m->n_params);
+    return EBT_ERR_NONFINITE;
 }
 
 /* learning rate at optimiser step t: linear warm-up, then cosine to min_lr */
@@ -2608,7 +2636,7 @@ static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
 {
     int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
     size_t nv = (size_t)B * S * V;
-    ebt__tscratch t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv);
+    ebt__tscratch t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv, m->n_params);
     const ebt_real *yK = t.ys + (size_t)K * nv;
     const int32_t *btok = t.tok, *btgt = t.tgt;
     if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
