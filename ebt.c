@@ -819,12 +819,11 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
             ebt__axpy(o + (size_t)i * d->ldo, P[(size_t)i * lp + nk], vs + (size_t)i * d->ld, Dh);
 }
 
-/* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
- *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
-static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
-                          const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
-                          const ebt_real *k, const ebt_real *v, const ebt_real *ks,
-                          const ebt_real *vs, const ebt__attn_dims *d)
+/* tangent of P from tq, tks (k constant):
+ *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA)
+ * (the tangent of the backward recomputes it instead of storing it) */
+static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, const ebt_real *P,
+                         const ebt_real *q, const ebt_real *k, const ebt_real *ks, const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh;
     ebt__gemm(0, 1, d->nq, nk, Dh, d->scale, tq, d->ld, k, d->ld, 0, tP, lp); /* tA = scale tq @ k^T */
@@ -836,6 +835,17 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
         for (int j = 0; j <= nk; j++) m += Pi[j] * tPi[j];
         for (int j = 0; j <= nk; j++) tPi[j] = Pi[j] * (tPi[j] - m);
     }
+}
+
+/* tangent: to(nq,Dh) from tq, tks, tvs (k, v constant); tP (nq,nk+1) is scratch
+ *   to = tP v + tP_s vs + P_s tvs */
+static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                          const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
+                          const ebt_real *k, const ebt_real *v, const ebt_real *ks,
+                          const ebt_real *vs, const ebt__attn_dims *d)
+{
+    int nk = d->nk, lp = nk + 1, Dh = d->Dh;
+    ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
     ebt__gemm(0, 0, d->nq, Dh, nk, 1, tP, lp, v, d->ld, 0, to, d->ldo);    /* to = tP @ v */
     if (d->self)
         for (int i = 0; i < d->nq; i++) {
@@ -879,7 +889,8 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
         }
 }
 
-/* tangent of bwd, from tdo(nq,Dh) and the tangents tP, tq, tks, tvs (k, v constant):
+/* tangent of bwd, from tdo(nq,Dh) and the tangents tq, tks, tvs (k, v constant);
+ * tP (nq,nk+1) is scratch, recomputed here:
  *   tdP = tdo v^T (self: tdo.vs + do.tvs) ; tmu = sum tP (G + mu) + P tdP
  *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
  *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
@@ -887,12 +898,13 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
 static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
                            ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
                            const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
-                           const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                           ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                            const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
                            const ebt_real *k, const ebt_real *v, const ebt_real *ks,
                            const ebt_real *vs, const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
+    ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
     ebt__gemm(0, 1, nq, nk, Dh, 1, tdout, d->ldo, v, d->ld, 0, T, lp);   /* tdP = tdo @ v^T */
     for (int i = 0; i < nq; i++) {
         const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
@@ -1023,13 +1035,12 @@ typedef struct {
     ebt_real *rs1;  /* (N) attn rmsnorm 1/rms */
     ebt_real *a;    /* (N,D) attn_norm output */
     ebt_real *qkv;  /* (N,3D) q, k after RoPE; v */
-    ebt_real *P;    /* (B,H,T,So+1) attention probabilities */
+    ebt_real *P;    /* (B,H,T,So+1) attention probabilities (none for tangents) */
     ebt_real *o;    /* (N,D) attention output, heads concatenated */
     ebt_real *h1;   /* (N,D) after the attention residual */
     ebt_real *rs2;  /* (N) */
     ebt_real *f;    /* (N,D) ffn_norm output */
-    ebt_real *z13;  /* (N,2F) */
-    ebt_real *u;    /* (N,F) */
+    ebt_real *z13;  /* (N,2F); u = swiglu(z13) is recomputed where needed */
 } ebt__acts;
 
 /* the cotangent (d*) and its tangent (td*) buffers of a reverse sweep */
@@ -1064,7 +1075,7 @@ struct ebt_workspace {
     ebt__rev rp, ro;   /* reverse scratch, predicted and observed */
     int threads;       /* threads of the row-wise and attention kernels */
     int scr_threads;   /* threads the attention scratch is sized for */
-    ebt_real *scr;     /* attention scratch per thread: G, dS, T (So,So+1) and mu (So) */
+    ebt_real *scr;     /* attention scratch per thread: G, dS, T, tP (So,So+1) and mu (So) */
     ebt_real *mem;
     char err[EBT__ERRLEN];
 };
@@ -1085,19 +1096,21 @@ static int *ebt__take_int(ebt__arena *a, size_t n)
     return (int *)(void *)ebt__take(a, n, (sizeof(int) + sizeof(ebt_real) - 1) / sizeof(ebt_real));
 }
 
-static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size_t F, size_t Pn, int tangent)
+/* kv_only: the attention input half only (the last observed layer of arch
+ * ebt, whose keys and values are all that is read) */
+static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size_t F, size_t Pn, int tangent, int kv_only)
 {
     A->x = ebt__take(a, N, D);
     A->rs1 = tangent ? NULL : ebt__take(a, N, 1);
     A->a = ebt__take(a, N, D);
     A->qkv = ebt__take(a, N, 3 * D);
-    A->P = ebt__take(a, Pn, 1);
+    if (kv_only) { A->P = A->o = A->h1 = A->rs2 = A->f = A->z13 = NULL; return; }
+    A->P = tangent ? NULL : ebt__take(a, Pn, 1);   /* tP is recomputed, not stored */
     A->o = ebt__take(a, N, D);
     A->h1 = ebt__take(a, N, D);
     A->rs2 = tangent ? NULL : ebt__take(a, N, 1);
     A->f = ebt__take(a, N, D);
     A->z13 = ebt__take(a, N, 2 * F);
-    A->u = ebt__take(a, N, F);
 }
 
 /* the activations of rows r0.. of A (the attention probabilities P are
@@ -1105,9 +1118,9 @@ static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size
 static ebt__acts ebt__acts_at(const ebt__acts *A, size_t r0, size_t D, size_t F)
 {
     ebt__acts v = *A;
-    v.x += r0 * D; v.a += r0 * D; v.qkv += r0 * 3 * D; v.o += r0 * D; v.h1 += r0 * D;
-    v.f += r0 * D; v.z13 += r0 * 2 * F; v.u += r0 * F;
-    if (v.rs1) { v.rs1 += r0; v.rs2 += r0; }
+    v.x += r0 * D; v.a += r0 * D; v.qkv += r0 * 3 * D;
+    if (v.rs1) v.rs1 += r0;
+    if (v.o) { v.o += r0 * D; v.h1 += r0 * D; v.f += r0 * D; v.z13 += r0 * 2 * F; v.rs2 += r0; }
     return v;
 }
 
@@ -1129,14 +1142,14 @@ static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t
 }
 
 /* the attention scratch of one thread (sized by ebt__scr_alloc) */
-typedef struct { ebt_real *G, *dS, *T, *mu; } ebt__ascr;
-static size_t ebt__scr_stride(size_t So) { return (3 * So * (So + 1) + So + 15) / 16 * 16; }
+typedef struct { ebt_real *G, *dS, *T, *tP, *mu; } ebt__ascr;
+static size_t ebt__scr_stride(size_t So) { return (4 * So * (So + 1) + So + 15) / 16 * 16; }
 static ebt__ascr ebt__scr(const ebt_workspace *ws, int tid)
 {
     size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), n = So * (So + 1);
     ebt__ascr r;
     r.G = ws->scr + (size_t)tid * ebt__scr_stride(So);
-    r.dS = r.G + n; r.T = r.dS + n; r.mu = r.T + n;
+    r.dS = r.G + n; r.T = r.dS + n; r.tP = r.T + n; r.mu = r.tP + n;
     return r;
 }
 /* (re)sizes the attention scratch for n threads */
@@ -1165,13 +1178,14 @@ static void ebt__ws_layout(ebt_workspace *ws, ebt__arena *a)
     size_t So = S + (c->n_step_embed > 0 ? 1 : 0), Np = B * S, No = B * So;
     int ebt = c->arch == EBT_ARCH_EBT;
     ws->tokens = (int32_t *)(void *)ebt__take_int(a, B * S);
-    for (size_t l = 0; l < L; l++) ebt__take_acts(a, &ws->oa[l], No, D, F, ebt__mul(B * H * So, So + 1, &a->ovf), 0);
+    for (size_t l = 0; l < L; l++)
+        ebt__take_acts(a, &ws->oa[l], No, D, F, ebt__mul(B * H * So, So + 1, &a->ovf), 0, ebt && l == L - 1);
     ebt__take_rev(a, &ws->ro, No, D, F, 0);
     ws->acc = ebt__take(a, L * No, 3 * D);
     if (ebt) {
         for (size_t l = 0; l < L; l++) {
-            ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 0);
-            ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 1);
+            ebt__take_acts(a, &ws->pa[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 0, 0);
+            ebt__take_acts(a, &ws->ta[l], Np, D, F, ebt__mul(H * Np, So + 1, &a->ovf), 1, 0);
         }
         ebt__take_rev(a, &ws->rp, Np, D, F, 1);
         ws->p_hL = ebt__take(a, Np, D);
@@ -1320,16 +1334,16 @@ static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__act
     ebt__rope_qk(m, A->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, int N, int nt)
+static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, ebt_real *u, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(A->h1, A->x, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(A->h1, A->o, w->wo, N, D, D, 1, nt);               /* h1 = x + o @ Wo^T */
     ebt__rmsnorm_fwd(A->f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
     ebt__lin_fwd(A->z13, A->f, w->w13, N, D, 2 * F, 0, nt);         /* z13 = f @ W13^T */
-    ebt__swiglu_fwd(A->u, A->z13, N, F, nt);
+    ebt__swiglu_fwd(u, A->z13, N, F, nt);
     memcpy(out, A->h1, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(out, A->u, w->w2, N, F, D, 1, nt);                 /* out = h1 + u @ W2^T */
+    ebt__lin_fwd(out, u, w->w2, N, F, D, 1, nt);                    /* out = h1 + u @ W2^T */
 }
 
 /* tangents of the two halves (Tg holds tangents; A the primal activations) */
@@ -1341,16 +1355,16 @@ static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__act
     ebt__rope_qk(m, Tg->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, int N, int nt)
+static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, ebt_real *tu, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(Tg->h1, Tg->x, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(Tg->h1, Tg->o, w->wo, N, D, D, 1, nt);             /* th1 = tx + to @ Wo^T */
     ebt__rmsnorm_tan(Tg->f, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
     ebt__lin_fwd(Tg->z13, Tg->f, w->w13, N, D, 2 * F, 0, nt);       /* tz13 = tf @ W13^T */
-    ebt__swiglu_tan(Tg->u, Tg->z13, A->z13, N, F, nt);
+    ebt__swiglu_tan(tu, Tg->z13, A->z13, N, F, nt);
     memcpy(tout, Tg->h1, sizeof(ebt_real) * (size_t)N * D);
-    ebt__lin_fwd(tout, Tg->u, w->w2, N, F, D, 1, nt);               /* tout = th1 + tu @ W2^T */
+    ebt__lin_fwd(tout, tu, w->w2, N, F, D, 1, nt);                  /* tout = th1 + tu @ W2^T */
 }
 
 /* reverse of the FFN half and the Wo projection: on entry R->dh is the
@@ -1360,14 +1374,20 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
                                   ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
-    /* out = h1 + u @ W2^T */
+    /* out = h1 + u @ W2^T   (u and tu are not stored: recomputed from z13
+     * into dz and tdz, which are free until the SwiGLU backward) */
+    if (gmode == 1) {
+        ebt__swiglu_fwd(R->dz, A->z13, N, F, nt);
+        ebt__lin_bwd_w(gw->w2, R->dh, R->dz, N, F, D, nt);               /* dW2 += dh^T u */
+    }
     ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D, nt);                    /* du = dh @ W2 */
-    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, A->u, N, F, D, nt);    /* dW2 += dh^T u */
     if (tan) {
         ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);              /* tdu = tdh @ W2 */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->w2, R->tdh, A->u, N, F, D, nt);           /* tdW2 += tdh^T u */
-            ebt__lin_bwd_w(gw->w2, R->dh, Tg->u, N, F, D, nt);           /*       + dh^T tu */
+            ebt__swiglu_fwd(R->dz, A->z13, N, F, nt);
+            ebt__swiglu_tan(R->tdz, Tg->z13, A->z13, N, F, nt);
+            ebt__lin_bwd_w(gw->w2, R->tdh, R->dz, N, F, D, nt);          /* tdW2 += tdh^T u */
+            ebt__lin_bwd_w(gw->w2, R->dh, R->tdz, N, F, D, nt);          /*       + dh^T tu */
         }
     }
     /* u = swiglu(z13) */
@@ -1471,7 +1491,7 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
                           ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
                           A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
         }
-        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, N, nt);
+        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, ws->ro.du, N, nt);
     }
 }
 
@@ -1564,7 +1584,7 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
             if (pb.d.nq == 0) continue;
             ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
         }
-        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, N, nt);
+        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, ws->rp.du, N, nt);
     }
     ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps, nt);
     ebt__ehead_fwd(ws->energy, ws->p_nf, m->w.ehead, N, D);
@@ -1586,10 +1606,10 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
             if (pb.d.nq == 0) continue;
-            ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+            ebt__attn_tan(Tg->o + pb.o, ebt__scr(ws, ebt__tid()).tP, tq, tq + D, tq + 2 * D,
                           A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
         }
-        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, N, nt);
+        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, ws->rp.tdu, N, nt);
     }
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
 }
@@ -1643,7 +1663,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
                 const ebt_real *tq = Tg->qkv + pb.q;
                 ebt_real *tdq = R.tdqkv + pb.q;
                 ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
-                               sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
+                               sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, sc.tP, tq, tq + D, tq + 2 * D,
                                A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
         }
