@@ -1949,6 +1949,7 @@ static ebt_status ebt__check_think_opts(const ebt_think_opts *o, char *err)
     if (!isfinite(o->init_scale) || o->init_scale < 0) EBT__BAD("init_scale must be finite and >= 0");
     if (isnan(o->energy_threshold)) EBT__BAD("energy_threshold is NaN");
     if (isnan(o->tol)) EBT__BAD("tol is NaN");
+    if (o->last_only != 0 && o->last_only != 1) EBT__BAD("last_only must be 0 or 1");
     return EBT_OK;
 #undef EBT__BAD
 }
@@ -1975,8 +1976,8 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
     int *rows, *done_k, *best_k, *best_w;
     unsigned char *active;
     if (st != EBT_OK) return st;
-    if (!res) { ebt__seterr(ws->err, EBT__ERRLEN, "res is NULL"); return EBT_ERR_ARG; }
-    o = opts ? *opts : ebt_think_default();
+    if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
+    o = *opts;
     if ((st = ebt__check_think_opts(&o, ws->err)) != EBT_OK) return st;
     m = ws->m;
     B = ws->B; S = ws->S; V = m->cfg.vocab_size; K = o.steps; R = o.restarts;
@@ -2282,13 +2283,15 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
     if (!ws) return EBT_ERR_ARG;
     ws->err[0] = 0;
     if (!m || m != ws->m) { ebt__seterr(ws->err, EBT__ERRLEN, "model is NULL or not the workspace's"); return m ? EBT_ERR_STATE : EBT_ERR_ARG; }
-    o = opts ? *opts : ebt_gen_default();
+    if (!opts) { ebt__seterr(ws->err, EBT__ERRLEN, "opts is NULL"); return EBT_ERR_ARG; }
+    o = *opts;
     if (!prompt || n_prompt < 1 || n_new < 0 || (n_new > 0 && !out) || n_new > INT32_MAX - n_prompt) {
         ebt__seterr(ws->err, EBT__ERRLEN, "need a prompt of >= 1 tokens, n_new >= 0 and out");
         return EBT_ERR_ARG;
     }
-    if (!isfinite(o.temperature) || o.temperature < 0 || !(o.top_p > 0 && o.top_p <= 1)) {
-        ebt__seterr(ws->err, EBT__ERRLEN, "temperature must be finite and >= 0, top_p in (0, 1]");
+    if (!isfinite(o.temperature) || o.temperature < 0 || !(o.top_p > 0 && o.top_p <= 1) ||
+        (o.no_cache != 0 && o.no_cache != 1)) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "temperature must be finite and >= 0, top_p in (0, 1], no_cache 0 or 1");
         return EBT_ERR_ARG;
     }
     o.think.last_only = 1;
@@ -2392,6 +2395,7 @@ static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
     if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) EBT__BAD("betas must be in [0, 1)");
     if (!isfinite(o->eps) || o->eps <= 0) EBT__BAD("eps must be finite and > 0");
     if (isnan(o->grad_clip) || isinf(o->grad_clip)) EBT__BAD("grad_clip must be finite");
+    if (o->learn_alpha != 0 && o->learn_alpha != 1) EBT__BAD("learn_alpha must be 0 or 1");
     return EBT_OK;
 #undef EBT__BAD
 }
@@ -2678,7 +2682,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     ebt_status st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
     double norm2 = 0, scale = 1, lr, b1t, b2t;
     size_t np;
-    if (st != EBT_OK) { if (m) ebt_zero_grad(m); return st; }
+    if (st != EBT_OK) return st;   /* ebt_train_grad failed before touching the gradients */
     np = m->n_params;
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
     if (!isfinite(norm2)) {
@@ -2688,11 +2692,6 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     }
     ts.grad_norm = sqrt(norm2);
     if (opts->grad_clip > 0 && ts.grad_norm > opts->grad_clip) scale = opts->grad_clip / ts.grad_norm;
-    if (ebt__replay_reserve(m, opts, S) != EBT_OK) {
-        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the replay buffer");
-        ebt_zero_grad(m);
-        return EBT_ERR_NOMEM;
-    }
     if (!m->opt_m) {
         m->opt_m = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
         m->opt_v = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
@@ -2708,7 +2707,13 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     b1t = 1 - pow(opts->beta1, (double)(m->opt_step + 1));
     b2t = 1 - pow(opts->beta2, (double)(m->opt_step + 1));
     /* pass 0 checks that the update stays finite, pass 1 applies it */
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 2; pass++) {
+        /* the replay buffer may be reallocated (and emptied) only for a step that happens */
+        if (pass == 1 && ebt__replay_reserve(m, opts, S) != EBT_OK) {
+            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the replay buffer");
+            ebt_zero_grad(m);
+            return EBT_ERR_NOMEM;
+        }
         for (int t = 0; t < m->nt; t++) {
             const ebt__tensor *T = &m->t[t];
             int is_alpha = m->cfg.arch == EBT_ARCH_EBT && m->params + T->off == m->w.alpha;
@@ -2732,6 +2737,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
                 }
             }
         }
+    }
     m->opt_step++;
     ebt__replay_push(m, opts);
     ts.lr = lr;

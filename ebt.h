@@ -236,11 +236,13 @@ typedef struct {
     double energy_threshold; /* stop when E_k <= threshold (default -INFINITY: off) */
     double tol;              /* stop when |E_k - E_{k-1}| <= tol, k >= 1 (default -1: off) */
     int restarts;            /* independent starts (default 1) */
-    int last_only;           /* 1: think only at each sequence's last position (generation) */
+    int last_only;           /* 1: think only at each sequence's last position (generation); 0 or 1 */
     uint64_t seed;           /* randomness of y_0, noise and alpha_i */
     const ebt_real *init_logits; /* [restarts * B*P*V] caller-given y_0, or NULL */
 } ebt_think_opts;
 
+/* Options are required (start from ebt_think_default()); NULL is EBT_ERR_ARG,
+ * as is any option out of its documented range. */
 EBT_API ebt_think_opts ebt_think_default(void);
 
 /* Outputs of ebt_think; every pointer may be NULL. P = S, or 1 with
@@ -291,9 +293,10 @@ typedef struct {
     double temperature;      /* 0 = argmax (default 1) */
     double top_p;            /* nucleus sampling, 1 = off (default 1) */
     uint64_t seed;           /* sampling randomness */
-    int no_cache;            /* 1: re-run the whole prefix per token (for tests/benchmarks) */
+    int no_cache;            /* 1: re-run the whole prefix per token (for tests/benchmarks); 0 or 1 */
 } ebt_gen_opts;
 
+/* Options are required (start from ebt_gen_default()). */
 EBT_API ebt_gen_opts ebt_gen_default(void);
 
 /* Writes n_new tokens continuing prompt[n_prompt] (n_prompt >= 1, any
@@ -331,7 +334,7 @@ typedef struct {
     double init_scale;       /* y_0 ~ N(0, init_scale^2) (default 1) */
     int replay_capacity;     /* sequences kept in the replay buffer (default 0: off) */
     double replay_frac;      /* fraction of each batch replayed from it (default 0) */
-    int learn_alpha;         /* alpha is trained (default 1) */
+    int learn_alpha;         /* alpha is trained (default 1); 0 or 1 */
     double alpha_lr_mult;    /* alpha's learning-rate multiplier (default 1) */
     double lr;               /* peak learning rate (default 1e-3) */
     double min_lr;           /* floor of the cosine decay (default 1e-4) */
