@@ -3,8 +3,11 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 CC      ?= cc
 OPT     ?= -O2 -g
+# OpenMP splits the row-wise and attention kernels over threads; `make OMP=`
+# builds without it (a program linking libebt.a then needs -fopenmp too)
+OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
-CFLAGS  += $(STD) $(OPT)
+CFLAGS  += $(STD) $(OPT) $(OMP)
 LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
@@ -43,6 +46,10 @@ $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vecto
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# test_badinput includes ebt.c to hash the optimiser state and replay buffer
+$(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
 
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
