@@ -1076,6 +1076,8 @@ struct ebt_workspace {
     int threads;       /* threads of the row-wise and attention kernels */
     int scr_threads;   /* threads the attention scratch is sized for */
     ebt_real *scr;     /* attention scratch per thread: G, dS, T, tP (So,So+1) and mu (So) */
+    void *xscr;        /* thinking scratch (ebt__ws_scratch), grown on demand */
+    size_t xscr_bytes;
     ebt_real *mem;
     char err[EBT__ERRLEN];
 };
@@ -1211,6 +1213,7 @@ void ebt_workspace_free(ebt_workspace *ws)
     if (!ws) return;
     EBT_FREE(ws->mem);
     EBT_FREE(ws->scr);
+    EBT_FREE(ws->xscr);
     EBT_FREE(ws->oa);
     EBT_FREE(ws->pa);
     EBT_FREE(ws->ta);
@@ -1965,6 +1968,20 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
 
 /* thinking on the current observation; restore: leave a step-token model's
  * workspace observed at the step it had (generation re-observes anyway) */
+/* The workspace's thinking/generation scratch, grown to at least bytes (kept
+ * between calls: generating token after token allocates only once). */
+static void *ebt__ws_scratch(ebt_workspace *ws, size_t bytes)
+{
+    if (bytes > ws->xscr_bytes) {
+        void *p = EBT_MALLOC(bytes);
+        if (!p) return NULL;
+        EBT_FREE(ws->xscr);
+        ws->xscr = p;
+        ws->xscr_bytes = bytes;
+    }
+    return ws->xscr;
+}
+
 static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res, int restore)
 {
     const ebt_model *m;
@@ -1994,7 +2011,7 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
         size_t nh = ebt__mul((size_t)NP, (size_t)K + 1, &ovf);
         size_t bytes = ebt__mul(nv, 7 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
                        (size_t)NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-        mem = ovf ? NULL : (ebt_real *)EBT_MALLOC(bytes);
+        mem = ovf ? NULL : (ebt_real *)ebt__ws_scratch(ws, bytes);
         if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
         y = mem; yprev = y + nv; p = yprev + nv; g = p + nv; pa = g + nv; ga = pa + nv; best_y = ga + nv;
         hist = best_y + nv; best_hist = hist + nh; best_E = best_hist + nh; alpha_i = best_E + NP;
@@ -2090,7 +2107,6 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
     if (res->final_energy) memcpy(res->final_energy, best_E, sizeof(ebt_real) * NP);
     if (res->steps_taken) memcpy(res->steps_taken, best_k, sizeof(int) * NP);
     if (res->winner) memcpy(res->winner, best_w, sizeof(int) * NP);
-    EBT_FREE(mem);
     return EBT_OK;
 }
 

@@ -264,7 +264,8 @@ typedef struct {
 
 /* Observes tokens[B*S] (B <= max_B, S <= max_S of ws), then thinks. Arch ebt.
  * Restarts run one after another in the same workspace (no larger workspace
- * needed); the call allocates its own scratch (about 7 B*P*V reals). Errors
+ * needed). Thinking scratch (about 7 B*P*V reals) is kept in the workspace:
+ * allocated by the first call that needs more, reused after. Errors
  * are described by ebt_ws_last_error(ws). */
 EBT_API ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
                              const ebt_think_opts *opts, ebt_think_result *res);
