@@ -43,12 +43,16 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define EBT__PRAGMA(x) _Pragma(#x)
-/* a parallel for over the following loop when nt > 1 and the work is big enough */
-#define EBT__PARFOR(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(static) if((nt) > 1 && (work) >= 8192))
+/* a parallel for over the following loop when nt > 1 and the work is big
+ * enough: rows in chunks of 32, or blocks one at a time. Dynamic: a thread
+ * that the OS delays does not hold the others back for its share. */
+#define EBT__PARFOR(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 32) if((nt) > 1 && (work) >= 8192))
+#define EBT__PARFOR_BLOCKS(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if((nt) > 1 && (work) >= 8192))
 static int ebt__tid(void) { return omp_get_thread_num(); }
 static int ebt__default_threads(void) { int n = omp_get_max_threads(); return n < 1 ? 1 : n > 64 ? 64 : n; }
 #else
 #define EBT__PARFOR(nt, work) (void)(nt);
+#define EBT__PARFOR_BLOCKS(nt, work) (void)(nt);
 static int ebt__tid(void) { return 0; }
 static int ebt__default_threads(void) { return 1; }
 #endif
@@ -175,7 +179,7 @@ static void ebt__gemm_par(int nt, int ta, int tb, int M, int N, int K, ebt_real 
 {
     int nb = (M + EBT__GEMM_ROWS - 1) / EBT__GEMM_ROWS;
     if (nt == 0 || nb <= 1) { ebt__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); return; }
-    EBT__PARFOR(nt, (size_t)M * N * K)
+    EBT__PARFOR_BLOCKS(nt, (size_t)M * N * K)
     for (int bi = 0; bi < nb; bi++) {
         int i0 = bi * EBT__GEMM_ROWS, m = M - i0 < EBT__GEMM_ROWS ? M - i0 : EBT__GEMM_ROWS;
         ebt__gemm(ta, tb, m, N, K, alpha, ta ? A + i0 : A + (size_t)i0 * lda, lda, B, ldb, beta,
@@ -631,7 +635,7 @@ static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, con
                         int N, int D, int nt)
 {
     int nb = (D + 15) / 16;
-    EBT__PARFOR(nt, (size_t)N * D)
+    EBT__PARFOR_BLOCKS(nt, (size_t)N * D)
     for (int blk = 0; blk < nb; blk++) {
         int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
         for (int n = 0; n < N; n++)
@@ -692,7 +696,7 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
     }
     if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
         int nb = (D + 15) / 16;
-        EBT__PARFOR(nt, (size_t)N * D)
+        EBT__PARFOR_BLOCKS(nt, (size_t)N * D)
         for (int blk = 0; blk < nb; blk++) {
             int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
             for (int n = 0; n < N; n++) {
@@ -1486,7 +1490,7 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
         int last = l == L - 1;
         ebt__attn_in_fwd(m, w, &A, N, NULL, j0 > 0 ? N : So, j0, nt);
         if (last && c->arch == EBT_ARCH_EBT) break;
-        EBT__PARFOR(nt, (size_t)B * H * N * So)
+        EBT__PARFOR_BLOCKS(nt, (size_t)B * H * N * So)
         for (int bh = 0; bh < B * H; bh++) {
             int b = bh / H, h = bh % H;
             const ebt_real *k = ws->oa[l].qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
@@ -1519,7 +1523,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
         ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
         if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
             ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N, nt);
-            EBT__PARFOR(nt, (size_t)B * H * So * So)
+            EBT__PARFOR_BLOCKS(nt, (size_t)B * H * So * So)
             for (int bh = 0; bh < B * H; bh++) {
                 int b = bh / H, h = bh % H;
                 size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
@@ -1580,7 +1584,7 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
         ebt__acts *A = &ws->pa[l];
         const ebt__acts *O = &ws->oa[l];
         ebt__attn_in_fwd(m, w, A, N, ws->prow_pos, 1, 0, nt);
-        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
         for (int bh = 0; bh < ws->B * H; bh++) {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
@@ -1604,7 +1608,7 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
         ebt__acts *Tg = &ws->ta[l];
         ebt__attn_in_tan(m, w, Tg, A, N, ws->prow_pos, 1, 0, nt);
-        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
         for (int bh = 0; bh < ws->B * H; bh++) {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
@@ -1652,7 +1656,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
         ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N, nt);
         memset(R.dqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
         if (tangent) memset(R.tdqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
-        EBT__PARFOR(nt, (size_t)H * N * ws->So)
+        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
         for (int bh = 0; bh < ws->B * H; bh++) {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
@@ -2507,6 +2511,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ebt = m->cfg.arch == EBT_ARCH_EBT;
     if (!ebt) {
         ebt_real l;
+        if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;  /* allocate before the gradients change */
         ebt_zero_grad(m);
         if ((st = ebt_lm_backward(m, tokens, targets, B, S, &l)) != EBT_OK) { ebt_zero_grad(m); return st; }
         ts.loss = ts.ce_first = ts.ce_last = l;
@@ -2653,22 +2658,28 @@ static double ebt__lr_at(const ebt_train_opts *o, long t)
     return o->min_lr + 0.5 * (1 + cos(3.14159265358979323846 * prog)) * (o->lr - o->min_lr);
 }
 
-/* makes room for a replay buffer of the options' capacity and length S */
-static ebt_status ebt__replay_reserve(ebt_model *m, const ebt_train_opts *o, int S)
+/* a replay buffer for the options' capacity and length S into *y, *t when
+ * the current one does not fit (else both NULL); nothing is installed yet */
+static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int S, ebt_real **y, int32_t **t)
 {
-    int V = m->cfg.vocab_size;
+    int V = m->cfg.vocab_size, ovf = 0;
+    size_t cap = (size_t)o->replay_capacity;
+    *y = NULL; *t = NULL;
     if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return EBT_OK;
-    if (!m->rb_y || m->rb_cap != o->replay_capacity || m->rb_S != S) {
-        int ovf = 0;
-        size_t cap = (size_t)o->replay_capacity;
-        ebt_real *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul(cap, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
-        int32_t *t = (int32_t *)EBT_MALLOC(ebt__mul(cap * 2, (size_t)S * sizeof(int32_t), &ovf));
-        if (ovf || !y || !t) { EBT_FREE(y); EBT_FREE(t); return EBT_ERR_NOMEM; }
-        EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
-        m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + cap * S;
-        m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0;
-    }
+    if (m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S) return EBT_OK;
+    *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul(cap, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+    *t = (int32_t *)EBT_MALLOC(ebt__mul(cap * 2, (size_t)S * sizeof(int32_t), &ovf));
+    if (ovf || !*y || !*t) { EBT_FREE(*y); EBT_FREE(*t); *y = NULL; *t = NULL; return EBT_ERR_NOMEM; }
     return EBT_OK;
+}
+
+/* replaces the replay buffer by the empty one ebt__replay_alloc made (if any) */
+static void ebt__replay_install(ebt_model *m, const ebt_train_opts *o, int S, ebt_real *y, int32_t *t)
+{
+    if (!y) return;
+    EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
+    m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + (size_t)o->replay_capacity * S;
+    m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0;
 }
 
 /* stores the last batch's sequences and final logits in the replay ring */
@@ -2695,40 +2706,50 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
                           ebt_train_stats *stats)
 {
     ebt_train_stats ts;
-    ebt_status st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
+    ebt_status st;
     double norm2 = 0, scale = 1, lr, b1t, b2t;
     size_t np;
-    if (st != EBT_OK) return st;   /* ebt_train_grad failed before touching the gradients */
+    ebt_real *om = NULL, *ov = NULL, *ry = NULL, *M, *Vs;
+    int32_t *rt = NULL;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
+    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
     np = m->n_params;
+    /* Everything the step allocates (optimiser state, a re-sized replay
+     * buffer) is allocated before anything changes and installed only when
+     * the update is applied: on EBT_ERR_NOMEM the model is as it was,
+     * gradients included. */
+    if (!m->opt_m) {
+        om = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        ov = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        if (!om || !ov) goto nomem;
+        memset(om, 0, np * sizeof(ebt_real));
+        memset(ov, 0, np * sizeof(ebt_real));
+    }
+    if (ebt__replay_alloc(m, opts, S, &ry, &rt) != EBT_OK) goto nomem;
+    st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
+    if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
     if (!isfinite(norm2)) {
         ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
         ebt_zero_grad(m);
-        return EBT_ERR_NONFINITE;
+        st = EBT_ERR_NONFINITE;
+        goto fail;
     }
     ts.grad_norm = sqrt(norm2);
     if (opts->grad_clip > 0 && ts.grad_norm > opts->grad_clip) scale = opts->grad_clip / ts.grad_norm;
-    if (!m->opt_m) {
-        m->opt_m = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        m->opt_v = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        if (!m->opt_m || !m->opt_v) {
-            EBT_FREE(m->opt_m); EBT_FREE(m->opt_v); m->opt_m = m->opt_v = NULL;
-            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state");
-            return EBT_ERR_NOMEM;
-        }
-        memset(m->opt_m, 0, np * sizeof(ebt_real));
-        memset(m->opt_v, 0, np * sizeof(ebt_real));
-    }
+    M = om ? om : m->opt_m;
+    Vs = ov ? ov : m->opt_v;
     lr = ebt__lr_at(opts, m->opt_step);
     b1t = 1 - pow(opts->beta1, (double)(m->opt_step + 1));
     b2t = 1 - pow(opts->beta2, (double)(m->opt_step + 1));
     /* pass 0 checks that the update stays finite, pass 1 applies it */
     for (int pass = 0; pass < 2; pass++) {
-        /* the replay buffer may be reallocated (and emptied) only for a step that happens */
-        if (pass == 1 && ebt__replay_reserve(m, opts, S) != EBT_OK) {
-            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the replay buffer");
-            ebt_zero_grad(m);
-            return EBT_ERR_NOMEM;
+        if (pass == 1) {   /* the step happens: install the new optimiser state / replay buffer */
+            if (om) { m->opt_m = om; m->opt_v = ov; om = ov = NULL; }
+            ebt__replay_install(m, opts, S, ry, rt);
+            ry = NULL; rt = NULL;
         }
         for (int t = 0; t < m->nt; t++) {
             const ebt__tensor *T = &m->t[t];
@@ -2737,18 +2758,19 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
             if (is_alpha && !opts->learn_alpha) continue;
             for (size_t i = T->off; i < T->off + T->count; i++) {
                 double g = m->grads[i] * scale;
-                double mm = opts->beta1 * m->opt_m[i] + (1 - opts->beta1) * g;
-                double vv = opts->beta2 * m->opt_v[i] + (1 - opts->beta2) * g * g;
+                double mm = opts->beta1 * M[i] + (1 - opts->beta1) * g;
+                double vv = opts->beta2 * Vs[i] + (1 - opts->beta2) * g * g;
                 double p = m->params[i] * (1 - tlr * wd) - tlr * (mm / b1t) / (sqrt(vv / b2t) + opts->eps);
                 if (pass == 0) {
                     if (!isfinite(p) || !isfinite(mm) || !isfinite(vv) || !isfinite((ebt_real)p) || !isfinite((ebt_real)vv)) {
                         ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
                         ebt_zero_grad(m);
-                        return EBT_ERR_NONFINITE;
+                        st = EBT_ERR_NONFINITE;
+                        goto fail;
                     }
                 } else {
-                    m->opt_m[i] = (ebt_real)mm;
-                    m->opt_v[i] = (ebt_real)vv;
+                    M[i] = (ebt_real)mm;
+                    Vs[i] = (ebt_real)vv;
                     m->params[i] = (ebt_real)p;
                 }
             }
@@ -2761,6 +2783,12 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     ts.step = m->opt_step;
     if (stats) *stats = ts;
     return EBT_OK;
+nomem:
+    ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
+    st = EBT_ERR_NOMEM;
+fail:
+    EBT_FREE(om); EBT_FREE(ov); EBT_FREE(ry); EBT_FREE(rt);
+    return st;
 }
 
 /* ======================================================================
@@ -3470,7 +3498,11 @@ static ebt_status ebt__meta_config(const ebt__st_header *h, ebt_config *c, char 
         return EBT_ERR_FORMAT;
     }
     c->alpha = 0; /* read from the tensor */
-    if (ebt_config_check(c, err, errlen) != EBT_OK) return EBT_ERR_FORMAT;
+    {
+        ebt_status st = ebt_config_check(c, err, errlen);
+        if (st == EBT_ERR_NOMEM) return st;   /* out of memory is not a malformed file */
+        if (st != EBT_OK) return EBT_ERR_FORMAT;
+    }
     return EBT_OK;
 }
 

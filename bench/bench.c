@@ -1,16 +1,23 @@
 /* bench: speed and memory of the EBT library's calls, with achieved GFLOP/s
  * against the machine's own sgemm. Every figure is the median over
- * --repeats runs (default 7) after 2 warm-ups. Each configuration runs in a
- * child process (fork), so its peak RSS (ru_maxrss, reported by the child)
- * is its own plus the small parent it was forked from (~7 MB).
+ * --repeats runs (default 7; train steps ceil(repeats/2), at least 3) after
+ * warm-up. Every configuration, and every train step kind, runs in its own
+ * child process (fork), so each peak RSS (ru_maxrss, reported by the
+ * child) is its own plus the small parent it was forked from (~7 MB).
  *
- *   bench [--quick] [--repeats N] [--threads N] [--growth | --all]
+ *   bench [--quick] [--repeats N] [--threads N] [--blas-threads] [--growth | --all]
  *
- *   --quick      tiny sizes (A: D=32 L=1 S=16 B=2; B: D=64 L=2 S=32 B=2),
- *                repeats 3: a smoke test
- *   --threads N  OPENBLAS_NUM_THREADS=N (set first; also openblas_set_num_threads)
- *   --growth     add the growth section (time and peak RSS of an EBT detach
- *                train step as S, D, V, K grow); --all is the same
+ *   --quick         tiny sizes (A: D=32 L=1 S=16 B=2; B: D=64 L=2 S=32 B=2),
+ *                   repeats 3: a smoke test
+ *   --threads N     threads (default: the number of cores)
+ *   --blas-threads  OpenBLAS threads the matrix products and ebt's kernels
+ *                   run serially; the default is the opposite: OpenBLAS on
+ *                   one thread, ebt splitting products and kernels itself
+ *   --growth        add the growth section (time and peak RSS of an EBT detach
+ *                   train step as S, D, V, K grow); --all is the same
+ *
+ * A "thread settings" section times config A's energy + dE/dp and train
+ * steps with ebt's threads, with OpenBLAS's threads and on one thread.
  *
  * FLOP model (multiply-adds x 2 of every matrix product; elementwise work,
  * softmax, RMSNorm, RoPE and AdamW are not counted). Per layer and row:
@@ -28,13 +35,16 @@
  *       (linear: dX, tdX, 2 tdW; attention: dP, dq, tdP, tdq, 2 tdk, 2 tdv)
  * with Fe = 2*B*S*V*D (p @ pred_embed), whose data backward is skipped
  * when dE/dp is not asked for: energy = Fp; energy+dE/dp = 2 Fp;
- * hvp = 4 Fp - Fe; observe = Fo; train detach/full = 3 Fo + (8K-1) Fp - K Fe
- * (per step: fwd + dE/dp; per differentiated step: re-forward (not for the
- * last), tangent, mixed reverse; observed backward with weights 2 Fo);
+ * hvp = 4 Fp - Fe; observe = Fo; train detach = 3 Fo + 7K Fp - K Fe (per
+ * step: fwd, dE/dp, tangent, mixed reverse; observed backward with weights
+ * 2 Fo); full = 3 Fo + (8K-1) Fp - K Fe (the backward over the steps
+ * re-runs the forward of all steps but the last);
  * truncate = 3 Fo + (2K+5) Fp - Fe;
  * transformer++ = 3 x its forward (incl. lm_head B*S*V*D);
  * generation per token = (2K+1) Fp of one row + one appended observed row
- * (KV cache) or a re-observed prefix (no cache). Checked against the FLOPs
+ * (KV cache) or a re-observed prefix (no cache). The tangent of the
+ * backward recomputes the tangent of the attention scores (Ft = half the
+ * attention of Fp per layer) for hvp and every second-order step. Checked against the FLOPs
  * of every cblas_sgemm call the library makes (an interposed counter):
  * within 0.5% for every call here, generation included. */
 #define _POSIX_C_SOURCE 200809L
@@ -117,12 +127,14 @@ static void op_flops(const shape *s, double *f)
 {
     double N = (double)s->B * s->S, Fo = f_obs(s, N, s->S, 0), Fp = f_pred(s, N, s->S);
     double Fe = 2.0 * N * s->V * s->D;   /* p @ pred_embed; its data backward is skipped without dE/dp */
+    double Ft = s->L * 0.5 * f_attn(s, N, s->S);   /* tangent of the scores, recomputed by the tangent of bwd */
     f[OP_OBS] = Fo;
     f[OP_EN] = Fp;
     f[OP_ENG] = 2 * Fp;
-    f[OP_HVP] = 4 * Fp - Fe;
-    f[OP_DET] = f[OP_FULL] = 3 * Fo + (8.0 * s->K - 1) * Fp - s->K * Fe;
-    f[OP_TRU] = 3 * Fo + (2.0 * s->K + 5) * Fp - Fe;
+    f[OP_HVP] = 4 * Fp - Fe + Ft;
+    f[OP_DET] = 3 * Fo + s->K * (7.0 * Fp - Fe + Ft);
+    f[OP_FULL] = 3 * Fo + (8.0 * s->K - 1) * Fp - s->K * Fe + s->K * Ft;
+    f[OP_TRU] = 3 * Fo + (2.0 * s->K + 5) * Fp - Fe + Ft;
     f[OP_TPP] = 3 * (f_obs(s, N, s->S, 1) + 2.0 * N * s->V * s->D);
 }
 /* one generated token at context length len: think (K updates, K+1 energies
@@ -146,6 +158,7 @@ static void call(bench *b, int op)
 {
     ebt_status st = EBT_OK;
     int B = b->s.B, S = b->s.S;
+    if (op < 0 || op >= NOP) return;
     switch (op) {
     case OP_OBS: st = ebt_observe(b->ws, b->m, b->tok, B, S, 0); break;
     case OP_EN: st = ebt_ws_energy(b->ws, b->p, b->E, NULL); break;
@@ -228,25 +241,49 @@ static void bench_free(bench *b)
 }
 
 /* ---- jobs run in a child process; out[] gets the medians (seconds) ----- */
-typedef struct { shape s; int reps, gen_n, gen_ctx; } job;
+typedef struct { shape s; int reps, gen_n, gen_ctx, op, ebt_threads, blas_threads; } job;
 
+/* a child's thread settings: OpenBLAS's own count, and ebt's for its kernels */
+static void apply_threads(const job *j, bench *b)
+{
+    openblas_set_num_threads(j->blas_threads);
+    if (b->m) check(ebt_set_threads(b->m, j->ebt_threads), "ebt_set_threads", "");
+    if (b->tm) check(ebt_set_threads(b->tm, j->ebt_threads), "ebt_set_threads", "");
+    if (b->ws) check(ebt_workspace_set_threads(b->ws, j->ebt_threads), "ebt_workspace_set_threads", "");
+}
+
+/* the energy calls (observe, energy, energy + dE/dp, hvp) in one child */
 static void job_config(const job *j, double *out)
 {
     bench b;
-    bench_init(&b, &j->s, 1);
-    for (int op = 0; op < NOP; op++) {
+    bench_init(&b, &j->s, 0);
+    apply_threads(j, &b);
+    for (int op = OP_OBS; op <= OP_HVP; op++) {
         if (op == OP_EN) call(&b, OP_OBS);   /* energy calls reuse one observation */
         out[op] = time_op(&b, op, 2, j->reps);
     }
     bench_free(&b);
 }
 
-static void job_growth(const job *j, double *out)
+/* one train step kind alone in its child, so that its peak RSS is its own */
+static void job_train(const job *j, double *out)
 {
     bench b;
-    bench_init(&b, &j->s, 0);
-    out[0] = time_op(&b, OP_DET, 1, j->reps);
+    shape s = j->s;
+    bench_init(&b, &s, j->op == OP_TPP);
+    if (j->op == OP_TPP) { ebt_workspace_free(b.ws); b.ws = NULL; ebt_free(b.m); b.m = NULL; }
+    else { ebt_workspace_free(b.ws); b.ws = NULL; }   /* training uses the model's own workspace */
+    free(b.p); free(b.E); b.p = b.E = NULL;             /* nor the energy calls' inputs */
+    apply_threads(j, &b);
+    out[0] = time_op(&b, j->op, j->op == OP_TPP ? 2 : 1, j->reps);
     bench_free(&b);
+}
+
+static void job_growth(const job *j, double *out)
+{
+    job t = *j;
+    t.op = OP_DET;
+    job_train(&t, out);
 }
 
 /* per generated token: (T(n tokens) - T(1 token)) / (n - 1), so the prompt's
@@ -262,6 +299,8 @@ static void job_gen(const job *j, double *out)
     if (!prompt) check(EBT_ERR_NOMEM, "malloc", "");
     check(ebt_create(&c, 1, &m), "ebt_create (generation)", "");
     check(ebt_workspace_create(m, 1, j->gen_ctx, &ws), "ebt_workspace_create (generation)", "");
+    openblas_set_num_threads(j->blas_threads);
+    check(ebt_workspace_set_threads(ws, j->ebt_threads), "ebt_workspace_set_threads", "");
     for (int i = 0; i < np; i++) prompt[i] = (int32_t)(rng_next(&seed) % (uint64_t)c.vocab_size);
     for (int nc = 0; nc < 2; nc++) {
         ebt_gen_opts go = ebt_gen_default();
@@ -371,26 +410,27 @@ static void print_shape(const char *name, const shape *s)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, reps = -1, threads = 0, growth = 0;
+    int quick = 0, reps = -1, threads = 0, growth = 0, blas_mode = 0;
     double t_start = now();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--growth") || !strcmp(argv[i], "--all")) growth = 1;
         else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--blas-threads")) blas_mode = 1;
         else {
-            fprintf(stderr, "usage: %s [--quick] [--repeats N] [--threads N] [--growth | --all]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--repeats N] [--threads N] [--blas-threads] [--growth | --all]\n", argv[0]);
             return 2;
         }
     }
-    if (threads > 0) {   /* before any BLAS work; the library read the variable at load, so set it too */
-        char buf[16];
-        snprintf(buf, sizeof buf, "%d", threads);
-        setenv("OPENBLAS_NUM_THREADS", buf, 1);
-        openblas_set_num_threads(threads);
-    }
+    if (threads < 1) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1) threads = 1;
     if (reps < 1) reps = quick ? 3 : 7;
     if (reps > MAXREP) reps = MAXREP;
+    /* default: OpenBLAS single-threaded and ebt's own threads on every kernel;
+     * --blas-threads: OpenBLAS threads the products, ebt's kernels serial */
+    int eth = blas_mode ? 1 : threads, bth = blas_mode ? threads : 1;
+    openblas_set_num_threads(bth);
 
     shape cfg[2] = { { 256, 128, 4, 4, 128, 128, 16, 2 }, { 256, 384, 6, 6, 384, 256, 8, 2 } };
     const char *cname[2] = { "A", "B" };
@@ -401,44 +441,91 @@ int main(int argc, char **argv)
         }
     if (quick) { gen_ctx[0] = 64; gen_ctx[1] = 256; }
 
-    printf("EBT benchmark%s: median of %d runs after 2 warm-ups (ms); tokens/s = B*S per call\n",
+    printf("EBT benchmark%s: median of %d runs after warm-up (ms); tokens/s = B*S per call\n",
            quick ? " (--quick: tiny sizes, numbers are not representative)" : "", reps);
-    machine_facts(threads);
+    machine_facts(0);
+    printf("threads: ebt kernels %d, OpenBLAS %d%s\n", eth, bth,
+           blas_mode ? " (--blas-threads)" : " (OpenBLAS set to 1 thread; ebt splits the products itself)");
 
-    /* sgemm reference */
+    /* sgemm reference, at the thread count the products get */
     double sg[2], sgf[2] = { 2.0 * 512 * 512 * 512, 2.0 * 2048 * 128 * 128 };
+    openblas_set_num_threads(threads);
     sg[0] = time_sgemm(512, 512, 512, reps, quick ? 0.005 : 0.05);
     sg[1] = time_sgemm(2048, 128, 128, reps, quick ? 0.005 : 0.05);
-    printf("sgemm 512x512x512: %.3f ms = %.1f GFLOP/s | sgemm 2048x128x128 (M x N x K): %.3f ms = %.1f GFLOP/s\n",
-           1e3 * sg[0], sgf[0] / sg[0] * 1e-9, 1e3 * sg[1], sgf[1] / sg[1] * 1e-9);
+    openblas_set_num_threads(bth);
+    printf("sgemm on %d threads: 512x512x512 %.3f ms = %.1f GFLOP/s | 2048x128x128 (M x N x K) %.3f ms = %.1f GFLOP/s\n",
+           threads, 1e3 * sg[0], sgf[0] / sg[0] * 1e-9, 1e3 * sg[1], sgf[1] / sg[1] * 1e-9);
     printf("FLOP model: matrix products only, 2 x multiply-adds; Fo observed, Fp predicted stream forward;\n"
            "  Fe = p @ pred_embed (2BSVD); energy Fp, energy+dE/dp 2Fp, hvp 4Fp-Fe (fwd 1, dE/dp bwd 1, tangent 1,\n"
-           "  tangent of bwd 1), train detach/full 3Fo+(8K-1)Fp-K*Fe, truncate 3Fo+(2K+5)Fp-Fe (mixed reverse =\n"
+           "  tangent of bwd 1), train detach 3Fo+7K*Fp-K*Fe (per step: fwd, dE/dp, tangent, mixed reverse),\n"
+           "  full 3Fo+(8K-1)Fp-K*Fe (+ re-forward of K-1 steps), truncate 3Fo+(2K+5)Fp-Fe (mixed reverse =\n"
            "  4x fwd: dX, tdX, 2 tdW; observed bwd with weights = 2x fwd),\n"
-           "  transformer++ 3 x fwd; %%sgemm = GFLOP/s relative to sgemm 2048x128x128\n");
+           "  transformer++ 3 x fwd; %%sgemm = GFLOP/s relative to sgemm 2048x128x128;\n"
+           "  each train step kind runs alone in a child process: RSS MB is its peak resident memory\n");
 
-    double med[2][NOP], fl[2][NOP], rss[2];
+    double med[2][NOP], fl[2][NOP], rss[2][NOP];
     for (int c = 0; c < 2; c++) {
-        job j = { cfg[c], reps, 0, 0 };
-        in_child(job_config, &j, med[c], NOP, &rss[c]);
+        job j = { cfg[c], reps, 0, 0, 0, eth, bth };
+        double r;
+        in_child(job_config, &j, med[c], NOP, &r);
+        for (int op = OP_OBS; op <= OP_HVP; op++) rss[c][op] = r;
+        for (int op = OP_DET; op < NOP; op++) {
+            job t = j;
+            t.op = op;
+            t.reps = op == OP_TPP ? reps : (reps + 1) / 2 > 3 ? (reps + 1) / 2 : (reps < 3 ? reps : 3);
+            in_child(job_train, &t, &med[c][op], 1, &rss[c][op]);
+        }
         op_flops(&cfg[c], fl[c]);
         printf("\n");
         print_shape(c == 0 ? "config A" : "config B", &cfg[c]);
-        printf("   (peak RSS of its process: %.1f MB)\n", rss[c]);
-        printf("  %-32s %10s %12s %11s %9s %7s\n", "call", "ms", "tokens/s", "GFLOP/call", "GFLOP/s", "%sgemm");
+        printf("\n  %-32s %10s %12s %11s %9s %7s %8s\n", "call", "ms", "tokens/s", "GFLOP/call", "GFLOP/s", "%sgemm", "RSS MB");
         for (int op = 0; op < NOP; op++) {
             double gfs = fl[c][op] / med[c][op] * 1e-9;
-            printf("  %-32s %10.3f %12.0f %11.3f %9.2f %6.0f%%\n", op_name[op], 1e3 * med[c][op],
-                   cfg[c].B * cfg[c].S / med[c][op], fl[c][op] * 1e-9, gfs, 100 * gfs / (sgf[1] / sg[1] * 1e-9));
+            printf("  %-32s %10.3f %12.0f %11.3f %9.2f %6.0f%% %8.1f\n", op_name[op], 1e3 * med[c][op],
+                   cfg[c].B * cfg[c].S / med[c][op], fl[c][op] * 1e-9, gfs, 100 * gfs / (sgf[1] / sg[1] * 1e-9),
+                   rss[c][op]);
         }
     }
     printf("\n  %-32s %11s %9s %11s %9s\n", "ratio (time)", "A measured", "A model", "B measured", "B model");
     {
-        const char *rn[3] = { "hvp / (energy + dE/dp)", "(energy + dE/dp) / energy", "EBT detach / transformer++" };
-        int num[3] = { OP_HVP, OP_ENG, OP_DET }, den[3] = { OP_ENG, OP_EN, OP_TPP };
-        for (int r = 0; r < 3; r++)
+        const char *rn[4] = { "hvp / (energy + dE/dp)", "(energy + dE/dp) / energy", "EBT detach / transformer++",
+                              "EBT full / transformer++" };
+        int num[4] = { OP_HVP, OP_ENG, OP_DET, OP_FULL }, den[4] = { OP_ENG, OP_EN, OP_TPP, OP_TPP };
+        for (int r = 0; r < 4; r++)
             printf("  %-32s %11.2f %9.2f %11.2f %9.2f\n", rn[r], med[0][num[r]] / med[0][den[r]],
                    fl[0][num[r]] / fl[0][den[r]], med[1][num[r]] / med[1][den[r]], fl[1][num[r]] / fl[1][den[r]]);
+    }
+
+    /* thread settings, config A: what each pool of threads buys */
+    if (threads > 1) {
+        const int set[3][2] = { { threads, 1 }, { 1, threads }, { 1, 1 } };
+        const char *sname[3] = { "ebt threads, OpenBLAS 1", "ebt 1, OpenBLAS threads", "1 thread" };
+        const int tops[3] = { OP_ENG, OP_DET, OP_TPP };
+        double tt[3][3];
+        printf("\nthread settings, config A (ms; ebt threads = %d):\n  %-26s", threads, "setting");
+        for (int o = 0; o < 3; o++) printf(" %26s", op_name[tops[o]]);
+        printf("\n");
+        for (int si = 0; si < 3; si++) {
+            printf("  %-26s", sname[si]);
+            for (int o = 0; o < 3; o++) {
+                job t = { cfg[0], reps < 5 ? reps : 5, 0, 0, tops[o], set[si][0], set[si][1] };
+                double r;
+                if (tops[o] == OP_ENG) {
+                    double all[NOP];
+                    in_child(job_config, &t, all, NOP, &r);
+                    tt[si][o] = all[OP_ENG];
+                } else {
+                    in_child(job_train, &t, &tt[si][o], 1, &r);
+                }
+                printf(" %26.1f", 1e3 * tt[si][o]);
+            }
+            printf("\n");
+        }
+        printf("  %-26s", "speed-up of ebt threads");
+        for (int o = 0; o < 3; o++) printf(" %25.2fx", tt[2][o] / tt[0][o]);
+        printf("\n  %-26s", "speed-up of OpenBLAS's");
+        for (int o = 0; o < 3; o++) printf(" %25.2fx", tt[2][o] / tt[1][o]);
+        printf("\n");
     }
 
     /* generation with the KV cache against recomputing the prefix */
@@ -450,7 +537,7 @@ int main(int argc, char **argv)
     printf("  %-6s %-10s %10s %10s %12s %9s %10s %8s\n", "ctx", "mode", "ms/token", "tokens/s", "GFLOP/token",
            "GFLOP/s", "cache gain", "RSS MB");
     for (int c = 0; c < 2; c++) {
-        job j = { gs, reps, gen_n, gen_ctx[c] };
+        job j = { gs, reps, gen_n, gen_ctx[c], 0, eth, bth };
         double len = gen_ctx[c] - gen_n - 1 + gen_n / 2.0;   /* mean context length while generating */
         in_child(job_gen, &j, gen[c], NG, &grss[c]);
         for (int nc = 0; nc < 2; nc++) {
@@ -484,12 +571,12 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < 4; i++) { gp[ngp] = base; gp[ngp].K = 1 << i; gax[ngp++] = 'K'; }
         printf("\ngrowth: EBT detach train step (median of %d after 1 warm-up), one child process per point;\n"
-               "  x = ratio to the smallest setting; model = FLOP model 3Fo+(8K-1)Fp-K*Fe; order = naive\n",
+               "  x = ratio to the smallest setting; model = FLOP model 3Fo+7K*Fp-K*Fe; order = naive\n",
                reps < 3 ? reps : 3);
         printf("  %-4s %6s  %-28s %10s %8s %8s %8s %9s %7s\n", "axis", "value", "shape (V D L H F S B K)", "ms/step",
                "x time", "x model", "order", "RSS MB", "x RSS");
         for (int i = 0; i < ngp; i++) {
-            job j = { gp[i], reps < 3 ? reps : 3, 0, 0 };
+            job j = { gp[i], reps < 3 ? reps : 3, 0, 0, OP_DET, eth, bth };
             int first = i == 0 || gax[i - 1] != gax[i], i0 = i;
             char sh[96], ord[40], ax[2] = { gax[i], 0 };
             double f[NOP], f0[NOP], r;
@@ -513,15 +600,15 @@ int main(int argc, char **argv)
 
     printf("\ntotal wall time %.1f s\n", now() - t_start);
     /* everything again, for scripts */
-    printf("\nJSON: {\"quick\":%d,\"repeats\":%d,\"threads\":%d,\"nproc\":%ld,\"sgemm_ms\":{\"512x512x512\":%.5f,"
-           "\"2048x128x128\":%.5f}", quick, reps, openblas_get_num_threads(), sysconf(_SC_NPROCESSORS_ONLN),
-           1e3 * sg[0], 1e3 * sg[1]);
+    printf("\nJSON: {\"quick\":%d,\"repeats\":%d,\"ebt_threads\":%d,\"blas_threads\":%d,\"nproc\":%ld,"
+           "\"sgemm_ms\":{\"512x512x512\":%.5f,\"2048x128x128\":%.5f}", quick, reps, eth, bth,
+           sysconf(_SC_NPROCESSORS_ONLN), 1e3 * sg[0], 1e3 * sg[1]);
     for (int c = 0; c < 2; c++) {
-        printf(",\"%s\":{\"shape\":[%d,%d,%d,%d,%d,%d,%d,%d],\"rss_mb\":%.1f", cname[c], cfg[c].V, cfg[c].D,
-               cfg[c].L, cfg[c].H, cfg[c].F, cfg[c].S, cfg[c].B, cfg[c].K, rss[c]);
+        printf(",\"%s\":{\"shape\":[%d,%d,%d,%d,%d,%d,%d,%d]", cname[c], cfg[c].V, cfg[c].D,
+               cfg[c].L, cfg[c].H, cfg[c].F, cfg[c].S, cfg[c].B, cfg[c].K);
         for (int op = 0; op < NOP; op++)
-            printf(",\"%s_ms\":%.4f,\"%s_gflops\":%.3f", op_key[op], 1e3 * med[c][op], op_key[op],
-                   fl[c][op] / med[c][op] * 1e-9);
+            printf(",\"%s_ms\":%.4f,\"%s_gflops\":%.3f,\"%s_rss_mb\":%.1f", op_key[op], 1e3 * med[c][op], op_key[op],
+                   fl[c][op] / med[c][op] * 1e-9, op_key[op], rss[c][op]);
         printf("}");
     }
     printf(",\"gen\":[");
