@@ -772,7 +772,8 @@ static void ebt__lin_bwd_w(ebt_real *dW, const ebt_real *dy, const ebt_real *x, 
  *   P is stored (nq, nk+1) with the self column last.
  *   The observed stream uses shift 0, no self (causal). The predicted
  *   stream uses shift = offset, self on; its keys k, v (observed) are
- *   constants w.r.t. p, so tangents exist only for q, ks, vs.
+ *   constants w.r.t. p, so tangents exist only for q, ks, vs. Query limits
+ *   never decrease with the row (rows are in position order).
  * ====================================================================== */
 
 typedef struct {
@@ -785,6 +786,17 @@ static int ebt__attn_lim(const ebt__attn_dims *d, int i)
 {
     int lim = d->lims ? d->lims[i] : i + d->shift;
     return lim < d->nk - 1 ? lim : d->nk - 1;
+}
+
+/* Queries go in chunks of EBT__QC rows; a chunk's products stop at the keys
+ * its last row sees (limits grow with the row), so the masked upper
+ * triangle is mostly never computed. Columns of P beyond a chunk's kc are
+ * never written nor read. */
+#define EBT__QC 32
+static int ebt__attn_chunk(const ebt__attn_dims *d, int i0, int *i1)
+{
+    *i1 = i0 + EBT__QC < d->nq ? i0 + EBT__QC : d->nq;
+    return ebt__attn_lim(d, *i1 - 1) + 1;
 }
 
 static ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
@@ -804,20 +816,25 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
                           const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh;
-    ebt__gemm(0, 1, d->nq, nk, Dh, d->scale, q, d->ld, k, d->ld, 0, P, lp); /* P = scale q @ k^T */
-    for (int i = 0; i < d->nq; i++) {
-        ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
-        int lim = ebt__attn_lim(d, i);
-        Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
-        mx = d->self ? Pi[nk] : Pi[0];
-        for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
-        for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
-        if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
-        for (int j = 0; j <= lim; j++) Pi[j] /= sum;
-        for (int j = lim + 1; j < nk; j++) Pi[j] = 0;
-        Pi[nk] = d->self ? Pi[nk] / sum : 0;
+    for (int i0 = 0, i1, kc; i0 < d->nq; i0 = i1) {
+        kc = ebt__attn_chunk(d, i0, &i1);
+        ebt__gemm(0, 1, i1 - i0, kc, Dh, d->scale, q + (size_t)i0 * d->ld, d->ld, k, d->ld, 0,
+                  P + (size_t)i0 * lp, lp);                                    /* P = scale q @ k^T */
+        for (int i = i0; i < i1; i++) {
+            ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
+            int lim = ebt__attn_lim(d, i);
+            Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
+            mx = d->self ? Pi[nk] : Pi[0];
+            for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
+            for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
+            if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
+            for (int j = 0; j <= lim; j++) Pi[j] /= sum;
+            for (int j = lim + 1; j < kc; j++) Pi[j] = 0;
+            Pi[nk] = d->self ? Pi[nk] / sum : 0;
+        }
+        ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, P + (size_t)i0 * lp, lp, v, d->ld, 0,
+                  o + (size_t)i0 * d->ldo, d->ldo);                          /* o = P @ v */
     }
-    ebt__gemm(0, 0, d->nq, Dh, nk, 1, P, lp, v, d->ld, 0, o, d->ldo);      /* o = P @ v */
     if (d->self)
         for (int i = 0; i < d->nq; i++)
             ebt__axpy(o + (size_t)i * d->ldo, P[(size_t)i * lp + nk], vs + (size_t)i * d->ld, Dh);
@@ -830,14 +847,20 @@ static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, 
                          const ebt_real *q, const ebt_real *k, const ebt_real *ks, const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh;
-    ebt__gemm(0, 1, d->nq, nk, Dh, d->scale, tq, d->ld, k, d->ld, 0, tP, lp); /* tA = scale tq @ k^T */
-    for (int i = 0; i < d->nq; i++) {
-        const ebt_real *Pi = P + (size_t)i * lp;
-        ebt_real *tPi = tP + (size_t)i * lp, m = 0;
-        size_t r = (size_t)i * d->ld;
-        tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
-        for (int j = 0; j <= nk; j++) m += Pi[j] * tPi[j];
-        for (int j = 0; j <= nk; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+    for (int i0 = 0, i1, kc; i0 < d->nq; i0 = i1) {
+        kc = ebt__attn_chunk(d, i0, &i1);
+        ebt__gemm(0, 1, i1 - i0, kc, Dh, d->scale, tq + (size_t)i0 * d->ld, d->ld, k, d->ld, 0,
+                  tP + (size_t)i0 * lp, lp);                                   /* tA = scale tq @ k^T */
+        for (int i = i0; i < i1; i++) {
+            const ebt_real *Pi = P + (size_t)i * lp;
+            ebt_real *tPi = tP + (size_t)i * lp, m = 0;
+            size_t r = (size_t)i * d->ld;
+            tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
+            for (int j = 0; j < kc; j++) m += Pi[j] * tPi[j];
+            m += Pi[nk] * tPi[nk];
+            for (int j = 0; j < kc; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+            tPi[nk] = Pi[nk] * (tPi[nk] - m);
+        }
     }
 }
 
@@ -850,7 +873,11 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh;
     ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
-    ebt__gemm(0, 0, d->nq, Dh, nk, 1, tP, lp, v, d->ld, 0, to, d->ldo);    /* to = tP @ v */
+    for (int i0 = 0, i1, kc; i0 < d->nq; i0 = i1) {
+        kc = ebt__attn_chunk(d, i0, &i1);
+        ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, tP + (size_t)i0 * lp, lp, v, d->ld, 0,
+                  to + (size_t)i0 * d->ldo, d->ldo);                          /* to = tP @ v */
+    }
     if (d->self)
         for (int i = 0; i < d->nq; i++) {
             size_t r = (size_t)i * d->ld;
@@ -871,18 +898,27 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
                           const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
-    ebt__gemm(0, 1, nq, nk, Dh, 1, dout, d->ldo, v, d->ld, 0, G, lp);    /* dP = do @ v^T */
-    for (int i = 0; i < nq; i++) {
-        const ebt_real *Pi = P + (size_t)i * lp;
-        ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
-        Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
-        for (int j = 0; j <= nk; j++) m += Pi[j] * Gi[j];
-        mu[i] = m;
-        for (int j = 0; j <= nk; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+    for (int i0 = 0, i1, kc; i0 < nq; i0 = i1) {
+        size_t c0 = (size_t)i0 * lp;
+        int nr;
+        kc = ebt__attn_chunk(d, i0, &i1);
+        nr = i1 - i0;
+        ebt__gemm(0, 1, nr, kc, Dh, 1, dout + (size_t)i0 * d->ldo, d->ldo, v, d->ld, 0, G + c0, lp); /* dP = do @ v^T */
+        for (int i = i0; i < i1; i++) {
+            const ebt_real *Pi = P + (size_t)i * lp;
+            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
+            Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
+            for (int j = 0; j < kc; j++) m += Pi[j] * Gi[j];
+            m += Pi[nk] * Gi[nk];
+            mu[i] = m;
+            for (int j = 0; j < kc; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+            Gi[nk] -= m;
+            dSi[nk] = Pi[nk] * Gi[nk];
+        }
+        ebt__gemm(0, 0, nr, Dh, kc, d->scale, dS + c0, lp, k, d->ld, 1, dq + (size_t)i0 * d->ld, d->ld); /* dq += scale dS @ k */
+        if (dk) ebt__gemm(1, 0, kc, Dh, nr, d->scale, dS + c0, lp, q + (size_t)i0 * d->ld, d->ld, 1, dk, d->ld); /* dk += scale dS^T @ q */
+        if (dv) ebt__gemm(1, 0, kc, Dh, nr, 1, P + c0, lp, dout + (size_t)i0 * d->ldo, d->ldo, 1, dv, d->ld);  /* dv += P^T @ do */
     }
-    ebt__gemm(0, 0, nq, Dh, nk, d->scale, dS, lp, k, d->ld, 1, dq, d->ld); /* dq += scale dS @ k */
-    if (dk) ebt__gemm(1, 0, nk, Dh, nq, d->scale, dS, lp, q, d->ld, 1, dk, d->ld); /* dk += scale dS^T @ q */
-    if (dv) ebt__gemm(1, 0, nk, Dh, nq, 1, P, lp, dout, d->ldo, 1, dv, d->ld);     /* dv += P^T @ do */
     if (d->self)
         for (int i = 0; i < nq; i++) {
             size_t r = (size_t)i * d->ld;
@@ -909,24 +945,32 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
     ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
-    ebt__gemm(0, 1, nq, nk, Dh, 1, tdout, d->ldo, v, d->ld, 0, T, lp);   /* tdP = tdo @ v^T */
-    for (int i = 0; i < nq; i++) {
-        const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
-        ebt_real *Ti = T + (size_t)i * lp, tm = 0;
-        size_t r = (size_t)i * d->ld;
-        Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
-                           ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
-        for (int j = 0; j <= nk; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
-        for (int j = 0; j <= nk; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
-    }
-    ebt__gemm(0, 0, nq, Dh, nk, d->scale, T, lp, k, d->ld, 1, tdq, d->ld);       /* tdq += scale tdS @ k */
-    if (tdk) {
-        ebt__gemm(1, 0, nk, Dh, nq, d->scale, T, lp, q, d->ld, 1, tdk, d->ld);   /* tdk += scale tdS^T @ q */
-        ebt__gemm(1, 0, nk, Dh, nq, d->scale, dS, lp, tq, d->ld, 1, tdk, d->ld); /* tdk += scale dS^T @ tq */
-    }
-    if (tdv) {
-        ebt__gemm(1, 0, nk, Dh, nq, 1, tP, lp, dout, d->ldo, 1, tdv, d->ld);     /* tdv += tP^T @ do */
-        ebt__gemm(1, 0, nk, Dh, nq, 1, P, lp, tdout, d->ldo, 1, tdv, d->ld);     /* tdv += P^T @ tdo */
+    for (int i0 = 0, i1, kc; i0 < nq; i0 = i1) {
+        size_t c0 = (size_t)i0 * lp, q0 = (size_t)i0 * d->ld, o0 = (size_t)i0 * d->ldo;
+        int nr;
+        kc = ebt__attn_chunk(d, i0, &i1);
+        nr = i1 - i0;
+        ebt__gemm(0, 1, nr, kc, Dh, 1, tdout + o0, d->ldo, v, d->ld, 0, T + c0, lp);   /* tdP = tdo @ v^T */
+        for (int i = i0; i < i1; i++) {
+            const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
+            ebt_real *Ti = T + (size_t)i * lp, tm = 0;
+            size_t r = (size_t)i * d->ld;
+            Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
+                               ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
+            for (int j = 0; j < kc; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
+            tm += tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
+            for (int j = 0; j < kc; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
+            Ti[nk] = tPi[nk] * Gi[nk] + Pi[nk] * (Ti[nk] - tm);
+        }
+        ebt__gemm(0, 0, nr, Dh, kc, d->scale, T + c0, lp, k, d->ld, 1, tdq + q0, d->ld);       /* tdq += scale tdS @ k */
+        if (tdk) {
+            ebt__gemm(1, 0, kc, Dh, nr, d->scale, T + c0, lp, q + q0, d->ld, 1, tdk, d->ld);   /* tdk += scale tdS^T @ q */
+            ebt__gemm(1, 0, kc, Dh, nr, d->scale, dS + c0, lp, tq + q0, d->ld, 1, tdk, d->ld); /* tdk += scale dS^T @ tq */
+        }
+        if (tdv) {
+            ebt__gemm(1, 0, kc, Dh, nr, 1, tP + c0, lp, dout + o0, d->ldo, 1, tdv, d->ld);     /* tdv += tP^T @ do */
+            ebt__gemm(1, 0, kc, Dh, nr, 1, P + c0, lp, tdout + o0, d->ldo, 1, tdv, d->ld);     /* tdv += P^T @ tdo */
+        }
     }
     if (d->self)
         for (int i = 0; i < nq; i++) {
