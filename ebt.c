@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -283,8 +284,10 @@ struct ebt_model {
     ebt_real *opt_m, *opt_v;
     long opt_step;
     int rb_cap, rb_count, rb_next, rb_S;
-    int32_t *rb_tok, *rb_tgt;  /* (rb_cap, rb_S) each */
-    ebt_real *rb_y;            /* (rb_cap, rb_S, V) final logits */
+    int rb_rows;               /* rows allocated: rb_count <= rb_rows <= rb_cap (a loaded ring
+                                  holds only its filled rows and grows as it fills) */
+    int32_t *rb_tok, *rb_tgt;  /* (rb_rows, rb_S) each */
+    ebt_real *rb_y;            /* (rb_rows, rb_S, V) final logits */
     ebt_real *tbuf;            /* training scratch, grown on demand */
     size_t tbuf_n;
     int train_K, train_B, train_S; /* shape of the last ebt_train_grad */
@@ -2702,28 +2705,47 @@ static double ebt__lr_at(const ebt_train_opts *o, long t)
     return o->min_lr + 0.5 * (1 + cos(3.14159265358979323846 * prog)) * (o->lr - o->min_lr);
 }
 
-/* a replay buffer for the options' capacity and length S into *y, *t when
- * the current one does not fit (else both NULL); nothing is installed yet */
-static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int S, ebt_real **y, int32_t **t)
+/* 1 if the current replay ring is the options' (capacity and length S) */
+static int ebt__replay_same(const ebt_model *m, const ebt_train_opts *o, int S)
 {
-    int V = m->cfg.vocab_size, ovf = 0;
-    size_t cap = (size_t)o->replay_capacity;
-    *y = NULL; *t = NULL;
+    return m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S;
+}
+
+/* a replay buffer into *y, *t (*rows rows) when the current one does not
+ * fit the options' capacity and length S (a new, empty one), or when it
+ * holds fewer rows than the push of B more sequences needs (a larger copy);
+ * else both NULL. Nothing is installed yet. */
+static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int B, int S, ebt_real **y,
+                                    int32_t **t, int *rows)
+{
+    int V = m->cfg.vocab_size, ovf = 0, same = ebt__replay_same(m, o, S), r = o->replay_capacity;
+    *y = NULL; *t = NULL; *rows = 0;
     if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return EBT_OK;
-    if (m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S) return EBT_OK;
-    *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul(cap, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
-    *t = (int32_t *)EBT_MALLOC(ebt__mul(cap * 2, (size_t)S * sizeof(int32_t), &ovf));
+    if (same) {
+        int need = m->rb_count + B < m->rb_cap ? m->rb_count + B : m->rb_cap;
+        if (need <= m->rb_rows) return EBT_OK;
+        r = need > 2 * m->rb_rows ? need : 2 * m->rb_rows < m->rb_cap ? 2 * m->rb_rows : m->rb_cap;
+    }
+    *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+    *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
     if (ovf || !*y || !*t) { EBT_FREE(*y); EBT_FREE(*t); *y = NULL; *t = NULL; return EBT_ERR_NOMEM; }
+    if (same) {   /* keep the filled rows */
+        memcpy(*y, m->rb_y, sizeof(ebt_real) * (size_t)m->rb_rows * S * V);
+        memcpy(*t, m->rb_tok, sizeof(int32_t) * (size_t)m->rb_rows * S);
+        memcpy(*t + (size_t)r * S, m->rb_tgt, sizeof(int32_t) * (size_t)m->rb_rows * S);
+    }
+    *rows = r;
     return EBT_OK;
 }
 
-/* replaces the replay buffer by the empty one ebt__replay_alloc made (if any) */
-static void ebt__replay_install(ebt_model *m, const ebt_train_opts *o, int S, ebt_real *y, int32_t *t)
+/* replaces the replay buffer by the one ebt__replay_alloc made (if any):
+ * a new one starts empty, a grown one keeps its ring */
+static void ebt__replay_install(ebt_model *m, const ebt_train_opts *o, int S, ebt_real *y, int32_t *t, int rows)
 {
     if (!y) return;
+    if (!ebt__replay_same(m, o, S)) { m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0; }
     EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
-    m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + (size_t)o->replay_capacity * S;
-    m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0;
+    m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + (size_t)rows * S; m->rb_rows = rows;
 }
 
 /* stores the last batch's sequences and final logits in the replay ring */
@@ -2731,10 +2753,14 @@ static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
 {
     int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
     size_t nv = (size_t)B * S * V;
-    ebt__tscratch t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv, m->n_params);
-    const ebt_real *yK = t.ys + (size_t)K * nv;
-    const int32_t *btok = t.tok, *btgt = t.tgt;
-    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
+    ebt__tscratch t;
+    const ebt_real *yK;
+    const int32_t *btok, *btgt;
+    /* transformer++ has no training scratch (m->tbuf is NULL): return before offsetting it */
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT || !m->tbuf) return;
+    t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv, m->n_params);
+    yK = t.ys + (size_t)K * nv;
+    btok = t.tok; btgt = t.tgt;
     for (int b = 0; b < B; b++) {
         int e = m->rb_next;
         memcpy(m->rb_tok + (size_t)e * S, btok + (size_t)b * S, sizeof(int32_t) * S);
@@ -2755,6 +2781,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     size_t np;
     ebt_real *om = NULL, *ov = NULL, *ry = NULL, *M, *Vs;
     int32_t *rt = NULL;
+    int rrows = 0;
     if (!m) return EBT_ERR_ARG;
     m->err[0] = 0;
     if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
@@ -2771,7 +2798,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
         memset(om, 0, np * sizeof(ebt_real));
         memset(ov, 0, np * sizeof(ebt_real));
     }
-    if (ebt__replay_alloc(m, opts, S, &ry, &rt) != EBT_OK) goto nomem;
+    if (ebt__replay_alloc(m, opts, B, S, &ry, &rt, &rrows) != EBT_OK) goto nomem;
     st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
     if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
@@ -2792,7 +2819,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {   /* the step happens: install the new optimiser state / replay buffer */
             if (om) { m->opt_m = om; m->opt_v = ov; om = ov = NULL; }
-            ebt__replay_install(m, opts, S, ry, rt);
+            ebt__replay_install(m, opts, S, ry, rt, rrows);
             ry = NULL; rt = NULL;
         }
         for (int t = 0; t < m->nt; t++) {
@@ -3610,7 +3637,7 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         if (nfound != 2 * m->nt) { ebt__seterr(err, errlen, "optimiser state is incomplete (%d of %d moment tensors)", nfound, 2 * m->nt); return EBT_ERR_FORMAT; }
         errno = 0;
         step = s ? strtol(s, &end, 10) : -1;
-        if (!s || errno || *end || step < 0) { ebt__seterr(err, errlen, "metadata optim.step = %s: expected an integer >= 0", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
+        if (!s || errno || *end || step < 0 || step == LONG_MAX) { ebt__seterr(err, errlen, "metadata optim.step = %s: expected an integer in [0, LONG_MAX)", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
         m->opt_m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
         m->opt_v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
         if (!m->opt_m || !m->opt_v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
@@ -3643,13 +3670,12 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
             ebt__seterr(err, errlen, "metadata optim.replay.capacity/next missing or inconsistent");
             return EBT_ERR_FORMAT;
         }
-        n = (size_t)cap * S;
+        n = (size_t)cnt * S;   /* the filled rows only (bounded by the file); the ring grows as it fills */
         m->rb_y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
         m->rb_tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
         tmp = (ebt_real *)EBT_MALLOC(2 * n * sizeof(ebt_real));
         if (!m->rb_y || !m->rb_tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
         m->rb_tgt = m->rb_tok + n;
-        n = (size_t)cnt * S;
         st = ebt__st_read_tensor(f, h, rt, tmp, n, err, errlen);
         if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rg, tmp + n, n, err, errlen);
         if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb_y, n * V, err, errlen);
@@ -3664,7 +3690,7 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         if (st == EBT_OK && !ebt__all_finite(m->rb_y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
         EBT_FREE(tmp);
         if (st != EBT_OK) return st;
-        m->rb_cap = cap; m->rb_count = cnt; m->rb_next = next; m->rb_S = S;
+        m->rb_cap = cap; m->rb_rows = m->rb_count = cnt; m->rb_next = next; m->rb_S = S;
     }
     return EBT_OK;
 }

@@ -41,6 +41,7 @@
 */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +142,15 @@ static int fail(const char *what, ebt_status st, const ebt_model *m, const ebt_w
     return 1;
 }
 
+/* B windows of S bytes: the library's limit on rows (B (S+1) <= 2^31/4),
+ * which also keeps every B*S product below in int range */
+static int batch_fits(int B, int S)
+{
+    if ((long long)B * ((long long)S + 1) <= INT32_MAX / 4) return 1;
+    fprintf(stderr, "ebt_lm: a batch of %d windows of %d bytes is too large\n", B, S);
+    return 0;
+}
+
 static int load_model(const char *path, ebt_model **m)
 {
     char err[256] = "";
@@ -175,13 +185,18 @@ static int parse_opts(int argc, char **argv, const opt_spec *o, int n, const cha
         double x = o[k].kind == OPT_STR ? 0 : strtod(v, &end);
         int ok = o[k].kind == OPT_STR ||
                  (end != v && !*end && x >= o[k].lo && x <= o[k].hi && (o[k].kind == OPT_DBL || x == floor(x)));
-        if (o[k].kind == OPT_U64) ok = *v && !v[strspn(v, "0123456789")];
+        unsigned long long u = 0;
+        if (o[k].kind == OPT_U64) {   /* digits only, and no silent clamping to ULLONG_MAX */
+            errno = 0;
+            u = strtoull(v, NULL, 10);
+            ok = *v && !v[strspn(v, "0123456789")] && errno != ERANGE;
+        }
         if (!ok) { fprintf(stderr, "ebt_lm: invalid value '%s' for %s\n\n%s", v, a, usage); return 2; }
         if (o[k].kind == OPT_STR) *(const char **)o[k].dst = v;
         else if (o[k].kind == OPT_INT) *(int *)o[k].dst = (int)x;
         else if (o[k].kind == OPT_LONG) *(long *)o[k].dst = (long)x;
         else if (o[k].kind == OPT_DBL) *(double *)o[k].dst = x;
-        else *(uint64_t *)o[k].dst = (uint64_t)strtoull(v, NULL, 10);
+        else *(uint64_t *)o[k].dst = (uint64_t)u;
     }
     return -1;
 }
@@ -344,7 +359,18 @@ static const char TRAIN_USAGE[] =
     "  --lr LR (1e-3)  --min-lr LR  --warmup N (100)  --no-learn-alpha  --alpha-lr-mult X\n"
     "  --clip NORM  --wd DECAY  --seed S (model init, batches, thinking; default 1)\n";
 
-static int cmd_train(int argc, char **argv)
+/* train's options, parsed and checked (no i/o) */
+typedef struct {
+    ebt_config cfg;
+    ebt_train_opts to;
+    const char *data, *out, *arch;
+    int B, S, seq_set, resume, eval_steps;
+    long steps, eval_every, save_every, eval_batches;
+    double minutes;
+} train_args;
+
+/* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
+static int train_parse(int argc, char **argv, train_args *a)
 {
     ebt_config cfg = ebt_config_default();
     ebt_train_opts to = ebt_train_default();
@@ -393,6 +419,25 @@ static int cmd_train(int argc, char **argv)
     cfg.d_ff = ff ? ff : cfg.d_model;
     cfg.max_seq_len = S;
     if (!out) out = cfg.arch == EBT_ARCH_TRANSFORMER ? "transformer.safetensors" : "ebt.safetensors";
+    *a = (train_args){ .cfg = cfg, .to = to, .data = data, .out = out, .arch = arch, .B = B, .S = S,
+                       .seq_set = seq_set, .resume = resume, .eval_steps = eval_steps, .steps = steps,
+                       .eval_every = eval_every, .save_every = save_every, .eval_batches = eval_batches,
+                       .minutes = minutes };
+    return -1;
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    train_args a;
+    int rc = train_parse(argc, argv, &a);
+    if (rc >= 0) return rc;
+    ebt_config cfg = a.cfg;
+    ebt_train_opts to = a.to;
+    const char *data = a.data, *out = a.out, *arch = a.arch;
+    int B = a.B, S = a.S, eval_steps = a.eval_steps;
+    const int seq_set = a.seq_set, resume = a.resume;
+    const long steps = a.steps, eval_every = a.eval_every, save_every = a.save_every, eval_batches = a.eval_batches;
+    const double minutes = a.minutes;
 
     ebt_model *m = NULL;
     ebt_workspace *ws = NULL;
@@ -426,6 +471,7 @@ static int cmd_train(int argc, char **argv)
         if (st != EBT_OK) return fail("ebt_create", st, NULL, NULL);
     }
     const int is_ebt = cfg.arch == EBT_ARCH_EBT;
+    if (!batch_fits(B, S)) { rc = 2; goto done; }
     if ((rc = load_corpus(data, &c, S)) != 0) goto done;
     rc = 1;
     tok = malloc((size_t)B * S * sizeof *tok);
@@ -562,7 +608,10 @@ static void put_bytes(const int32_t *t, int n)
     }
 }
 
-static int cmd_sample(int argc, char **argv)
+typedef struct { const char *ckpt, *prompt; int n; ebt_gen_opts g; } sample_args;
+
+/* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
+static int sample_parse(int argc, char **argv, sample_args *a)
 {
     const char *ckpt = "ebt.safetensors", *prompt = "ROMEO:";
     int n = 300;
@@ -578,6 +627,18 @@ static int cmd_sample(int argc, char **argv)
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE);
     if (rc >= 0) return rc;
     g.think.seed = g.seed ^ 0x7417c0deULL;
+    *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .n = n, .g = g };
+    return -1;
+}
+
+static int cmd_sample(int argc, char **argv)
+{
+    sample_args a;
+    int rc = sample_parse(argc, argv, &a);
+    if (rc >= 0) return rc;
+    const char *ckpt = a.ckpt, *prompt = a.prompt;
+    const int n = a.n;
+    ebt_gen_opts g = a.g;
 
     ebt_model *m = NULL;
     ebt_workspace *ws = NULL;
@@ -716,7 +777,15 @@ static void table_row(const char *label, const eval_out *e, int with_switch)
     printf(with_switch ? " %17s |\n" : "\n", sw);
 }
 
-static int cmd_eval(int argc, char **argv)
+typedef struct {
+    const char *ckpt, *base_path, *data, *plot_path;
+    long nb;
+    int B, eval_steps;
+    double noise, init_scale, step_size;
+} eval_args;
+
+/* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
+static int eval_parse(int argc, char **argv, eval_args *a)
 {
     const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
     long nb = 16;
@@ -730,6 +799,20 @@ static int cmd_eval(int argc, char **argv)
     };
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE);
     if (rc >= 0) return rc;
+    *a = (eval_args){ .ckpt = ckpt, .base_path = base_path, .data = data, .plot_path = plot_path, .nb = nb, .B = B,
+                      .eval_steps = eval_steps, .noise = noise, .init_scale = init_scale, .step_size = step_size };
+    return -1;
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    eval_args a;
+    int rc = eval_parse(argc, argv, &a);
+    if (rc >= 0) return rc;
+    const char *ckpt = a.ckpt, *base_path = a.base_path, *data = a.data, *plot_path = a.plot_path;
+    const long nb = a.nb;
+    const int B = a.B, eval_steps = a.eval_steps;
+    const double noise = a.noise, init_scale = a.init_scale, step_size = a.step_size;
     ebt_model *m = NULL, *base = NULL;
     ebt_workspace *ws = NULL;
     corpus c = {0};
@@ -740,6 +823,7 @@ static int cmd_eval(int argc, char **argv)
     if (base && ebt_model_config(base)->max_seq_len < S) S = ebt_model_config(base)->max_seq_len;
     if (base && ebt_model_config(base)->arch != EBT_ARCH_TRANSFORMER)
         fprintf(stderr, "ebt_lm: note: --baseline %s is not a transformer++\n", base_path);
+    if (!batch_fits(B, S)) { rc = 2; goto done; }
     if ((rc = load_corpus(data, &c, S)) != 0) goto done;
     rc = 1;
     windows w = {c.buf + c.n_train, c.n - c.n_train, (int)nb, B, S};
@@ -818,6 +902,7 @@ done:
 
 /* ---- main ----------------------------------------------------------------- */
 
+#ifndef EBT_LM_NO_MAIN   /* tests/fuzz/fuzz_lm_*.c include this file without main */
 static const char MAIN_USAGE[] =
     "usage: ebt_lm <command> [options]   (ebt_lm <command> --help for its options)\n"
     "  train    train an EBT (or --arch transformer) byte-level language model\n"
@@ -834,3 +919,4 @@ int main(int argc, char **argv)
     fputs(MAIN_USAGE, stderr);
     return 2;
 }
+#endif
