@@ -2,7 +2,7 @@
 # and runs every test (non-zero exit on any failure); `make asan` runs the
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 CC      ?= cc
-OPT     ?= -O2 -g
+OPT     ?= -O3 -g
 # OpenMP splits the row-wise and attention kernels over threads; `make OMP=`
 # builds without it (a program linking libebt.a then needs -fopenmp too)
 OMP     ?= -fopenmp

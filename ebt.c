@@ -1005,20 +1005,6 @@ static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int 
         for (int j = 0; j < F; j++) ur[j] = z1[j] * ebt__sigmoid(z1[j]) * z3[j];
     }
 }
-/* bwd: dz1 = du z3 silu'(z1) ; dz3 = du silu(z1)   -> dz13(N,2F) */
-static void ebt__swiglu_bwd(ebt_real *dz13, const ebt_real *du, const ebt_real *z13, int N, int F, int nt)
-{
-    EBT__PARFOR(nt, (size_t)N * F)
-    for (int n = 0; n < N; n++) {
-        const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F, *dur = du + (size_t)n * F;
-        ebt_real *d1 = dz13 + (size_t)n * 2 * F, *d3 = d1 + F;
-        for (int j = 0; j < F; j++) {
-            ebt_real s = ebt__sigmoid(z1[j]);
-            d1[j] = dur[j] * z3[j] * s * (1 + z1[j] * (1 - s));
-            d3[j] = dur[j] * z1[j] * s;
-        }
-    }
-}
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
 static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
@@ -1033,21 +1019,34 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
         }
     }
 }
-/* tangent of bwd:
- *   tdz1 = tdu z3 silu' + du tz3 silu' + du z3 silu'' tz1 ;  tdz3 = tdu silu + du silu' tz1 */
-static void ebt__swiglu_tbwd(ebt_real *tdz13, const ebt_real *tdu, const ebt_real *du,
-                             const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
+/* The reverse of the SwiGLU in one pass (one sigmoid per element):
+ *   bwd:  dz1 = du z3 silu'(z1) ; dz3 = du silu(z1)
+ *   tangent of bwd (if tdz13):
+ *     tdz1 = tdu z3 silu' + du tz3 silu' + du z3 silu'' tz1 ;  tdz3 = tdu silu + du silu' tz1
+ * dz13 from du (bwd), tdz13 from tdu (tangent of bwd, if tdz13); with
+ * want_u, du and tdu are then overwritten with u and tu, which the weight
+ * gradients of W2 need (they are not stored by the forward). */
+static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
+                            const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
     EBT__PARFOR(nt, (size_t)N * F)
     for (int n = 0; n < N; n++) {
         size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
-        const ebt_real *z1 = z13 + o2, *z3 = z1 + F, *t1 = tz13 + o2, *t3 = t1 + F;
-        ebt_real *d1 = tdz13 + o2, *d3 = d1 + F;
+        const ebt_real *z1 = z13 + o2, *z3 = z1 + F;
+        ebt_real *d1 = dz13 + o2, *d3 = d1 + F;
         for (int j = 0; j < F; j++) {
-            ebt_real s = ebt__sigmoid(z1[j]), z = z1[j];
-            ebt_real s1 = s * (1 + z * (1 - s)), s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
-            d1[j] = tdu[o1 + j] * z3[j] * s1 + du[o1 + j] * (t3[j] * s1 + z3[j] * s2 * t1[j]);
-            d3[j] = tdu[o1 + j] * z * s + du[o1 + j] * s1 * t1[j];
+            ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[o1 + j];
+            d1[j] = g * z3[j] * s1;
+            d3[j] = g * z * s;
+            if (tdz13) {
+                const ebt_real *t1 = tz13 + o2, *t3 = t1 + F;
+                ebt_real *e1 = tdz13 + o2, *e3 = e1 + F, tg = tdu[o1 + j];
+                ebt_real s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
+                e1[j] = tg * z3[j] * s1 + g * (t3[j] * s1 + z3[j] * s2 * t1[j]);
+                e3[j] = tg * z * s + g * s1 * t1[j];
+                if (want_u) tdu[o1 + j] = s1 * t1[j] * z3[j] + z * s * t3[j];
+            }
+            if (want_u) du[o1 + j] = z * s * z3[j];
         }
     }
 }
@@ -1428,25 +1427,17 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
                                   ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
-    /* out = h1 + u @ W2^T   (u and tu are not stored: recomputed from z13
-     * into dz and tdz, which are free until the SwiGLU backward) */
-    if (gmode == 1) {
-        ebt__swiglu_fwd(R->dz, A->z13, N, F, nt);
-        ebt__lin_bwd_w(gw->w2, R->dh, R->dz, N, F, D, nt);               /* dW2 += dh^T u */
-    }
+    /* out = h1 + u @ W2^T ; u = swiglu(z13). u and tu are not stored: the
+     * SwiGLU reverse leaves them in du and tdu once dz, tdz are computed. */
     ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D, nt);                    /* du = dh @ W2 */
-    if (tan) {
-        ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);              /* tdu = tdh @ W2 */
-        if (gmode == 2) {
-            ebt__swiglu_fwd(R->dz, A->z13, N, F, nt);
-            ebt__swiglu_tan(R->tdz, Tg->z13, A->z13, N, F, nt);
-            ebt__lin_bwd_w(gw->w2, R->tdh, R->dz, N, F, D, nt);          /* tdW2 += tdh^T u */
-            ebt__lin_bwd_w(gw->w2, R->dh, R->tdz, N, F, D, nt);          /*       + dh^T tu */
-        }
+    if (tan) ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);         /* tdu = tdh @ W2 */
+    ebt__swiglu_rev(R->dz, tan ? R->tdz : NULL, R->du, tan ? R->tdu : NULL, A->z13, tan ? Tg->z13 : NULL,
+                    N, F, gmode != 0, nt);
+    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, R->du, N, F, D, nt);   /* dW2 += dh^T u */
+    if (gmode == 2) {
+        ebt__lin_bwd_w(gw->w2, R->tdh, R->du, N, F, D, nt);              /* tdW2 += tdh^T u */
+        ebt__lin_bwd_w(gw->w2, R->dh, R->tdu, N, F, D, nt);              /*       + dh^T tu */
     }
-    /* u = swiglu(z13) */
-    ebt__swiglu_bwd(R->dz, R->du, A->z13, N, F, nt);
-    if (tan) ebt__swiglu_tbwd(R->tdz, R->tdu, R->du, Tg->z13, A->z13, N, F, nt);
     /* z13 = f @ W13^T */
     ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F, nt);               /* df = dz @ W13 */
     if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, A->f, N, D, 2 * F, nt);
