@@ -48,11 +48,24 @@
      blocks (one per sequence and head) run on the workspace's threads:
      ebt_workspace_set_threads, or ebt_set_threads for the calls that use
      the model's own workspace (training, ebt_energy, ...). The default is
-     OpenMP's (OMP_NUM_THREADS, else the number of cores). Matrix products
-     run in OpenBLAS with its own thread count (OPENBLAS_NUM_THREADS or
-     openblas_set_num_threads). Every result is bit-identical for any
-     thread count: work is split so that each output is computed by one
-     thread in the order a single thread would use.
+     OpenMP's (OMP_NUM_THREADS, else the number of cores).
+   - Matrix products: when OpenBLAS runs single-threaded
+     (openblas_set_num_threads(1) or OPENBLAS_NUM_THREADS=1), ebt splits
+     the large products into row blocks over the same threads. That is the
+     fast setting: on 2 cores a config-A train step runs 1.7x faster than
+     with OpenBLAS threading the products and 1.8x faster than on one
+     thread (bench/bench.c, "thread settings"). When OpenBLAS has more than
+     one thread (its default), ebt leaves the products to it and runs every
+     other kernel on the calling thread, so that two pools of spinning
+     threads never compete for the cores. The library never changes
+     OpenBLAS's settings itself; examples/ebt_lm.c sets one thread.
+   - Every result is bit-identical for any ebt thread count (given the
+     OpenBLAS setting): each output is computed by one thread, in the
+     order a single thread would use, and product blocks do not depend on
+     the thread count.
+   - Other processes busy on the same cores slow the threaded kernels down
+     more than the serial ones (threads wait for each other); use fewer
+     threads then.
    - Weights are read-only during evaluation. Calls taking an explicit
      ebt_workspace (ebt_observe, ebt_observe_append, ebt_ws_energy,
      ebt_ws_hvp, ebt_think, ebt_think_observed, ebt_generate) may run on

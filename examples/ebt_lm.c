@@ -40,6 +40,7 @@
    Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
 */
 #define _POSIX_C_SOURCE 200809L
+#include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -907,10 +908,15 @@ static const char MAIN_USAGE[] =
     "usage: ebt_lm <command> [options]   (ebt_lm <command> --help for its options)\n"
     "  train    train an EBT (or --arch transformer) byte-level language model\n"
     "  sample   generate text from a checkpoint\n"
-    "  eval     validation CE against thinking steps and restarts, optional PNG plot\n";
+    "  eval     validation CE against thinking steps and restarts, optional PNG plot\n"
+    "threads: ebt's kernels use OMP_NUM_THREADS threads (default: every core) and\n"
+    "OpenBLAS runs single-threaded, unless OPENBLAS_NUM_THREADS is set.\n";
 
 int main(int argc, char **argv)
 {
+    /* ebt splits products and kernels over its own threads; OpenBLAS
+     * threading its products at the same time would compete for the cores */
+    if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(MAIN_USAGE, stdout); return 0; }
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 1, argv + 1);
