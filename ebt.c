@@ -1962,8 +1962,9 @@ ebt_think_opts ebt_think_default(void)
 }
 
 /* row-wise softmax of y(N,V) into p */
-static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V)
+static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
 {
+    EBT__PARFOR(nt, N * (size_t)V)
     for (size_t n = 0; n < N; n++) {
         const ebt_real *yr = y + n * V;
         ebt_real *pr = p + n * V, mx = yr[0], s = 0;
@@ -2088,7 +2089,7 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
                 memcpy(yprev + (size_t)r * V, yr, sizeof(ebt_real) * V);
                 if (!last && o.noise > 0)
                     for (int j = 0; j < V; j++) yr[j] += (ebt_real)(o.noise * ebt__rng_normal(&rng));
-                ebt__softmax_rows(pa + (size_t)n * V, yr, 1, V);
+                ebt__softmax_rows(pa + (size_t)n * V, yr, 1, V, 1);
                 rows[n++] = o.last_only ? (r * S + S - 1) : r;
             }
             ebt__pred_rows(ws, rows, n);
@@ -2143,7 +2144,7 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
     }
     if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
-    if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V);
+    if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V, 1);
     if (res->logits) memcpy(res->logits, best_y, sizeof(ebt_real) * nv);
     if (res->energy) memcpy(res->energy, best_hist, sizeof(ebt_real) * (size_t)NP * (K + 1));
     if (res->final_energy) memcpy(res->final_energy, best_E, sizeof(ebt_real) * NP);
@@ -2189,21 +2190,32 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
 
 /* mean over N rows of the cross-entropy of logits y against tgt; if lam,
  * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
-static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam)
+static double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
+{
+    double mx = yr[0], s = 0, ce;
+    for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
+    for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
+    ce = log(s) + mx - yr[t];
+    if (lr) {
+        for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
+        lr[t] -= (ebt_real)(w / N);
+    }
+    return ce;
+}
+/* rowbuf (N doubles) lets the rows run on nt threads; the sum stays in row order */
+static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
+                           double *rowbuf, int nt)
 {
     double total = 0;
-    for (int n = 0; n < N; n++) {
-        const ebt_real *yr = y + (size_t)n * V;
-        double mx = yr[0], s = 0;
-        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-        total += log(s) + mx - yr[tgt[n]];
-        if (lam) {
-            ebt_real *lr = lam + (size_t)n * V;
-            for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
-            lr[tgt[n]] -= (ebt_real)(w / N);
-        }
+    if (!rowbuf) {
+        for (int n = 0; n < N; n++)
+            total += ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
+        return total / N;
     }
+    EBT__PARFOR(nt, (size_t)N * V)
+    for (int n = 0; n < N; n++)
+        rowbuf[n] = ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
+    for (int n = 0; n < N; n++) total += rowbuf[n];
     return total / N;
 }
 
@@ -2235,7 +2247,7 @@ static ebt_status ebt__lm_forward(ebt_model *m, const int32_t *tokens, int B, in
 ebt_status ebt_lm_logits(ebt_model *m, const int32_t *tokens, int B, int S, ebt_real *logits)
 {
     ebt_status st;
-    if (m && !logits) { ebt__seterr(m->err, EBT__ERRLEN, "logits is NULL"); return EBT_ERR_ARG; }
+    if (!logits) { if (m) ebt__seterr(m->err, EBT__ERRLEN, "logits is NULL"); return EBT_ERR_ARG; }
     if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;
     memcpy(logits, m->ws->logits, sizeof(ebt_real) * (size_t)B * S * m->cfg.vocab_size);
     return EBT_OK;
@@ -2253,7 +2265,7 @@ ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *t
     if ((st = ebt__check_ids(targets, (size_t)B * S, m->cfg.vocab_size, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     ws = m->ws;
     N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model;
-    total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits);  /* logits become dlogits */
+    total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits, NULL, 1);  /* logits become dlogits */
     if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
     *loss = (ebt_real)total;
     ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, ebt__nt(ws->threads));       /* dlm_head += dlogits^T nf */
@@ -2381,7 +2393,7 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
             if ((st = ebt__think(ws, &th, &r, 0)) != EBT_OK) break;
         } else {
             ebt__lm_last_logits(ws, q);
-            ebt__softmax_rows(q, q, 1, V);
+            ebt__softmax_rows(q, q, 1, V, 1);
         }
         if (energy) energy[t] = e;
         if (probs) memcpy(probs + (size_t)t * V, q, sizeof(ebt_real) * V);
@@ -2471,34 +2483,53 @@ static ebt_real *ebt__tbuf(ebt_model *m, size_t n)
     return m->tbuf;
 }
 
-/* The training scratch (one block, m->tbuf): y_0..y_K, p_0..p_{K-1},
+/* The training scratch (one block, m->tbuf): a row buffer (N doubles), y_0..y_K, p_0..p_{K-1},
  * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); a copy of the gradients
  * (restored if the step fails after they were overwritten); the batch's
  * tokens and targets (N each). Both ebt_train_grad and the replay push
  * address it. */
-typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave; int32_t *tok, *tgt; } ebt__tscratch;
+typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave; double *rowbuf; int32_t *tok, *tgt; } ebt__tscratch;
 
 static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t np, int *ovf)
 {
-    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + np + (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
+    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + np + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real) +
+           (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
 }
 
 static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t np)
 {
     ebt__tscratch t;
-    t.ys = buf; t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
+    t.rowbuf = (double *)(void *)buf;   /* first: aligned for doubles */
+    t.ys = buf + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
+    t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
     t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv; t.gsave = t.u + N;
     t.tok = (int32_t *)(void *)(t.gsave + np); t.tgt = t.tok + N;
     return t;
 }
 
 /* galpha += d/dalpha of -alpha_i g_k . ybar = -sum_n u_n (ybar_n . g_n) */
-static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha)
+static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
+                            double *rowbuf, int nt)
 {
+    EBT__PARFOR(nt, (size_t)N * V)
     for (int n = 0; n < N; n++) {
         double dot = 0;
         for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
-        *galpha -= u[n] * dot;
+        rowbuf[n] = dot;
+    }
+    for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
+}
+
+/* y(N,V) = add + scale N(0,1), row n from its own stream (seed, n), so rows
+ * can be drawn on nt threads with the same numbers */
+static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, int N, int V, int nt)
+{
+    EBT__PARFOR(nt, (size_t)N * V)
+    for (int n = 0; n < N; n++) {
+        ebt__rng r;
+        ebt_real *yr = y + (size_t)n * V;
+        ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)n);
+        for (int j = 0; j < V; j++) yr[j] = (add ? add[(size_t)n * V + j] : 0) + (ebt_real)(scale * ebt__rng_normal(&r));
     }
 }
 
@@ -2507,10 +2538,11 @@ static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_
  * with v = -alpha_i ybar (ybar = d loss / d y_{k+1}). */
 static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk, const ebt_real *gk,
                             const ebt_real *ybar, ebt_real *vv, ebt_real *hv, const ebt_real *u,
-                            double alpha_eff, double *galpha)
+                            double alpha_eff, double *galpha, double *rowbuf)
 {
-    int N = ws->np, V = m->cfg.vocab_size;
-    ebt__alpha_grad(ybar, gk, u, N, V, galpha);
+    int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
+    ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
+    EBT__PARFOR(nt, (size_t)N * V)
     for (int n = 0; n < N; n++) {
         ebt_real a = (ebt_real)(-alpha_eff * u[n]);
         for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
@@ -2531,10 +2563,11 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ebt_train_stats ts;
     ebt_workspace *ws;
     ebt__rng rng;
-    int V, N, K, ebt, nrep = 0, step_model, early;
+    int V, N, K, ebt, nrep = 0, step_model, early, nt;
     size_t nv;
     double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
     ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave;
+    double *rowbuf;
     int32_t *btok, *btgt;
     if (!m) return EBT_ERR_ARG;
     m->err[0] = 0;
@@ -2561,6 +2594,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     if ((st = ebt__check_vec(alpha_mult, (size_t)N, "alpha_mult", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
     if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
     ws = m->ws;
+    nt = ebt__nt(ws->threads);
     ebt__rng_stream(&rng, opts->seed, 0x747261696eULL, (uint64_t)m->opt_step);
     K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
     {
@@ -2571,13 +2605,15 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
         t = ebt__tscratch_at(buf, K, (size_t)N, nv, m->n_params);
         ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; gsave = t.gsave; btok = t.tok; btgt = t.tgt;
+        rowbuf = t.rowbuf;
     }
     m->train_K = K;
     m->train_B = B;
     m->train_S = S;
     memcpy(btok, tokens, sizeof(int32_t) * (size_t)N);
     memcpy(btgt, targets, sizeof(int32_t) * (size_t)N);
-    for (size_t i = 0; i < nv; i++) ys[i] = init_logits ? init_logits[i] : (ebt_real)(opts->init_scale * ebt__rng_normal(&rng));
+    if (init_logits) memcpy(ys, init_logits, sizeof(ebt_real) * nv);
+    else ebt__normal_rows(ys, NULL, opts->init_scale, ebt__rng_u64(&rng), N, V, nt);
     /* replay: the last sequences of the batch continue past ones from their final logits */
     if (opts->replay_capacity > 0 && opts->replay_frac > 0 && m->rb_count > 0 && m->rb_S == S) {
         nrep = (int)(opts->replay_frac * B + 0.5);
@@ -2613,10 +2649,10 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         ebt_real *yk = ys + k * nv, *pk = ps + k * nv, *gk = gs + k * nv, *y1 = ys + (k + 1) * nv;
         double esum = 0, ce;
         if (opts->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
-            for (size_t i = 0; i < nv; i++) hv[i] = yk[i] + (ebt_real)(opts->noise * ebt__rng_normal(&rng));
-            ebt__softmax_rows(pk, hv, (size_t)N, V);
+            ebt__normal_rows(hv, yk, opts->noise, ebt__rng_u64(&rng), N, V, nt);
+            ebt__softmax_rows(pk, hv, (size_t)N, V, nt);
         } else {
-            ebt__softmax_rows(pk, yk, (size_t)N, V);
+            ebt__softmax_rows(pk, yk, (size_t)N, V, nt);
         }
         ebt__observe_step(ws, k);
         ebt__pred_forward(ws, pk);
@@ -2628,21 +2664,22 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         }
         if (k == 0) e_first = esum / N;
         e_last = esum / N;
+        EBT__PARFOR(nt, nv)
         for (int n = 0; n < N; n++) {
             ebt_real a = (ebt_real)(alpha_eff * u[n]);
             for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
         }
         /* loss: mean over steps (detach, full) or the last step (truncate) */
-        ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL);
+        ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL, rowbuf, nt);
         if (k == 0) ce_first = ce;
         ce_last = ce;
         loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
         if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); goto fail; }
-        if (early) ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha);
+        if (early) ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
     }
     if (!early) {   /* backward through the steps; ybar = d loss/d y_{k+1} */
         ebt_zero_grad(m);
-        ebt__ce_rows(ys + K * nv, btgt, N, V, opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K, ybar);
+        ebt__ce_rows(ys + K * nv, btgt, N, V, opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K, ybar, rowbuf, nt);
         ebt__zero_acc(ws);
         for (int k = K - 1; k >= 0; k--) {
             ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
@@ -2650,11 +2687,12 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
             if (second) {
                 ebt__observe_step(ws, k);
                 if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
-                ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha);
+                ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
             } else {
-                ebt__alpha_grad(ybar, gk, u, N, V, &galpha);
+                ebt__alpha_grad(ybar, gk, u, N, V, &galpha, rowbuf, nt);
             }
             /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
+            EBT__PARFOR(nt, nv)
             for (int n = 0; n < N; n++) {
                 ebt_real *yb = ybar + (size_t)n * V;
                 const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
@@ -2663,7 +2701,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
                 for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
             }
             if (k >= 1 && opts->mode == EBT_MODE_FULL) {
-                ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv);
+                ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv, rowbuf, nt);
                 for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
             }
         }
