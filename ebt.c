@@ -632,6 +632,16 @@ static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const
         for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     }
 }
+/* y = g * x * r with the cached r (the forward's output again, bit for bit) */
+static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+{
+    EBT__PARFOR(nt, (size_t)N * D)
+    for (int n = 0; n < N; n++) {
+        const ebt_real *xr = x + (size_t)n * D;
+        ebt_real *yr = y + (size_t)n * D, r = rs[n];
+        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
+    }
+}
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
 static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
@@ -1083,13 +1093,12 @@ static void ebt__ehead_bwd(ebt_real *dnf, ebt_real *dwe, const ebt_real *dE, con
 typedef struct {
     ebt_real *x;    /* (N,D) layer input */
     ebt_real *rs1;  /* (N) attn rmsnorm 1/rms */
-    ebt_real *a;    /* (N,D) attn_norm output */
+                    /* (the attn_norm and ffn_norm outputs a, f are recomputed) */
     ebt_real *qkv;  /* (N,3D) q, k after RoPE; v */
     ebt_real *P;    /* (B,H,T,So+1) attention probabilities (none for tangents) */
     ebt_real *o;    /* (N,D) attention output, heads concatenated */
     ebt_real *h1;   /* (N,D) after the attention residual */
     ebt_real *rs2;  /* (N) */
-    ebt_real *f;    /* (N,D) ffn_norm output */
     ebt_real *z13;  /* (N,2F); u = swiglu(z13) is recomputed where needed */
 } ebt__acts;
 
@@ -1154,14 +1163,12 @@ static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size
 {
     A->x = ebt__take(a, N, D);
     A->rs1 = tangent ? NULL : ebt__take(a, N, 1);
-    A->a = ebt__take(a, N, D);
     A->qkv = ebt__take(a, N, 3 * D);
-    if (kv_only) { A->P = A->o = A->h1 = A->rs2 = A->f = A->z13 = NULL; return; }
+    if (kv_only) { A->P = A->o = A->h1 = A->rs2 = A->z13 = NULL; return; }
     A->P = tangent ? NULL : ebt__take(a, Pn, 1);   /* tP is recomputed, not stored */
     A->o = ebt__take(a, N, D);
     A->h1 = ebt__take(a, N, D);
     A->rs2 = tangent ? NULL : ebt__take(a, N, 1);
-    A->f = ebt__take(a, N, D);
     A->z13 = ebt__take(a, N, 2 * F);
 }
 
@@ -1170,9 +1177,9 @@ static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size
 static ebt__acts ebt__acts_at(const ebt__acts *A, size_t r0, size_t D, size_t F)
 {
     ebt__acts v = *A;
-    v.x += r0 * D; v.a += r0 * D; v.qkv += r0 * 3 * D;
+    v.x += r0 * D; v.qkv += r0 * 3 * D;
     if (v.rs1) v.rs1 += r0;
-    if (v.o) { v.o += r0 * D; v.h1 += r0 * D; v.f += r0 * D; v.z13 += r0 * 2 * F; v.rs2 += r0; }
+    if (v.o) { v.o += r0 * D; v.h1 += r0 * D; v.z13 += r0 * 2 * F; v.rs2 += r0; }
     return v;
 }
 
@@ -1379,42 +1386,46 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
  * Rows: N rows; RoPE positions pos[r], or pos0 + r % T when pos is NULL.
  * ====================================================================== */
 
-static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, int N, const int *pos, int T, int pos0, int nt)
+static void ebt__attn_in_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *a, int N, const int *pos,
+                             int T, int pos0, int nt)
 {
     int D = m->cfg.d_model;
-    ebt__rmsnorm_fwd(A->a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
-    ebt__lin_fwd(A->qkv, A->a, w->wqkv, N, D, 3 * D, 0, nt);        /* qkv = a @ Wqkv^T */
+    ebt__rmsnorm_fwd(a, A->rs1, A->x, w->attn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
+    ebt__lin_fwd(A->qkv, a, w->wqkv, N, D, 3 * D, 0, nt);           /* qkv = a @ Wqkv^T */
     ebt__rope_qk(m, A->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, ebt_real *u, int N, int nt)
+static void ebt__attn_out_ffn_fwd(const ebt_model *m, const ebt__layer_w *w, ebt__acts *A, ebt_real *out, ebt_real *f,
+                                  ebt_real *u, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(A->h1, A->x, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(A->h1, A->o, w->wo, N, D, D, 1, nt);               /* h1 = x + o @ Wo^T */
-    ebt__rmsnorm_fwd(A->f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
-    ebt__lin_fwd(A->z13, A->f, w->w13, N, D, 2 * F, 0, nt);         /* z13 = f @ W13^T */
+    ebt__rmsnorm_fwd(f, A->rs2, A->h1, w->ffn_norm, N, D, (ebt_real)m->cfg.norm_eps, nt);
+    ebt__lin_fwd(A->z13, f, w->w13, N, D, 2 * F, 0, nt);            /* z13 = f @ W13^T */
     ebt__swiglu_fwd(u, A->z13, N, F, nt);
     memcpy(out, A->h1, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(out, u, w->w2, N, F, D, 1, nt);                    /* out = h1 + u @ W2^T */
 }
 
 /* tangents of the two halves (Tg holds tangents; A the primal activations) */
-static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, int N, const int *pos, int T, int pos0, int nt)
+static void ebt__attn_in_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *ta,
+                             int N, const int *pos, int T, int pos0, int nt)
 {
     int D = m->cfg.d_model;
-    ebt__rmsnorm_tan(Tg->a, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
-    ebt__lin_fwd(Tg->qkv, Tg->a, w->wqkv, N, D, 3 * D, 0, nt);      /* tqkv = ta @ Wqkv^T */
+    ebt__rmsnorm_tan(ta, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
+    ebt__lin_fwd(Tg->qkv, ta, w->wqkv, N, D, 3 * D, 0, nt);         /* tqkv = ta @ Wqkv^T */
     ebt__rope_qk(m, Tg->qkv, N, pos, T, pos0, 0, nt);
 }
 
-static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout, ebt_real *tu, int N, int nt)
+static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt__acts *Tg, const ebt__acts *A, ebt_real *tout,
+                                  ebt_real *tf, ebt_real *tu, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     memcpy(Tg->h1, Tg->x, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(Tg->h1, Tg->o, w->wo, N, D, D, 1, nt);             /* th1 = tx + to @ Wo^T */
-    ebt__rmsnorm_tan(Tg->f, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
-    ebt__lin_fwd(Tg->z13, Tg->f, w->w13, N, D, 2 * F, 0, nt);       /* tz13 = tf @ W13^T */
+    ebt__rmsnorm_tan(tf, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    ebt__lin_fwd(Tg->z13, tf, w->w13, N, D, 2 * F, 0, nt);          /* tz13 = tf @ W13^T */
     ebt__swiglu_tan(tu, Tg->z13, A->z13, N, F, nt);
     memcpy(tout, Tg->h1, sizeof(ebt_real) * (size_t)N * D);
     ebt__lin_fwd(tout, tu, w->w2, N, F, D, 1, nt);                  /* tout = th1 + tu @ W2^T */
@@ -1440,12 +1451,16 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
     }
     /* z13 = f @ W13^T */
     ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F, nt);               /* df = dz @ W13 */
-    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, A->f, N, D, 2 * F, nt);
+    /* f and tf are not stored: recomputed into dout and tdout (free until
+     * the Wo backward below) */
+    if (gmode) ebt__rmsnorm_apply(R->dout, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, R->dout, N, D, 2 * F, nt);
     if (tan) {
         ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F, nt);         /* tdf = tdz @ W13 */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->w13, R->tdz, A->f, N, D, 2 * F, nt);
-            ebt__lin_bwd_w(gw->w13, R->dz, Tg->f, N, D, 2 * F, nt);
+            ebt__rmsnorm_tan(R->tdout, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+            ebt__lin_bwd_w(gw->w13, R->tdz, R->dout, N, D, 2 * F, nt);
+            ebt__lin_bwd_w(gw->w13, R->dz, R->tdout, N, D, 2 * F, nt);
         }
     }
     /* f = rmsnorm(h1) * ffn_norm ; residual: dh1 = dh + (this) */
@@ -1473,13 +1488,17 @@ static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__lay
     int D = m->cfg.d_model;
     ebt__rope_qk(m, dqkv, N, pos, T, pos0, 1, nt);
     ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D, nt);               /* da = dqkv @ Wqkv */
-    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, A->a, N, D, 3 * D, nt);
+    /* a and ta are not stored: recomputed into dout and tdout (free after
+     * the attention backward) */
+    if (gmode) ebt__rmsnorm_apply(R->dout, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, R->dout, N, D, 3 * D, nt);
     if (tdqkv) {
         ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1, nt);
         ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D, nt);         /* tda = tdqkv @ Wqkv */
         if (gmode == 2) {
-            ebt__lin_bwd_w(gw->wqkv, tdqkv, A->a, N, D, 3 * D, nt);
-            ebt__lin_bwd_w(gw->wqkv, dqkv, Tg->a, N, D, 3 * D, nt);
+            ebt__rmsnorm_tan(R->tdout, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
+            ebt__lin_bwd_w(gw->wqkv, tdqkv, R->dout, N, D, 3 * D, nt);
+            ebt__lin_bwd_w(gw->wqkv, dqkv, R->tdout, N, D, 3 * D, nt);
         }
     }
     ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
@@ -1526,7 +1545,7 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__acts A = ebt__acts_at(&ws->oa[l], (size_t)j0, (size_t)D, (size_t)F);
         int last = l == L - 1;
-        ebt__attn_in_fwd(m, w, &A, N, NULL, j0 > 0 ? N : So, j0, nt);
+        ebt__attn_in_fwd(m, w, &A, ws->ro.dout, N, NULL, j0 > 0 ? N : So, j0, nt);
         if (last && c->arch == EBT_ARCH_EBT) break;
         EBT__PARFOR_BLOCKS(nt, (size_t)B * H * N * So)
         for (int bh = 0; bh < B * H; bh++) {
@@ -1536,7 +1555,7 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
                           ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
                           A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
         }
-        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, ws->ro.du, N, nt);
+        ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, ws->ro.dout, ws->ro.du, N, nt);
     }
 }
 
@@ -1621,7 +1640,7 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
         const ebt__layer_w *w = &m->w.layer[l];
         ebt__acts *A = &ws->pa[l];
         const ebt__acts *O = &ws->oa[l];
-        ebt__attn_in_fwd(m, w, A, N, ws->prow_pos, 1, 0, nt);
+        ebt__attn_in_fwd(m, w, A, ws->rp.dout, N, ws->prow_pos, 1, 0, nt);
         EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
         for (int bh = 0; bh < ws->B * H; bh++) {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
@@ -1629,7 +1648,7 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
             if (pb.d.nq == 0) continue;
             ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
         }
-        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, ws->rp.du, N, nt);
+        ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, ws->rp.dout, ws->rp.du, N, nt);
     }
     ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps, nt);
     ebt__ehead_fwd(ws->energy, ws->p_nf, m->w.ehead, N, D);
@@ -1645,7 +1664,7 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
         const ebt__layer_w *w = &m->w.layer[l];
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
         ebt__acts *Tg = &ws->ta[l];
-        ebt__attn_in_tan(m, w, Tg, A, N, ws->prow_pos, 1, 0, nt);
+        ebt__attn_in_tan(m, w, Tg, A, ws->rp.tdout, N, ws->prow_pos, 1, 0, nt);
         EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
         for (int bh = 0; bh < ws->B * H; bh++) {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
@@ -1654,7 +1673,7 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
             ebt__attn_tan(Tg->o + pb.o, ebt__scr(ws, ebt__tid()).tP, tq, tq + D, tq + 2 * D,
                           A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
         }
-        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, ws->rp.tdu, N, nt);
+        ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, ws->rp.tdout, ws->rp.tdu, N, nt);
     }
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
 }
