@@ -854,8 +854,7 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
 }
 
 /* tangent of P from tq, tks (k constant):
- *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA)
- * (the tangent of the backward recomputes it instead of storing it) */
+ *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) */
 static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, const ebt_real *P,
                          const ebt_real *q, const ebt_real *k, const ebt_real *ks, const ebt__attn_dims *d)
 {
@@ -877,7 +876,7 @@ static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, 
     }
 }
 
-/* tangent: to(nq,Dh) from tq, tks, tvs (k, v constant); tP (nq,nk+1) is scratch
+/* tangent: to(nq,Dh) and tP(nq,nk+1) from tq, tks, tvs (k, v constant)
  *   to = tP v + tP_s vs + P_s tvs */
 static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                           const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
@@ -942,8 +941,7 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
         }
 }
 
-/* tangent of bwd, from tdo(nq,Dh) and the tangents tq, tks, tvs (k, v constant);
- * tP (nq,nk+1) is scratch, recomputed here:
+/* tangent of bwd, from tdo(nq,Dh) and the tangents tP (from ebt__attn_tan), tq, tks, tvs (k, v constant):
  *   tdP = tdo v^T (self: tdo.vs + do.tvs) ; tmu = sum tP (G + mu) + P tdP
  *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
  *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
@@ -951,13 +949,12 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
 static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
                            ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
                            const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
-                           ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                           const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                            const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
                            const ebt_real *k, const ebt_real *v, const ebt_real *ks,
                            const ebt_real *vs, const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh, nq = d->nq;
-    ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
     for (int i0 = 0, i1, kc; i0 < nq; i0 = i1) {
         size_t c0 = (size_t)i0 * lp, q0 = (size_t)i0 * d->ld, o0 = (size_t)i0 * d->ldo;
         int nr;
@@ -1095,7 +1092,7 @@ typedef struct {
     ebt_real *rs1;  /* (N) attn rmsnorm 1/rms */
                     /* (the attn_norm and ffn_norm outputs a, f are recomputed) */
     ebt_real *qkv;  /* (N,3D) q, k after RoPE; v */
-    ebt_real *P;    /* (B,H,T,So+1) attention probabilities (none for tangents) */
+    ebt_real *P;    /* (B,H,T,So+1) attention probabilities */
     ebt_real *o;    /* (N,D) attention output, heads concatenated */
     ebt_real *h1;   /* (N,D) after the attention residual */
     ebt_real *rs2;  /* (N) */
@@ -1134,7 +1131,7 @@ struct ebt_workspace {
     ebt__rev rp, ro;   /* reverse scratch, predicted and observed */
     int threads;       /* threads of the row-wise and attention kernels */
     int scr_threads;   /* threads the attention scratch is sized for */
-    ebt_real *scr;     /* attention scratch per thread: G, dS, T, tP (So,So+1) and mu (So) */
+    ebt_real *scr;     /* attention scratch per thread: G, dS, T (So,So+1) and mu (So) */
     void *xscr;        /* thinking scratch (ebt__ws_scratch), grown on demand */
     size_t xscr_bytes;
     ebt_real *mem;
@@ -1165,7 +1162,7 @@ static void ebt__take_acts(ebt__arena *a, ebt__acts *A, size_t N, size_t D, size
     A->rs1 = tangent ? NULL : ebt__take(a, N, 1);
     A->qkv = ebt__take(a, N, 3 * D);
     if (kv_only) { A->P = A->o = A->h1 = A->rs2 = A->z13 = NULL; return; }
-    A->P = tangent ? NULL : ebt__take(a, Pn, 1);   /* tP is recomputed, not stored */
+    A->P = ebt__take(a, Pn, 1);   /* tangents: tP, kept for the tangent of the backward */
     A->o = ebt__take(a, N, D);
     A->h1 = ebt__take(a, N, D);
     A->rs2 = tangent ? NULL : ebt__take(a, N, 1);
@@ -1201,14 +1198,14 @@ static void ebt__take_rev(ebt__arena *a, ebt__rev *R, size_t N, size_t D, size_t
 }
 
 /* the attention scratch of one thread (sized by ebt__scr_alloc) */
-typedef struct { ebt_real *G, *dS, *T, *tP, *mu; } ebt__ascr;
-static size_t ebt__scr_stride(size_t So) { return (4 * So * (So + 1) + So + 15) / 16 * 16; }
+typedef struct { ebt_real *G, *dS, *T, *mu; } ebt__ascr;
+static size_t ebt__scr_stride(size_t So) { return (3 * So * (So + 1) + So + 15) / 16 * 16; }
 static ebt__ascr ebt__scr(const ebt_workspace *ws, int tid)
 {
     size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), n = So * (So + 1);
     ebt__ascr r;
     r.G = ws->scr + (size_t)tid * ebt__scr_stride(So);
-    r.dS = r.G + n; r.T = r.dS + n; r.tP = r.T + n; r.mu = r.tP + n;
+    r.dS = r.G + n; r.T = r.dS + n; r.mu = r.T + n;
     return r;
 }
 /* (re)sizes the attention scratch for n threads */
@@ -1670,7 +1667,7 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
             if (pb.d.nq == 0) continue;
-            ebt__attn_tan(Tg->o + pb.o, ebt__scr(ws, ebt__tid()).tP, tq, tq + D, tq + 2 * D,
+            ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                           A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
         }
         ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, ws->rp.tdout, ws->rp.tdu, N, nt);
@@ -1727,7 +1724,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
                 const ebt_real *tq = Tg->qkv + pb.q;
                 ebt_real *tdq = R.tdqkv + pb.q;
                 ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
-                               sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, sc.tP, tq, tq + D, tq + 2 * D,
+                               sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                                A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
         }

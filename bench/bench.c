@@ -42,9 +42,7 @@
  * truncate = 3 Fo + (2K+5) Fp - Fe;
  * transformer++ = 3 x its forward (incl. lm_head B*S*V*D);
  * generation per token = (2K+1) Fp of one row + one appended observed row
- * (KV cache) or a re-observed prefix (no cache). The tangent of the
- * backward recomputes the tangent of the attention scores (Ft = half the
- * attention of Fp per layer) for hvp and every second-order step. Checked against the FLOPs
+ * (KV cache) or a re-observed prefix (no cache). Checked against the FLOPs
  * of every cblas_sgemm call the library makes (an interposed counter):
  * within 1% for every call here (checked at S = 32 and S = 100). */
 #define _POSIX_C_SOURCE 200809L
@@ -140,14 +138,13 @@ static void op_flops(const shape *s, double *f)
 {
     double N = (double)s->B * s->S, Fo = f_obs(s, N, s->S, 0), Fp = f_pred(s, N, s->S);
     double Fe = 2.0 * N * s->V * s->D;   /* p @ pred_embed; its data backward is skipped without dE/dp */
-    double Ft = s->L * 0.5 * f_attn(s, N, s->S);   /* tangent of the scores, recomputed by the tangent of bwd */
     f[OP_OBS] = Fo;
     f[OP_EN] = Fp;
     f[OP_ENG] = 2 * Fp;
-    f[OP_HVP] = 4 * Fp - Fe + Ft;
-    f[OP_DET] = 3 * Fo + s->K * (7.0 * Fp - Fe + Ft);
-    f[OP_FULL] = 3 * Fo + (8.0 * s->K - 1) * Fp - s->K * Fe + s->K * Ft;
-    f[OP_TRU] = 3 * Fo + (2.0 * s->K + 5) * Fp - Fe + Ft;
+    f[OP_HVP] = 4 * Fp - Fe;
+    f[OP_DET] = 3 * Fo + s->K * (7.0 * Fp - Fe);
+    f[OP_FULL] = 3 * Fo + (8.0 * s->K - 1) * Fp - s->K * Fe;
+    f[OP_TRU] = 3 * Fo + (2.0 * s->K + 5) * Fp - Fe;
     f[OP_TPP] = 3 * (f_obs(s, N, s->S, 1) + 2.0 * N * s->V * s->D);
 }
 /* one generated token at context length len: think (K updates, K+1 energies
