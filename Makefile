@@ -128,7 +128,7 @@ $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 bench: $(BUILD)/bench
-	$(BUILD)/bench
+	$(BUILD)/bench --all
 
 # regenerate the PyTorch reference vectors (needs python3-torch)
 ref:

@@ -49,11 +49,14 @@
  * that the OS delays does not hold the others back for its share. */
 #define EBT__PARFOR(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 32) if((nt) > 1 && (work) >= 8192))
 #define EBT__PARFOR_BLOCKS(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if((nt) > 1 && (work) >= 8192))
+/* the same with an OR-reduction into the int flag var (order-independent) */
+#define EBT__PARFOR_OR(nt, work, var) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if((nt) > 1 && (work) >= 8192) reduction(|:var))
 static int ebt__tid(void) { return omp_get_thread_num(); }
 static int ebt__default_threads(void) { int n = omp_get_max_threads(); return n < 1 ? 1 : n > 64 ? 64 : n; }
 #else
 #define EBT__PARFOR(nt, work) (void)(nt);
 #define EBT__PARFOR_BLOCKS(nt, work) (void)(nt);
+#define EBT__PARFOR_OR(nt, work, var) (void)(nt);
 static int ebt__tid(void) { return 0; }
 static int ebt__default_threads(void) { return 1; }
 #endif
@@ -2206,17 +2209,21 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
 
 /* mean over N rows of the cross-entropy of logits y against tgt; if lam,
  * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
+/* one row: the cross-entropy, and lr = w (softmax - onehot) / N (lr may be yr;
+ * the exponentials are kept in lr between the two passes) */
 static double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
 {
     double mx = yr[0], s = 0, ce;
     for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-    for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-    ce = log(s) + mx - yr[t];
-    if (lr) {
-        for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * exp(yr[j] - mx) / s / N);
-        lr[t] -= (ebt_real)(w / N);
+    ce = mx - yr[t];
+    if (!lr) {
+        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
+        return ce + log(s);
     }
-    return ce;
+    for (int j = 0; j < V; j++) { double e = exp(yr[j] - mx); s += e; lr[j] = (ebt_real)e; }
+    for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * lr[j] / s / N);
+    lr[t] -= (ebt_real)(w / N);
+    return ce + log(s);
 }
 /* rowbuf (N doubles) lets the rows run on nt threads; the sum stays in row order */
 static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
@@ -2740,6 +2747,33 @@ fail:
 }
 
 /* learning rate at optimiser step t: linear warm-up, then cosine to min_lr */
+/* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
+ * checks that the update stays finite (returns 1 if not), apply 1 writes it */
+static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
+                      const ebt_train_opts *o, double tlr, double wd, double b1t, double b2t, int apply, int nt)
+{
+    int bad = 0;
+    long nb = (long)((i1 - i0 + 4095) / 4096);
+    EBT__PARFOR_OR(nt, i1 - i0, bad)
+    for (long b = 0; b < nb; b++) {
+        size_t e = i0 + (size_t)(b + 1) * 4096 < i1 ? i0 + (size_t)(b + 1) * 4096 : i1;
+        for (size_t i = i0 + (size_t)b * 4096; i < e; i++) {
+            double g = m->grads[i] * scale;
+            double mm = o->beta1 * M[i] + (1 - o->beta1) * g;
+            double vv = o->beta2 * Vs[i] + (1 - o->beta2) * g * g;
+            double p = m->params[i] * (1 - tlr * wd) - tlr * (mm / b1t) / (sqrt(vv / b2t) + o->eps);
+            if (!apply) {
+                if (!isfinite(p) || !isfinite(mm) || !isfinite(vv) || !isfinite((ebt_real)p) || !isfinite((ebt_real)vv)) bad = 1;
+            } else {
+                M[i] = (ebt_real)mm;
+                Vs[i] = (ebt_real)vv;
+                m->params[i] = (ebt_real)p;
+            }
+        }
+    }
+    return bad;
+}
+
 static double ebt__lr_at(const ebt_train_opts *o, long t)
 {
     double prog;
@@ -2826,6 +2860,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     size_t np;
     ebt_real *om = NULL, *ov = NULL, *ry = NULL, *M, *Vs;
     int32_t *rt = NULL;
+    int nt;
     int rrows = 0;
     if (!m) return EBT_ERR_ARG;
     m->err[0] = 0;
@@ -2846,6 +2881,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     if (ebt__replay_alloc(m, opts, B, S, &ry, &rt, &rrows) != EBT_OK) goto nomem;
     st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
     if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
+    nt = ebt__nt(m->ws->threads);
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
     if (!isfinite(norm2)) {
         ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
@@ -2872,23 +2908,11 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
             int is_alpha = m->cfg.arch == EBT_ARCH_EBT && m->params + T->off == m->w.alpha;
             double tlr = is_alpha ? lr * opts->alpha_lr_mult : lr, wd = T->decay ? opts->weight_decay : 0;
             if (is_alpha && !opts->learn_alpha) continue;
-            for (size_t i = T->off; i < T->off + T->count; i++) {
-                double g = m->grads[i] * scale;
-                double mm = opts->beta1 * M[i] + (1 - opts->beta1) * g;
-                double vv = opts->beta2 * Vs[i] + (1 - opts->beta2) * g * g;
-                double p = m->params[i] * (1 - tlr * wd) - tlr * (mm / b1t) / (sqrt(vv / b2t) + opts->eps);
-                if (pass == 0) {
-                    if (!isfinite(p) || !isfinite(mm) || !isfinite(vv) || !isfinite((ebt_real)p) || !isfinite((ebt_real)vv)) {
-                        ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
-                        ebt_zero_grad(m);
-                        st = EBT_ERR_NONFINITE;
-                        goto fail;
-                    }
-                } else {
-                    M[i] = (ebt_real)mm;
-                    Vs[i] = (ebt_real)vv;
-                    m->params[i] = (ebt_real)p;
-                }
+            if (ebt__adamw(m, M, Vs, T->off, T->off + T->count, scale, opts, tlr, wd, b1t, b2t, pass, nt)) {
+                ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
+                ebt_zero_grad(m);
+                st = EBT_ERR_NONFINITE;
+                goto fail;
             }
         }
     }
