@@ -203,7 +203,9 @@ EBT_API ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const
 
 /* ---- Energy: explicit workspaces (thread-safe over one model) ----------
  * A workspace holds all activations for up to max_B sequences of up to
- * max_S positions; it allocates once, at creation. ebt_observe computes the
+ * max_S positions; it allocates them once, at creation. (Thinking keeps a
+ * scratch in it that grows on first use, and ebt_workspace_set_threads
+ * above the creation's thread count grows the per-thread attention scratch.) ebt_observe computes the
  * observed stream of tokens[B*S] once; every ebt_ws_* call after it
  * evaluates a new p against that cached stream (thinking reuses it). */
 EBT_API ebt_status ebt_workspace_create(const ebt_model *m, int max_B, int max_S,
