@@ -5,9 +5,14 @@
  * step embedding and (generation) a transformer++ model. Every result must
  * be bit-for-bit (memcmp) the result of the same call made single-threaded
  * beforehand. The threads' workspaces also use different kernel thread
- * counts (ebt_workspace_set_threads), which must not change a bit either. */
+ * counts (ebt_workspace_set_threads), which must not change a bit either.
+ * test_kernel_threads sets OpenBLAS to one thread, so that ebt splits the
+ * products and kernels over its own threads (sizes large enough for every
+ * parallel loop to run split), and checks energy, HVP, thinking and train
+ * steps of both archs give the same bits on 1, 2 and 3 threads. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <cblas.h>
 #include "../ebt.h"
 #include "test_util.h"
 
@@ -182,10 +187,95 @@ static void test_threads(void **state)
     for (int mi = 0; mi < NMODEL; mi++) ebt_free(models[mi]);
 }
 
+/* ebt's own threads (OpenBLAS single-threaded): 1, 2, 3 threads, same bits */
+enum { KB = 8, KS = 40, KV = 64 };
+typedef struct {
+    ebt_real E[KB * KS], g[KB * KS * KV], hv[KB * KS * KV], tp[KB * KS * KV], te[KB * KS * 3];
+    uint64_t h_ebt, h_tf;
+    double loss_ebt, loss_tf;
+} kresult;
+
+static uint64_t hash_params(ebt_model *m)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int t = 0; t < ebt_n_tensors(m); t++) {
+        size_t n;
+        const unsigned char *p = (const unsigned char *)ebt_param(m, ebt_tensor_name(m, t), &n);
+        for (size_t i = 0; i < n * sizeof(ebt_real); i++) h = (h ^ p[i]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static void kernel_run(int threads, const int32_t *tok, const int32_t *tgt, const ebt_real *p, const ebt_real *v, kresult *r)
+{
+    ebt_config c = ebt_config_default();
+    ebt_model *m, *tf;
+    ebt_workspace *ws;
+    ebt_think_opts o = ebt_think_default();
+    ebt_think_result tr;
+    ebt_train_opts to = ebt_train_default();
+    ebt_train_stats st;
+    c.vocab_size = KV; c.d_model = 32; c.n_heads = 2; c.d_ff = 48; c.n_layers = 2; c.max_seq_len = KS;
+    assert_int_equal(ebt_create(&c, 5, &m), EBT_OK);
+    c.arch = EBT_ARCH_TRANSFORMER;
+    assert_int_equal(ebt_create(&c, 6, &tf), EBT_OK);
+    assert_int_equal(ebt_workspace_create(m, KB, KS, &ws), EBT_OK);
+    assert_int_equal(ebt_workspace_set_threads(ws, threads), EBT_OK);
+    assert_int_equal(ebt_workspace_threads(ws), threads);
+    assert_int_equal(ebt_observe(ws, m, tok, KB, KS, 0), EBT_OK);
+    assert_int_equal(ebt_ws_energy(ws, p, r->E, r->g), EBT_OK);
+    assert_int_equal(ebt_ws_hvp(ws, p, v, r->hv, NULL, NULL), EBT_OK);
+    o.steps = 2; o.noise = 0.2; o.alpha_rand = 2; o.seed = 9;
+    memset(&tr, 0, sizeof tr);
+    tr.probs = r->tp; tr.energy = r->te;
+    assert_int_equal(ebt_think(ws, m, tok, KB, KS, &o, &tr), EBT_OK);
+    assert_int_equal(ebt_set_threads(m, threads), EBT_OK);
+    assert_int_equal(ebt_set_threads(tf, threads), EBT_OK);
+    to.k_min = 1; to.k_max = 3; to.noise = 0.3; to.alpha_rand = 2; to.replay_capacity = 16; to.replay_frac = 0.25;
+    for (int mode = 0; mode < 3; mode++) {
+        to.mode = (ebt_mode)mode;
+        assert_int_equal(ebt_train_step(m, &to, tok, tgt, KB, KS, NULL, &st), EBT_OK);
+    }
+    r->loss_ebt = st.loss;
+    for (int i = 0; i < 2; i++) assert_int_equal(ebt_train_step(tf, &to, tok, tgt, KB, KS, NULL, &st), EBT_OK);
+    r->loss_tf = st.loss;
+    r->h_ebt = hash_params(m);
+    r->h_tf = hash_params(tf);
+    ebt_workspace_free(ws);
+    ebt_free(m);
+    ebt_free(tf);
+}
+
+static void test_kernel_threads(void **state)
+{
+    static int32_t tok[KB * KS], tgt[KB * KS];
+    static ebt_real p[KB * KS * KV], v[KB * KS * KV];
+    static kresult r[3];
+    int saved = openblas_get_num_threads();
+    (void)state;
+    for (int i = 0; i < KB * KS; i++) { tok[i] = (int32_t)(test_unif() * KV); tgt[i] = (int32_t)(test_unif() * KV); }
+    test_random_probs(p, KB * KS, KV, 1.0);
+    for (int i = 0; i < KB * KS * KV; i++) v[i] = (ebt_real)test_normal();
+    openblas_set_num_threads(1);
+    for (int t = 0; t < 3; t++) kernel_run(t + 1, tok, tgt, p, v, &r[t]);
+    openblas_set_num_threads(saved);
+    for (int t = 1; t < 3; t++) {
+        assert_memory_equal(r[t].E, r[0].E, sizeof r[0].E);
+        assert_memory_equal(r[t].g, r[0].g, sizeof r[0].g);
+        assert_memory_equal(r[t].hv, r[0].hv, sizeof r[0].hv);
+        assert_memory_equal(r[t].tp, r[0].tp, sizeof r[0].tp);
+        assert_memory_equal(r[t].te, r[0].te, sizeof r[0].te);
+        assert_true(r[t].loss_ebt == r[0].loss_ebt && r[t].loss_tf == r[0].loss_tf);
+        assert_true(r[t].h_ebt == r[0].h_ebt && r[t].h_tf == r[0].h_tf);
+    }
+    printf("  ebt kernels on 1, 2, 3 threads (OpenBLAS 1): energy, dE/dp, H v, thinking, 3+2 train steps identical\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_kernel_threads),
     };
     return cmocka_run_group_tests_name("threads", tests, NULL, NULL);
 }
