@@ -3450,6 +3450,24 @@ static void ebt__st_putq(ebt__st_buf *b, const char *s)  /* quoted, JSON-escaped
     ebt__st_put(b, "\"", 1);
 }
 
+/* After the rename: flush the directory entry too, so that the new name
+ * survives a power loss (best effort: some file systems refuse; the save
+ * itself has succeeded). buf has room for path. */
+static void ebt__fsync_dir(const char *path, char *buf)
+{
+#ifndef _WIN32
+    const char *slash = strrchr(path, '/');
+    int fd;
+    if (!slash) strcpy(buf, ".");
+    else if (slash == path) strcpy(buf, "/");
+    else { memcpy(buf, path, (size_t)(slash - path)); buf[slash - path] = 0; }
+    fd = open(buf, O_RDONLY);
+    if (fd >= 0) { (void)fsync(fd); close(fd); }
+#else
+    (void)path; (void)buf;
+#endif
+}
+
 static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, int n_meta,
                                 const ebt__st_out *t, int nt, char *err, size_t errlen)
 {
@@ -3546,6 +3564,7 @@ static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, in
     k = fclose(f);
     f = NULL;
     if (k != 0 || rename(tmp, path) != 0) goto fail_errno;
+    ebt__fsync_dir(path, tmp);
     EBT_FREE(tmp);
     EBT_FREE(b.p);
     return EBT_OK;
