@@ -174,15 +174,26 @@ static int ebt__nt(int threads)
 }
 
 /* A large product (nt >= 1) split by rows of C into blocks of
- * EBT__GEMM_ROWS spread over nt threads; the blocks do not depend on nt,
+ * EBT__GEMM_ROWS (or, with one row block, by columns into blocks of
+ * EBT__GEMM_COLS) spread over nt threads; the blocks do not depend on nt,
  * so neither do the results. nt == 0: one call, threaded by the BLAS. */
 #define EBT__GEMM_ROWS 128
+#define EBT__GEMM_COLS 64
 static void ebt__gemm_par(int nt, int ta, int tb, int M, int N, int K, ebt_real alpha,
                           const ebt_real *A, int lda, const ebt_real *B, int ldb,
                           ebt_real beta, ebt_real *C, int ldc)
 {
-    int nb = (M + EBT__GEMM_ROWS - 1) / EBT__GEMM_ROWS;
-    if (nt == 0 || nb <= 1) { ebt__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); return; }
+    int nb = (M + EBT__GEMM_ROWS - 1) / EBT__GEMM_ROWS, nc = (N + EBT__GEMM_COLS - 1) / EBT__GEMM_COLS;
+    if (nb <= 1 && (size_t)M * N * K < ((size_t)1 << 20)) nc = 1;   /* small: one call */
+    if (nt == 0 || (nb <= 1 && nc <= 1)) { ebt__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); return; }
+    if (nb <= 1) {   /* few rows (a weight gradient D x D): split the columns instead */
+        EBT__PARFOR_BLOCKS(nt, (size_t)M * N * K)
+        for (int bj = 0; bj < nc; bj++) {
+            int j0 = bj * EBT__GEMM_COLS, n = N - j0 < EBT__GEMM_COLS ? N - j0 : EBT__GEMM_COLS;
+            ebt__gemm(ta, tb, M, n, K, alpha, A, lda, tb ? B + (size_t)j0 * ldb : B + j0, ldb, beta, C + j0, ldc);
+        }
+        return;
+    }
     EBT__PARFOR_BLOCKS(nt, (size_t)M * N * K)
     for (int bi = 0; bi < nb; bi++) {
         int i0 = bi * EBT__GEMM_ROWS, m = M - i0 < EBT__GEMM_ROWS ? M - i0 : EBT__GEMM_ROWS;
