@@ -44,18 +44,33 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define EBT__PRAGMA(x) _Pragma(#x)
-/* a parallel for over the following loop when nt > 1 and the work is big
- * enough: rows in chunks of 32, or blocks one at a time. Dynamic: a thread
- * that the OS delays does not hold the others back for its share. */
-#define EBT__PARFOR(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 32) if((nt) > 1 && (work) >= 8192))
-#define EBT__PARFOR_BLOCKS(nt, work) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if((nt) > 1 && (work) >= 8192))
+/* EBT__FOR_ROWS(nt, work, init, cond, step, { body }): the loop
+ * for (init; cond; step) body, split over nt threads when nt > 1 and the
+ * work is big enough (rows in chunks of 32; EBT__FOR_BLOCKS: one block at a
+ * time), else a plain loop that never enters the OpenMP runtime (whose
+ * entry costs about 0.4 us, which adds up over the many small calls of
+ * generation). Dynamic schedules: a thread the OS delays does not hold the
+ * others back for its share. */
+#define EBT__PAR(nt, work) ((nt) > 1 && (work) >= 8192)
+#define EBT__FOR_ROWS(nt, work, init, cond, step, ...) do {                              \
+        if (EBT__PAR(nt, work)) {                                                         \
+            EBT__PRAGMA(omp parallel for num_threads(nt) schedule(dynamic, 32))           \
+            for (init; cond; step) __VA_ARGS__                                            \
+        } else for (init; cond; step) __VA_ARGS__                                         \
+    } while (0)
+#define EBT__FOR_BLOCKS(nt, work, init, cond, step, ...) do {                            \
+        if (EBT__PAR(nt, work)) {                                                         \
+            EBT__PRAGMA(omp parallel for num_threads(nt) schedule(dynamic, 1))            \
+            for (init; cond; step) __VA_ARGS__                                            \
+        } else for (init; cond; step) __VA_ARGS__                                         \
+    } while (0)
 /* the same with an OR-reduction into the int flag var (order-independent) */
-#define EBT__PARFOR_OR(nt, work, var) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if((nt) > 1 && (work) >= 8192) reduction(|:var))
+#define EBT__PARFOR_OR(nt, work, var) EBT__PRAGMA(omp parallel for num_threads((nt) > 1 ? (nt) : 1) schedule(dynamic, 1) if(EBT__PAR(nt, work)) reduction(|:var))
 static int ebt__tid(void) { return omp_get_thread_num(); }
 static int ebt__default_threads(void) { int n = omp_get_max_threads(); return n < 1 ? 1 : n > 64 ? 64 : n; }
 #else
-#define EBT__PARFOR(nt, work) (void)(nt);
-#define EBT__PARFOR_BLOCKS(nt, work) (void)(nt);
+#define EBT__FOR_ROWS(nt, work, init, cond, step, ...) do { (void)(nt); for (init; cond; step) __VA_ARGS__ } while (0)
+#define EBT__FOR_BLOCKS(nt, work, init, cond, step, ...) do { (void)(nt); for (init; cond; step) __VA_ARGS__ } while (0)
 #define EBT__PARFOR_OR(nt, work, var) (void)(nt);
 static int ebt__tid(void) { return 0; }
 static int ebt__default_threads(void) { return 1; }
@@ -187,19 +202,17 @@ static void ebt__gemm_par(int nt, int ta, int tb, int M, int N, int K, ebt_real 
     if (nb <= 1 && (size_t)M * N * K < ((size_t)1 << 20)) nc = 1;   /* small: one call */
     if (nt == 0 || (nb <= 1 && nc <= 1)) { ebt__gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); return; }
     if (nb <= 1) {   /* few rows (a weight gradient D x D): split the columns instead */
-        EBT__PARFOR_BLOCKS(nt, (size_t)M * N * K)
-        for (int bj = 0; bj < nc; bj++) {
+        EBT__FOR_BLOCKS(nt, (size_t)M * N * K, int bj = 0, bj < nc, bj++, {
             int j0 = bj * EBT__GEMM_COLS, n = N - j0 < EBT__GEMM_COLS ? N - j0 : EBT__GEMM_COLS;
             ebt__gemm(ta, tb, M, n, K, alpha, A, lda, tb ? B + (size_t)j0 * ldb : B + j0, ldb, beta, C + j0, ldc);
-        }
+        });
         return;
     }
-    EBT__PARFOR_BLOCKS(nt, (size_t)M * N * K)
-    for (int bi = 0; bi < nb; bi++) {
+    EBT__FOR_BLOCKS(nt, (size_t)M * N * K, int bi = 0, bi < nb, bi++, {
         int i0 = bi * EBT__GEMM_ROWS, m = M - i0 < EBT__GEMM_ROWS ? M - i0 : EBT__GEMM_ROWS;
         ebt__gemm(ta, tb, m, N, K, alpha, ta ? A + i0 : A + (size_t)i0 * lda, lda, B, ldb, beta,
                   C + (size_t)i0 * ldc, ldc);
-    }
+    });
 }
 
 /* ======================================================================
@@ -636,25 +649,23 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
 static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
                              int N, int D, ebt_real eps, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * D)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
         ebt_real *yr = y + (size_t)n * D, ss = 0;
         for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
         ebt_real r = 1 / sqrt(ss / D + eps);
         rs[n] = r;
         for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
-    }
+    });
 }
 /* y = g * x * r with the cached r (the forward's output again, bit for bit) */
 static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * D)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
         ebt_real *yr = y + (size_t)n * D, r = rs[n];
         for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
-    }
+    });
 }
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
@@ -662,39 +673,36 @@ static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, con
                         int N, int D, int nt)
 {
     int nb = (D + 15) / 16;
-    EBT__PARFOR_BLOCKS(nt, (size_t)N * D)
-    for (int blk = 0; blk < nb; blk++) {
+    EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
         int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
         for (int n = 0; n < N; n++)
             for (int j = j0; j < j1; j++) dg[j] += dy[(size_t)n * D + j] * x[(size_t)n * D + j] * r[n];
-    }
+    });
 }
 /* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
 static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
                              const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * D)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
         ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
         for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
         ebt_real k = r * r * r * cx / D;
         for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
-    }
+    });
     if (dg) ebt__colsum(dg, dy, x, rs, N, D, nt);
 }
 /* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
 static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
                              const ebt_real *g, int N, int D, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * D)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
         ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
         for (int j = 0; j < D; j++) xtx += xr[j] * txr[j];
         ebt_real tr = -r * r * r * xtx / D;
         for (int j = 0; j < D; j++) tyr[j] = g[j] * (txr[j] * r + xr[j] * tr);
-    }
+    });
 }
 /* tangent of bwd (tdy may be NULL = 0):
  *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
@@ -703,8 +711,7 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
                               const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
                               const ebt_real *g, ebt_real *trs, int N, int D, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * D)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         size_t o = (size_t)n * D;
         const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
         ebt_real *tdxr = tdx + o, r = rs[n], xtx = 0, cx = 0, tcx = 0;
@@ -720,11 +727,10 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
             ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
             tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
         }
-    }
+    });
     if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
         int nb = (D + 15) / 16;
-        EBT__PARFOR_BLOCKS(nt, (size_t)N * D)
-        for (int blk = 0; blk < nb; blk++) {
+        EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
             int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
             for (int n = 0; n < N; n++) {
                 size_t o = (size_t)n * D;
@@ -732,7 +738,7 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
                 for (int j = j0; j < j1; j++)
                     tdg[j] += (tdy ? tdy[o + j] * x[o + j] * r : 0) + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
             }
-        }
+        });
     }
 }
 
@@ -748,8 +754,7 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
                       const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
 {
     int half = Dh / 2;
-    EBT__PARFOR(nt, (size_t)N * H * Dh)
-    for (int r = 0; r < N; r++) {
+    EBT__FOR_ROWS(nt, (size_t)N * H * Dh, int r = 0, r < N, r++, {
             int p = pos ? pos[r] : pos0 + r % T;
             ebt_real *row = x + (size_t)r * ld;
             const ebt_real *c = cosv + (size_t)p * half, *s = sinv + (size_t)p * half;
@@ -761,7 +766,7 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
                     u[2 * m + 1] = u0 * sn + u1 * c[m];
                 }
             }
-    }
+    });
 }
 /* q and k column blocks of a qkv buffer (N, 3D) */
 static void ebt__rope_qk(const ebt_model *m, ebt_real *qkv, int N, const int *pos, int T, int pos0, int inverse, int nt)
@@ -1019,18 +1024,16 @@ static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
 /* u(N,F) */
 static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * F)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
         ebt_real *ur = u + (size_t)n * F;
         for (int j = 0; j < F; j++) ur[j] = z1[j] * ebt__sigmoid(z1[j]) * z3[j];
-    }
+    });
 }
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
 static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * F)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
         const ebt_real *t1 = tz13 + (size_t)n * 2 * F, *t3 = t1 + F;
         ebt_real *tur = tu + (size_t)n * F;
@@ -1038,7 +1041,7 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
             ebt_real s = ebt__sigmoid(z1[j]);
             tur[j] = s * (1 + z1[j] * (1 - s)) * t1[j] * z3[j] + z1[j] * s * t3[j];
         }
-    }
+    });
 }
 /* The reverse of the SwiGLU in one pass (one sigmoid per element):
  *   bwd:  dz1 = du z3 silu'(z1) ; dz3 = du silu(z1)
@@ -1050,8 +1053,7 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
 static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
                             const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * F)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
         const ebt_real *z1 = z13 + o2, *z3 = z1 + F;
         ebt_real *d1 = dz13 + o2, *d3 = d1 + F;
@@ -1069,7 +1071,7 @@ static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_r
             }
             if (want_u) du[o1 + j] = z * s * z3[j];
         }
-    }
+    });
 }
 
 /* ======================================================================
@@ -1558,14 +1560,13 @@ static void ebt__obs_forward(ebt_workspace *ws, int j0)
         int last = l == L - 1;
         ebt__attn_in_fwd(m, w, &A, ws->ro.dout, N, NULL, j0 > 0 ? N : So, j0, nt);
         if (last && c->arch == EBT_ARCH_EBT) break;
-        EBT__PARFOR_BLOCKS(nt, (size_t)B * H * N * So)
-        for (int bh = 0; bh < B * H; bh++) {
+        EBT__FOR_BLOCKS(nt, (size_t)B * H * N * So, int bh = 0, bh < B * H, bh++, {
             int b = bh / H, h = bh % H;
             const ebt_real *k = ws->oa[l].qkv + (size_t)b * So * 3 * D + D + (size_t)h * d.Dh;
             ebt__attn_fwd(A.o + (size_t)b * So * D + (size_t)h * d.Dh,
                           ws->oa[l].P + ((size_t)(b * H + h) * So + j0) * (So + 1),
                           A.qkv + (size_t)b * So * 3 * D + (size_t)h * d.Dh, k, k + D, NULL, NULL, &d);
-        }
+        });
         ebt__attn_out_ffn_fwd(m, w, &A, (last ? ws->o_hL : ws->oa[l + 1].x) + (size_t)j0 * D, ws->ro.dout, ws->ro.du, N, nt);
     }
 }
@@ -1591,8 +1592,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
         ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
         if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
             ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N, nt);
-            EBT__PARFOR_BLOCKS(nt, (size_t)B * H * So * So)
-            for (int bh = 0; bh < B * H; bh++) {
+            EBT__FOR_BLOCKS(nt, (size_t)B * H * So * So, int bh = 0, bh < B * H, bh++, {
                 int b = bh / H, h = bh % H;
                 size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
                 const ebt_real *q = A->qkv + qo;
@@ -1600,7 +1600,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
                 ebt__attn_bwd(dqkv + qo, dqkv + qo + D, dqkv + qo + 2 * D, NULL, NULL, sc.G, sc.dS, sc.mu,
                               R->dout + (size_t)b * So * D + (size_t)h * d.Dh,
                               A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
-            }
+            });
         }
         ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
     }
@@ -1652,13 +1652,12 @@ static void ebt__pred_forward(ebt_workspace *ws, const ebt_real *probs)
         ebt__acts *A = &ws->pa[l];
         const ebt__acts *O = &ws->oa[l];
         ebt__attn_in_fwd(m, w, A, ws->rp.dout, N, ws->prow_pos, 1, 0, nt);
-        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
-        for (int bh = 0; bh < ws->B * H; bh++) {
+        EBT__FOR_BLOCKS(nt, (size_t)H * N * ws->So, int bh = 0, bh < ws->B * H, bh++, {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
             if (pb.d.nq == 0) continue;
             ebt__attn_fwd(A->o + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-        }
+        });
         ebt__attn_out_ffn_fwd(m, w, A, l + 1 < L ? ws->pa[l + 1].x : ws->p_hL, ws->rp.dout, ws->rp.du, N, nt);
     }
     ebt__rmsnorm_fwd(ws->p_nf, ws->p_rsf, ws->p_hL, m->w.final_norm, N, D, (ebt_real)c->norm_eps, nt);
@@ -1676,14 +1675,13 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
         const ebt__acts *A = &ws->pa[l], *O = &ws->oa[l];
         ebt__acts *Tg = &ws->ta[l];
         ebt__attn_in_tan(m, w, Tg, A, ws->rp.tdout, N, ws->prow_pos, 1, 0, nt);
-        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
-        for (int bh = 0; bh < ws->B * H; bh++) {
+        EBT__FOR_BLOCKS(nt, (size_t)H * N * ws->So, int bh = 0, bh < ws->B * H, bh++, {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *tq = Tg->qkv + pb.q, *k = O->qkv + pb.k;
             if (pb.d.nq == 0) continue;
             ebt__attn_tan(Tg->o + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                           A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
-        }
+        });
         ebt__attn_out_ffn_tan(m, w, Tg, A, l + 1 < L ? ws->ta[l + 1].x : ws->t_hL, ws->rp.tdout, ws->rp.tdu, N, nt);
     }
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
@@ -1724,8 +1722,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
         ebt__attn_out_ffn_rev(m, w, gw, gmode, &R, A, Tg, N, nt);
         memset(R.dqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
         if (tangent) memset(R.tdqkv, 0, sizeof(ebt_real) * (size_t)N * 3 * D);
-        EBT__PARFOR_BLOCKS(nt, (size_t)H * N * ws->So)
-        for (int bh = 0; bh < ws->B * H; bh++) {
+        EBT__FOR_BLOCKS(nt, (size_t)H * N * ws->So, int bh = 0, bh < ws->B * H, bh++, {
             ebt__pblock pb = ebt__pred_block(ws, bh / H, bh % H);
             const ebt_real *q = A->qkv + pb.q, *k = O->qkv + pb.k;
             ebt_real *dq = R.dqkv + pb.q;
@@ -1741,7 +1738,7 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
                                sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                                A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
-        }
+        });
         ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0, nt);
     }
     /* h0 = p @ Wpe */
@@ -1994,14 +1991,13 @@ ebt_think_opts ebt_think_default(void)
 /* row-wise softmax of y(N,V) into p */
 static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
 {
-    EBT__PARFOR(nt, N * (size_t)V)
-    for (size_t n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, N * (size_t)V, size_t n = 0, n < N, n++, {
         const ebt_real *yr = y + n * V;
         ebt_real *pr = p + n * V, mx = yr[0], s = 0;
         for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
         for (int j = 0; j < V; j++) { pr[j] = exp(yr[j] - mx); s += pr[j]; }
         for (int j = 0; j < V; j++) pr[j] /= s;
-    }
+    });
 }
 
 static double ebt__alpha_eff(const ebt_model *m) { double a = m->w.alpha[0]; return a > 1e-4 ? a : 1e-4; }
@@ -2246,9 +2242,7 @@ static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, 
             total += ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
         return total / N;
     }
-    EBT__PARFOR(nt, (size_t)N * V)
-    for (int n = 0; n < N; n++)
-        rowbuf[n] = ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, rowbuf[n] = ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL););
     for (int n = 0; n < N; n++) total += rowbuf[n];
     return total / N;
 }
@@ -2545,12 +2539,11 @@ static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv,
 static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
                             double *rowbuf, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * V)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         double dot = 0;
         for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
         rowbuf[n] = dot;
-    }
+    });
     for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
 }
 
@@ -2558,13 +2551,12 @@ static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_
  * can be drawn on nt threads with the same numbers */
 static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, int N, int V, int nt)
 {
-    EBT__PARFOR(nt, (size_t)N * V)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         ebt__rng r;
         ebt_real *yr = y + (size_t)n * V;
         ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)n);
         for (int j = 0; j < V; j++) yr[j] = (add ? add[(size_t)n * V + j] : 0) + (ebt_real)(scale * ebt__rng_normal(&r));
-    }
+    });
 }
 
 /* The second-order term of one thinking step whose forward (at p_k) is in
@@ -2576,11 +2568,10 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
 {
     int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
     ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
-    EBT__PARFOR(nt, (size_t)N * V)
-    for (int n = 0; n < N; n++) {
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         ebt_real a = (ebt_real)(-alpha_eff * u[n]);
         for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
-    }
+    });
     ebt__pred_tangent(ws, vv);
     ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
@@ -2698,11 +2689,10 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         }
         if (k == 0) e_first = esum / N;
         e_last = esum / N;
-        EBT__PARFOR(nt, nv)
-        for (int n = 0; n < N; n++) {
+        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
             ebt_real a = (ebt_real)(alpha_eff * u[n]);
             for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
-        }
+        });
         /* loss: mean over steps (detach, full) or the last step (truncate) */
         ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL, rowbuf, nt);
         if (k == 0) ce_first = ce;
@@ -2726,14 +2716,13 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
                 ebt__alpha_grad(ybar, gk, u, N, V, &galpha, rowbuf, nt);
             }
             /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-            EBT__PARFOR(nt, nv)
-            for (int n = 0; n < N; n++) {
+            EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
                 ebt_real *yb = ybar + (size_t)n * V;
                 const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
                 double dot = 0;
                 for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
                 for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-            }
+            });
             if (k >= 1 && opts->mode == EBT_MODE_FULL) {
                 ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv, rowbuf, nt);
                 for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
