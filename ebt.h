@@ -44,14 +44,16 @@
 
    THREADS
    - Inside one call: with OpenMP (compile ebt.c with -fopenmp; the Makefile
-     does) the row-wise kernels (RMSNorm, RoPE, SwiGLU) and the attention
-     blocks (one per sequence and head) run on the workspace's threads:
+     does) the row-wise kernels (RMSNorm, RoPE, SwiGLU, softmax,
+     cross-entropy), the attention blocks (one per sequence and head) and
+     the AdamW update run on the workspace's threads:
      ebt_workspace_set_threads, or ebt_set_threads for the calls that use
      the model's own workspace (training, ebt_energy, ...). The default is
      OpenMP's (OMP_NUM_THREADS, else the number of cores).
    - Matrix products: when OpenBLAS runs single-threaded
      (openblas_set_num_threads(1) or OPENBLAS_NUM_THREADS=1), ebt splits
-     the large products into row blocks over the same threads. That is the
+     the large products into fixed row (or column) blocks over the same
+     threads. That is the
      fast setting: on 2 cores a config-A train step runs 1.4x faster than
      with OpenBLAS threading the products and 1.8x faster than on one
      thread (bench/bench.c, "thread settings"). When OpenBLAS has more than
