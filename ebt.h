@@ -55,7 +55,7 @@
      the large products into fixed row (or column) blocks over the same
      threads. That is the
      fast setting: on 2 cores a config-A train step runs 1.4x faster than
-     with OpenBLAS threading the products and 1.8x faster than on one
+     with OpenBLAS threading the products and 1.4-1.8x faster than on one
      thread (bench/bench.c, "thread settings"). When OpenBLAS has more than
      one thread (its default), ebt leaves the products to it and runs every
      other kernel on the calling thread, so that two pools of spinning
