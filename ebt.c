@@ -115,6 +115,21 @@ static size_t ebt__mul(size_t a, size_t b, int *ovf)
     return a * b;
 }
 
+/* The scratch buffer *buf grown to at least bytes (its contents are not
+ * kept): the one way the library keeps scratch between calls. NULL (and
+ * *buf unchanged) when out of memory. */
+static void *ebt__grow(void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes > *cap || !*buf) {
+        void *p = EBT_MALLOC(bytes ? bytes : 1);
+        if (!p) return NULL;
+        EBT_FREE(*buf);
+        *buf = p;
+        *cap = bytes;
+    }
+    return *buf;
+}
+
 static int ebt__all_finite(const ebt_real *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -315,8 +330,8 @@ struct ebt_model {
                                   holds only its filled rows and grows as it fills) */
     int32_t *rb_tok, *rb_tgt;  /* (rb_rows, rb_S) each */
     ebt_real *rb_y;            /* (rb_rows, rb_S, V) final logits */
-    ebt_real *tbuf;            /* training scratch, grown on demand */
-    size_t tbuf_n;
+    void *tbuf;                /* training scratch (ebt__grow) */
+    size_t tbuf_bytes;
     int train_K, train_B, train_S; /* shape of the last ebt_train_grad */
     char err[EBT__ERRLEN];
 };
@@ -645,20 +660,7 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
  *   dr/dx = -r^3 x / D
  * ====================================================================== */
 
-/* y(N,D), rs(N) cached r; x(N,D); g(D) */
-static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
-                             int N, int D, ebt_real eps, int nt)
-{
-    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
-        const ebt_real *xr = x + (size_t)n * D;
-        ebt_real *yr = y + (size_t)n * D, ss = 0;
-        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
-        ebt_real r = 1 / sqrt(ss / D + eps);
-        rs[n] = r;
-        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
-    });
-}
-/* y = g * x * r with the cached r (the forward's output again, bit for bit) */
+/* y = g * x * r with the cached r (the backward recomputes y with it) */
 static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
@@ -666,6 +668,18 @@ static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *r
         ebt_real *yr = y + (size_t)n * D, r = rs[n];
         for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     });
+}
+/* y(N,D), rs(N) cached r; x(N,D); g(D) */
+static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
+                             int N, int D, ebt_real eps, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
+        const ebt_real *xr = x + (size_t)n * D;
+        ebt_real ss = 0;
+        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
+        rs[n] = 1 / sqrt(ss / D + eps);
+    });
+    ebt__rmsnorm_apply(y, x, rs, g, N, D, nt);
 }
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
@@ -872,10 +886,12 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
             ebt__axpy(o + (size_t)i * d->ldo, P[(size_t)i * lp + nk], vs + (size_t)i * d->ld, Dh);
 }
 
-/* tangent of P from tq, tks (k constant):
- *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) */
-static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, const ebt_real *P,
-                         const ebt_real *q, const ebt_real *k, const ebt_real *ks, const ebt__attn_dims *d)
+/* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
+ *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
+static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+                          const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
+                          const ebt_real *k, const ebt_real *v, const ebt_real *ks,
+                          const ebt_real *vs, const ebt__attn_dims *d)
 {
     int nk = d->nk, lp = nk + 1, Dh = d->Dh;
     for (int i0 = 0, i1, kc; i0 < d->nq; i0 = i1) {
@@ -892,20 +908,6 @@ static void ebt__attn_tP(ebt_real *tP, const ebt_real *tq, const ebt_real *tks, 
             for (int j = 0; j < kc; j++) tPi[j] = Pi[j] * (tPi[j] - m);
             tPi[nk] = Pi[nk] * (tPi[nk] - m);
         }
-    }
-}
-
-/* tangent: to(nq,Dh) and tP(nq,nk+1) from tq, tks, tvs (k, v constant)
- *   to = tP v + tP_s vs + P_s tvs */
-static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
-                          const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
-                          const ebt_real *k, const ebt_real *v, const ebt_real *ks,
-                          const ebt_real *vs, const ebt__attn_dims *d)
-{
-    int nk = d->nk, lp = nk + 1, Dh = d->Dh;
-    ebt__attn_tP(tP, tq, tks, P, q, k, ks, d);
-    for (int i0 = 0, i1, kc; i0 < d->nq; i0 = i1) {
-        kc = ebt__attn_chunk(d, i0, &i1);
         ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, tP + (size_t)i0 * lp, lp, v, d->ld, 0,
                   to + (size_t)i0 * d->ldo, d->ldo);                          /* to = tP @ v */
     }
@@ -1146,9 +1148,9 @@ struct ebt_workspace {
     ebt_real *acc;     /* (L, B*So, 3D) cotangents of observed q,k,v from the predicted side */
     ebt__rev rp, ro;   /* reverse scratch, predicted and observed */
     int threads;       /* threads of the row-wise and attention kernels */
-    int scr_threads;   /* threads the attention scratch is sized for */
-    ebt_real *scr;     /* attention scratch per thread: G, dS, T (So,So+1) and mu (So) */
-    void *xscr;        /* thinking scratch (ebt__ws_scratch), grown on demand */
+    size_t scr_bytes;
+    void *scr;         /* attention scratch per thread: G, dS, T (So,So+1) and mu (So) */
+    void *xscr;        /* thinking scratch, grown on demand (both with ebt__grow) */
     size_t xscr_bytes;
     ebt_real *mem;
     char err[EBT__ERRLEN];
@@ -1220,25 +1222,17 @@ static ebt__ascr ebt__scr(const ebt_workspace *ws, int tid)
 {
     size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), n = So * (So + 1);
     ebt__ascr r;
-    r.G = ws->scr + (size_t)tid * ebt__scr_stride(So);
+    r.G = (ebt_real *)ws->scr + (size_t)tid * ebt__scr_stride(So);
     r.dS = r.G + n; r.T = r.dS + n; r.mu = r.T + n;
     return r;
 }
-/* (re)sizes the attention scratch for n threads */
+/* sizes the attention scratch for n threads */
 static ebt_status ebt__scr_alloc(ebt_workspace *ws, int n)
 {
     size_t So = (size_t)ws->max_S + (ws->m->cfg.n_step_embed > 0 ? 1 : 0), bytes;
     int ovf = 0;
-    ebt_real *p;
-    if (ws->scr && n <= ws->scr_threads) return EBT_OK;
     bytes = ebt__mul(ebt__mul(ebt__scr_stride(So), (size_t)n, &ovf), sizeof(ebt_real), &ovf);
-    if (ovf) return EBT_ERR_NOMEM;
-    p = (ebt_real *)EBT_MALLOC(bytes);
-    if (!p) return EBT_ERR_NOMEM;
-    EBT_FREE(ws->scr);
-    ws->scr = p;
-    ws->scr_threads = n;
-    return EBT_OK;
+    return !ovf && ebt__grow(&ws->scr, &ws->scr_bytes, bytes) ? EBT_OK : EBT_ERR_NOMEM;
 }
 
 /* assigns every pointer of ws from a->base (or only counts when NULL) */
@@ -2037,20 +2031,6 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
 
 /* thinking on the current observation; restore: leave a step-token model's
  * workspace observed at the step it had (generation re-observes anyway) */
-/* The workspace's thinking/generation scratch, grown to at least bytes (kept
- * between calls: generating token after token allocates only once). */
-static void *ebt__ws_scratch(ebt_workspace *ws, size_t bytes)
-{
-    if (bytes > ws->xscr_bytes) {
-        void *p = EBT_MALLOC(bytes);
-        if (!p) return NULL;
-        EBT_FREE(ws->xscr);
-        ws->xscr = p;
-        ws->xscr_bytes = bytes;
-    }
-    return ws->xscr;
-}
-
 static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res, int restore)
 {
     const ebt_model *m;
@@ -2080,7 +2060,7 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
         size_t nh = ebt__mul((size_t)NP, (size_t)K + 1, &ovf);
         size_t bytes = ebt__mul(nv, 7 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
                        (size_t)NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-        mem = ovf ? NULL : (ebt_real *)ebt__ws_scratch(ws, bytes);
+        mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
         if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
         y = mem; yprev = y + nv; p = yprev + nv; g = p + nv; pa = g + nv; ga = pa + nv; best_y = ga + nv;
         hist = best_y + nv; best_hist = hist + nh; best_E = best_hist + nh; alpha_i = best_E + NP;
@@ -2498,19 +2478,6 @@ static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
 #undef EBT__BAD
 }
 
-/* the training scratch of the model, grown to n reals */
-static ebt_real *ebt__tbuf(ebt_model *m, size_t n)
-{
-    if (n > m->tbuf_n) {
-        ebt_real *b = (ebt_real *)EBT_MALLOC(n * sizeof(ebt_real));
-        if (!b) return NULL;
-        EBT_FREE(m->tbuf);
-        m->tbuf = b;
-        m->tbuf_n = n;
-    }
-    return m->tbuf;
-}
-
 /* The training scratch (one block, m->tbuf): a row buffer (N doubles), y_0..y_K, p_0..p_{K-1},
  * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); a copy of the gradients
  * (restored if the step fails after they were overwritten); the batch's
@@ -2626,7 +2593,8 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         int ovf = 0;
         size_t n = ebt__tscratch_size(K, (size_t)N, nv, m->n_params, &ovf);
         ebt__tscratch t;
-        ebt_real *buf = ovf ? NULL : ebt__tbuf(m, n);
+        ebt_real *buf = ovf || n > SIZE_MAX / sizeof(ebt_real) ? NULL
+                      : (ebt_real *)ebt__grow(&m->tbuf, &m->tbuf_bytes, n * sizeof(ebt_real));
         if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
         t = ebt__tscratch_at(buf, K, (size_t)N, nv, m->n_params);
         ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; gsave = t.gsave; btok = t.tok; btgt = t.tgt;
@@ -2837,7 +2805,7 @@ static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
     const int32_t *btok, *btgt;
     /* transformer++ has no training scratch (m->tbuf is NULL): return before offsetting it */
     if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT || !m->tbuf) return;
-    t = ebt__tscratch_at(m->tbuf, K, (size_t)B * S, nv, m->n_params);
+    t = ebt__tscratch_at((ebt_real *)m->tbuf, K, (size_t)B * S, nv, m->n_params);
     yK = t.ys + (size_t)K * nv;
     btok = t.tok; btgt = t.tgt;
     for (int b = 0; b < B; b++) {
