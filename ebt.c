@@ -2161,7 +2161,8 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
 
 ebt_status ebt_think_observed(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
 {
-    return ebt__think(ws, opts, res, 1);
+    return ws ? ebt__think(ws, opts, res, 1) : EBT_ERR_ARG;   /* (checked here too: gcc -O3 otherwise
+                                                                  warns about a NULL clone of ebt__think) */
 }
 
 ebt_status ebt_think(ebt_workspace *ws, const ebt_model *m, const int32_t *tokens, int B, int S,
@@ -2547,9 +2548,29 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
     }
 }
 
-ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
-                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
-                          const ebt_real *alpha_mult, ebt_train_stats *stats)
+/* every check of a training call, made before anything is allocated or changed */
+static ebt_status ebt__check_train(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                   const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                                   const ebt_real *alpha_mult)
+{
+    ebt_status st;
+    size_t N;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
+    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if (!targets) { ebt__seterr(m->err, EBT__ERRLEN, "targets is NULL"); return EBT_ERR_ARG; }
+    N = (size_t)B * S;
+    if ((st = ebt__check_ids(targets, N, m->cfg.vocab_size, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if (m->cfg.arch != EBT_ARCH_EBT) return EBT_OK;   /* transformer++ does not think: no logits, no step sizes */
+    if ((st = ebt__check_vec(init_logits, N * m->cfg.vocab_size, "init_logits", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    return ebt__check_vec(alpha_mult, N, "alpha_mult", 0, m->err, EBT__ERRLEN);
+}
+
+/* ebt_train_grad after ebt__check_train */
+static ebt_status ebt__train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                  const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                                  const ebt_real *alpha_mult, ebt_train_stats *stats)
 {
     ebt_status st;
     ebt_train_stats ts;
@@ -2561,15 +2582,9 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave;
     double *rowbuf;
     int32_t *btok, *btgt;
-    if (!m) return EBT_ERR_ARG;
-    m->err[0] = 0;
-    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
-    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
-    if (!targets) { ebt__seterr(m->err, EBT__ERRLEN, "targets is NULL"); return EBT_ERR_ARG; }
     V = m->cfg.vocab_size;
     N = B * S;
     nv = (size_t)N * V;
-    if ((st = ebt__check_ids(targets, (size_t)N, V, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     memset(&ts, 0, sizeof ts);
     ebt = m->cfg.arch == EBT_ARCH_EBT;
     if (!ebt) {
@@ -2582,8 +2597,6 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
         if (stats) *stats = ts;
         return EBT_OK;
     }
-    if ((st = ebt__check_vec(init_logits, nv, "init_logits", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
-    if ((st = ebt__check_vec(alpha_mult, (size_t)N, "alpha_mult", 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
     if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
     ws = m->ws;
     nt = ebt__nt(ws->threads);
@@ -2714,6 +2727,14 @@ fail:
     return EBT_ERR_NONFINITE;
 }
 
+ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                          const ebt_real *alpha_mult, ebt_train_stats *stats)
+{
+    ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, alpha_mult);
+    return st != EBT_OK ? st : ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, alpha_mult, stats);
+}
+
 /* learning rate at optimiser step t: linear warm-up, then cosine to min_lr */
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
  * checks that the update stays finite (returns 1 if not), apply 1 writes it */
@@ -2830,10 +2851,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
     int32_t *rt = NULL;
     int nt;
     int rrows = 0;
-    if (!m) return EBT_ERR_ARG;
-    m->err[0] = 0;
-    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
-    if ((st = ebt__check_seq(m, tokens, B, S, 0, m->err, EBT__ERRLEN)) != EBT_OK) return st;
+    if ((st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, NULL)) != EBT_OK) return st;
     np = m->n_params;
     /* Everything the step allocates (optimiser state, a re-sized replay
      * buffer) is allocated before anything changes and installed only when
@@ -2847,7 +2865,7 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
         memset(ov, 0, np * sizeof(ebt_real));
     }
     if (ebt__replay_alloc(m, opts, B, S, &ry, &rt, &rrows) != EBT_OK) goto nomem;
-    st = ebt_train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
+    st = ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
     if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
     nt = ebt__nt(m->ws->threads);
     for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
