@@ -44,7 +44,7 @@ $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vecto
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
-$(BUILD)/test_safetensors: tests/test_safetensors.c ebt.c ebt.h | $(BUILD)
+$(BUILD)/test_safetensors: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # test_badinput includes ebt.c to hash the optimiser state and replay buffer
@@ -96,7 +96,7 @@ $(FUZZ_BUILD)/make_corpus: tests/fuzz/make_corpus.c ebt.c ebt.h | $(FUZZ_BUILD)
 $(FUZZ_BUILD)/fuzz_load: tests/fuzz/fuzz_load.c tests/fuzz/fuzz_util.h ebt.c ebt.h | $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
 
-$(FUZZ_BUILD)/fuzz_st: tests/test_safetensors.c ebt.c ebt.h | $(FUZZ_BUILD)
+$(FUZZ_BUILD)/fuzz_st: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(LDLIBS)
 
 $(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)

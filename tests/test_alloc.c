@@ -84,14 +84,7 @@ static void ta_arm(long n, int sticky) { ta_calls = 0; ta_fail_at = n; ta_sticky
 static long ta_disarm(void) { ta_fail_at = 0; return ta_injected; }
 
 /* ---- hashing ---- */
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = (const unsigned char *)p;
-    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 0x100000001b3ULL; }
-    return h;
-}
-#define FNV0 0xcbf29ce484222325ULL
-#define HV(h, x) ((h) = fnv((h), &(x), sizeof(x)))
+#define HV(h, x) ((h) = test_fnv((h), &(x), sizeof(x)))
 
 /* what a failed call must leave as it was: parameters, gradients, training
  * state (optimiser moments, step count, replay buffer), other (the old file
@@ -101,18 +94,18 @@ typedef struct { uint64_t params, grads, train, other; int wsB, wsS; } snap;
 
 static uint64_t hash_train(const ebt_model *m)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     size_t S = m->rb_S > 0 ? (size_t)m->rb_S : 0, cnt = m->rb_count > 0 ? (size_t)m->rb_count : 0;
     int have = m->opt_m != NULL;
     HV(h, have);
-    if (m->opt_m) h = fnv(h, m->opt_m, m->n_params * sizeof(ebt_real));
-    if (m->opt_v) h = fnv(h, m->opt_v, m->n_params * sizeof(ebt_real));
+    if (m->opt_m) h = test_fnv(h, m->opt_m, m->n_params * sizeof(ebt_real));
+    if (m->opt_v) h = test_fnv(h, m->opt_v, m->n_params * sizeof(ebt_real));
     HV(h, m->opt_step); HV(h, m->rb_count); HV(h, m->cfg.alpha);
     if (cnt) {  /* an empty buffer holds nothing; else the filled slots 0..count-1 */
         HV(h, m->rb_cap); HV(h, m->rb_next); HV(h, m->rb_S);
-        h = fnv(h, m->rb_tok, cnt * S * sizeof(int32_t));
-        h = fnv(h, m->rb_tgt, cnt * S * sizeof(int32_t));
-        h = fnv(h, m->rb_y, cnt * S * (size_t)m->cfg.vocab_size * sizeof(ebt_real));
+        h = test_fnv(h, m->rb_tok, cnt * S * sizeof(int32_t));
+        h = test_fnv(h, m->rb_tgt, cnt * S * sizeof(int32_t));
+        h = test_fnv(h, m->rb_y, cnt * S * (size_t)m->cfg.vocab_size * sizeof(ebt_real));
     }
     return h;
 }
@@ -122,8 +115,8 @@ static snap model_snap(const ebt_model *m)
     snap s;
     memset(&s, 0, sizeof s);
     if (!m) return s;
-    s.params = fnv(FNV0, m->params, m->n_params * sizeof(ebt_real));
-    s.grads = fnv(FNV0, m->grads, m->n_params * sizeof(ebt_real));
+    s.params = test_fnv(TEST_FNV0, m->params, m->n_params * sizeof(ebt_real));
+    s.grads = test_fnv(TEST_FNV0, m->grads, m->n_params * sizeof(ebt_real));
     s.train = hash_train(m);
     s.wsB = m->ws ? m->ws->max_B : 0;
     s.wsS = m->ws ? m->ws->max_S : 0;
@@ -136,29 +129,6 @@ static int probe_fd(void)
     int fd = open("/dev/null", O_RDONLY);
     if (fd >= 0) close(fd);
     return fd;
-}
-
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int n = 0;
-    if (!d) return -1;
-    while ((e = readdir(d))) if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    closedir(d);
-    return n;
-}
-
-static uint64_t hash_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char buf[4096];
-    size_t n;
-    uint64_t h = FNV0;
-    if (!f) return 0;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = fnv(h, buf, n);
-    fclose(f);
-    return h;
 }
 
 /* ---- models and inputs ---- */
@@ -282,7 +252,7 @@ static void fail_no_model(const op *o)
     CHECK(G.m == NULL);
     if (G.m == (ebt_model *)&G) G.m = NULL;
 }
-static uint64_t result_model(const op *o) { (void)o; CHECK(G.m != NULL); return G.m ? digest_model(FNV0, G.m) : 0; }
+static uint64_t result_model(const op *o) { (void)o; CHECK(G.m != NULL); return G.m ? digest_model(TEST_FNV0, G.m) : 0; }
 
 /* load */
 static ebt_status call_load(const op *o)
@@ -294,7 +264,7 @@ static ebt_status call_load(const op *o)
 static void fail_load(const op *o) { fail_no_model(o); CHECK(G.err[0] != 0); }
 static uint64_t result_load(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
     CHECK(G.m != NULL);
     if (!G.m) return 0;
@@ -318,7 +288,7 @@ static void fail_no_ws(const op *o)
 }
 static uint64_t result_ws(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
     CHECK(G.ws != NULL);
     if (G.ws) { HV(h, G.ws->max_B); HV(h, G.ws->max_S); }
@@ -343,11 +313,11 @@ static ebt_status call_think(const op *o)
 }
 static uint64_t result_think(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
-    h = fnv(h, G.t_probs, sizeof G.t_probs); h = fnv(h, G.t_logits, sizeof G.t_logits);
-    h = fnv(h, G.t_energy, sizeof G.t_energy); h = fnv(h, G.t_fin, sizeof G.t_fin);
-    h = fnv(h, G.t_steps, sizeof G.t_steps); h = fnv(h, G.t_win, sizeof G.t_win);
+    h = test_fnv(h, G.t_probs, sizeof G.t_probs); h = test_fnv(h, G.t_logits, sizeof G.t_logits);
+    h = test_fnv(h, G.t_energy, sizeof G.t_energy); h = test_fnv(h, G.t_fin, sizeof G.t_fin);
+    h = test_fnv(h, G.t_steps, sizeof G.t_steps); h = test_fnv(h, G.t_win, sizeof G.t_win);
     HV(h, G.tr.rows_evaluated); HV(h, G.tr.rows_budget); HV(h, G.tr.diverged);
     return digest_model(h, G.m);
 }
@@ -368,9 +338,9 @@ static ebt_status call_generate(const op *o)
 }
 static uint64_t result_gen(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
-    h = fnv(h, G.out, sizeof G.out); h = fnv(h, G.gen_E, sizeof G.gen_E); h = fnv(h, G.gen_p, sizeof G.gen_p);
+    h = test_fnv(h, G.out, sizeof G.out); h = test_fnv(h, G.gen_E, sizeof G.gen_E); h = test_fnv(h, G.gen_p, sizeof G.gen_p);
     return digest_model(h, G.m);
 }
 
@@ -396,10 +366,10 @@ static ebt_status call_lm_logits(const op *o) { (void)o; return ebt_lm_logits(G.
 static ebt_status call_lm_bwd(const op *o) { (void)o; return ebt_lm_backward(G.m, tok, tgt, B2, S2, &G.loss); }
 static uint64_t result_outputs(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
-    h = fnv(h, G.E, sizeof G.E); h = fnv(h, G.g, sizeof G.g); h = fnv(h, G.hv, sizeof G.hv);
-    h = fnv(h, G.logits, sizeof G.logits); HV(h, G.loss);
+    h = test_fnv(h, G.E, sizeof G.E); h = test_fnv(h, G.g, sizeof G.g); h = test_fnv(h, G.hv, sizeof G.hv);
+    h = test_fnv(h, G.logits, sizeof G.logits); HV(h, G.loss);
     return digest_model(h, G.m);
 }
 
@@ -426,7 +396,7 @@ static ebt_status call_train_grad(const op *o)
 }
 static uint64_t result_train(const op *o)
 {
-    uint64_t h = FNV0;
+    uint64_t h = TEST_FNV0;
     (void)o;
     HV(h, G.stats.loss); HV(h, G.stats.ce_first); HV(h, G.stats.ce_last); HV(h, G.stats.energy_first);
     HV(h, G.stats.energy_last); HV(h, G.stats.grad_norm); HV(h, G.stats.lr); HV(h, G.stats.alpha);
@@ -443,7 +413,7 @@ static snap state_threads(const op *o)
     snap s = model_snap(G.m);
     int a = ebt_workspace_threads(G.ws), b = G.m->ws ? ebt_workspace_threads(G.m->ws) : -1, c = G.m->threads;
     (void)o;
-    s.other = FNV0;
+    s.other = TEST_FNV0;
     HV(s.other, a); HV(s.other, b); HV(s.other, c);
     return s;
 }
@@ -453,7 +423,7 @@ static uint64_t result_threads(const op *o)
     uint64_t h = digest_model(s.other, G.m);
     /* the workspaces still work, with the same bits */
     CHECK(ebt_energy(G.m, tok, probs, B, S, 1, G.E, G.g) == EBT_OK);
-    h = fnv(h, G.E, sizeof(ebt_real) * B * S);
+    h = test_fnv(h, G.E, sizeof(ebt_real) * B * S);
     if (G.ws) {
         CHECK(call_think(o) == EBT_OK);
         h = result_think(o) ^ h;
@@ -475,17 +445,17 @@ static ebt_status call_save(const op *o) { (void)o; G.err[0] = 0; return ebt_sav
 static snap state_save(const op *o)
 {
     snap s = model_snap(G.m);
-    int n = count_entries(G.dir);
+    int n = test_count_entries(G.dir);
     (void)o;
-    s.other = hash_file(G.path);
+    s.other = test_hash_file(G.path);
     HV(s.other, n);   /* no temporary file left behind */
     return s;
 }
 static void fail_save(const op *o) { (void)o; CHECK(G.err[0] != 0); }
 static uint64_t result_save(const op *o)
 {
-    uint64_t h = hash_file(G.path);
-    int n = count_entries(G.dir);
+    uint64_t h = test_hash_file(G.path);
+    int n = test_count_entries(G.dir);
     (void)o;
     HV(h, n);
     return digest_model(h, G.m);
@@ -658,7 +628,7 @@ static void test_save(void **state)
     G.old = (unsigned char *)malloc(G.old_n);
     assert_int_equal(fread(G.old, 1, G.old_n, f), G.old_n);
     fclose(f);
-    assert_int_equal(count_entries(G.dir), 1);
+    assert_int_equal(test_count_entries(G.dir), 1);
     assert_int_equal(sweep_all(ops, (int)(sizeof ops / sizeof ops[0])), 0);
     free(G.old);
     G.old = NULL;

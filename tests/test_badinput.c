@@ -33,13 +33,6 @@ static char desc[256];
 
 /* ---- the state every case must leave unchanged ------------------------ */
 
-static uint64_t fnv(uint64_t h, const void *data, size_t n)
-{
-    const unsigned char *c = (const unsigned char *)data;
-    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ULL;
-    return h;
-}
-
 /* config, parameters, gradients (unless with_grads is 0), AdamW moments,
  * step count and the filled entries of the replay ring */
 static uint64_t hash_model(const ebt_model *x, int with_grads)
@@ -50,23 +43,23 @@ static uint64_t hash_model(const ebt_model *x, int with_grads)
     double cd[3] = { c->rope_theta, c->norm_eps, c->alpha };
     int rb[4] = { x->rb_cap, x->rb_count, x->rb_next, x->rb_S };
     size_t nrb = (size_t)x->rb_count * (size_t)x->rb_S;
-    uint64_t h = 1469598103934665603ULL;
-    h = fnv(h, ci, sizeof ci);
-    h = fnv(h, cd, sizeof cd);
-    h = fnv(h, x->params, x->n_params * sizeof(ebt_real));
-    if (with_grads) h = fnv(h, x->grads, x->n_params * sizeof(ebt_real));
-    h = fnv(h, &x->opt_step, sizeof x->opt_step);
-    h = fnv(h, rb, sizeof rb);
+    uint64_t h = TEST_FNV0;
+    h = test_fnv(h, ci, sizeof ci);
+    h = test_fnv(h, cd, sizeof cd);
+    h = test_fnv(h, x->params, x->n_params * sizeof(ebt_real));
+    if (with_grads) h = test_fnv(h, x->grads, x->n_params * sizeof(ebt_real));
+    h = test_fnv(h, &x->opt_step, sizeof x->opt_step);
+    h = test_fnv(h, rb, sizeof rb);
     if (x->opt_m) {
-        h = fnv(h, x->opt_m, x->n_params * sizeof(ebt_real));
-        h = fnv(h, x->opt_v, x->n_params * sizeof(ebt_real));
+        h = test_fnv(h, x->opt_m, x->n_params * sizeof(ebt_real));
+        h = test_fnv(h, x->opt_v, x->n_params * sizeof(ebt_real));
     } else {
-        h = fnv(h, "no optimiser state", 18);
+        h = test_fnv(h, "no optimiser state", 18);
     }
     if (nrb) {
-        h = fnv(h, x->rb_tok, nrb * sizeof(int32_t));
-        h = fnv(h, x->rb_tgt, nrb * sizeof(int32_t));
-        h = fnv(h, x->rb_y, nrb * (size_t)c->vocab_size * sizeof(ebt_real));
+        h = test_fnv(h, x->rb_tok, nrb * sizeof(int32_t));
+        h = test_fnv(h, x->rb_tgt, nrb * sizeof(int32_t));
+        h = test_fnv(h, x->rb_y, nrb * (size_t)c->vocab_size * sizeof(ebt_real));
     }
     return h;
 }

@@ -19,20 +19,6 @@ static ebt_model *make(ebt_arch arch, int step_embed, int tied)
     return m;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long sz;
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END); sz = ftell(f); fseek(f, 0, SEEK_SET);
-    b = malloc((size_t)sz + 1);
-    assert_int_equal(fread(b, 1, (size_t)sz, f), (size_t)sz);
-    fclose(f);
-    *n = (size_t)sz;
-    return b;
-}
-
 static void spill(const char *path, const void *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -71,7 +57,8 @@ static void round_trip(ebt_arch arch, int step_embed, int tied)
     char err[256];
     size_t n1, n2;
     assert_int_equal(ebt_save_ex(m, TMP, err, sizeof err), EBT_OK);
-    unsigned char *f1 = slurp(TMP, &n1);
+    unsigned char *f1 = test_slurp(TMP, &n1);
+    assert_non_null(f1);
     assert_int_equal(ebt_load_ex(TMP, &m2, err, sizeof err), EBT_OK);
     assert_same_model(m, m2);
     if (arch == EBT_ARCH_EBT) {
@@ -85,7 +72,8 @@ static void round_trip(ebt_arch arch, int step_embed, int tied)
     }
     /* saving the loaded model gives the same bytes */
     assert_int_equal(ebt_save(m2, TMP), EBT_OK);
-    unsigned char *f2 = slurp(TMP, &n2);
+    unsigned char *f2 = test_slurp(TMP, &n2);
+    assert_non_null(f2);
     assert_int_equal(n1, n2);
     assert_memory_equal(f1, f2, n1);
     free(f1); free(f2);
@@ -151,7 +139,8 @@ static void test_corrupted(void **state)
     int cases = 0;
     (void)state;
     assert_int_equal(ebt_save(m, TMP), EBT_OK);
-    unsigned char *f = slurp(TMP, &n);
+    unsigned char *f = test_slurp(TMP, &n);
+    assert_non_null(f);
     for (int k = 0; k < 8; k++) hl |= (size_t)f[k] << (8 * k);
     assert_true(hl < sizeof hdr);
     memcpy(hdr, f + 8, hl);
@@ -271,7 +260,8 @@ static void test_failed_save(void **state)
     char err[256];
     (void)state;
     assert_int_equal(ebt_save(m, TMP), EBT_OK);
-    unsigned char *before = slurp(TMP, &n1);
+    unsigned char *before = test_slurp(TMP, &n1);
+    assert_non_null(before);
     /* non-finite parameters are refused */
     size_t cnt;
     ebt_real *w = ebt_param(m, "layers.1.ffn.w2.weight", &cnt), keep = w[3];
@@ -285,7 +275,8 @@ static void test_failed_save(void **state)
     rmdir("ckpt_dir.safetensors");
     /* a missing directory */
     assert_int_equal(ebt_save_ex(m, "no_such_dir/x.safetensors", err, sizeof err), EBT_ERR_IO);
-    unsigned char *after = slurp(TMP, &n2);
+    unsigned char *after = test_slurp(TMP, &n2);
+    assert_non_null(after);
     assert_int_equal(n1, n2);
     assert_memory_equal(before, after, n1);
     assert_int_equal(ebt_load(TMP, &x), EBT_OK);

@@ -4,6 +4,7 @@
  * libFuzzer harness (same file, see `make fuzz`):
  *   clang -std=c99 -DEBT_ST_FUZZ -g -fsanitize=fuzzer,address,undefined tests/test_safetensors.c -lopenblas -lm */
 #include "../ebt.c"
+#include "test_util.h"
 #include <float.h>
 #include <math.h>
 #include <dirent.h>
@@ -265,28 +266,6 @@ static void good_headers(void)
     } else fprintf(stderr, "good header: %s\n", err), fails++;
 }
 
-static int read_file(const char *path, unsigned char **buf, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    long sz;
-    if (!f) return -1;
-    fseek(f, 0, SEEK_END); sz = ftell(f); fseek(f, 0, SEEK_SET);
-    *buf = (unsigned char *)malloc((size_t)sz + 1);
-    *n = fread(*buf, 1, (size_t)sz, f);
-    fclose(f);
-    return 0;
-}
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int n = 0;
-    if (!d) return -1;
-    while ((e = readdir(d))) if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    closedir(d);
-    return n;
-}
-
 static void roundtrip(const char *dir)
 {
     char path[512], err[256];
@@ -311,9 +290,9 @@ static void roundtrip(const char *dir)
     t[2].name = "x\"y\\z"; t[2].ndim = 3; t[2].shape[0] = 2; t[2].shape[1] = 2; t[2].shape[2] = 2; t[2].data = c;
     snprintf(path, sizeof path, "%s/m.safetensors", dir);
     CHECK(ebt__st_write(path, meta, 3, t, 3, err, sizeof err) == EBT_OK);
-    CHECK(count_entries(dir) == 1);
+    CHECK(test_count_entries(dir) == 1);
 
-    CHECK(read_file(path, &fb, &fn) == 0);
+    CHECK((fb = test_slurp(path, &fn)) != NULL);
     {
         uint64_t n = 0;
         for (k = 8; k-- > 0;) n = n << 8 | fb[k];
@@ -354,7 +333,7 @@ static void roundtrip(const char *dir)
 
     /* empty file: no tensors, no metadata */
     CHECK(ebt__st_write(path, NULL, 0, NULL, 0, err, sizeof err) == EBT_OK);
-    CHECK(read_file(path, &fb, &fn) == 0 && fn == 16 && !memcmp(fb + 8, "{}      ", 8));
+    CHECK((fb = test_slurp(path, &fn)) != NULL && fn == 16 && !memcmp(fb + 8, "{}      ", 8));
     free(fb);
 }
 
@@ -378,7 +357,7 @@ static void write_failures(const char *dir)
     /* old file survives a write that fails midway (RLIMIT_FSIZE -> EFBIG) */
     snprintf(path, sizeof path, "%s/old.safetensors", dir);
     CHECK(ebt__st_write(path, NULL, 0, t, 1, err, sizeof err) == EBT_OK);
-    CHECK(read_file(path, &old, &on) == 0);
+    CHECK((old = test_slurp(path, &on)) != NULL);
     t[0].shape[0] = 100000;
     signal(SIGXFSZ, SIG_IGN);
     getrlimit(RLIMIT_FSIZE, &rl);
@@ -388,16 +367,16 @@ static void write_failures(const char *dir)
     CHECK(ebt__st_write(path, NULL, 0, t, 1, err, sizeof err) == EBT_ERR_IO && err[0]);
     setrlimit(RLIMIT_FSIZE, &rl);
     if (getenv("VERBOSE")) printf("  fsize: %s\n", err);
-    CHECK(read_file(path, &now, &nn) == 0 && nn == on && !memcmp(old, now, on));
+    CHECK((now = test_slurp(path, &nn)) != NULL && nn == on && !memcmp(old, now, on));
     free(old); free(now);
 
     /* rename failure: target is a directory -> error, directory untouched, temp file removed */
     snprintf(sub, sizeof sub, "%s/adir", dir);
     CHECK(mkdir(sub, 0755) == 0);
     CHECK(ebt__st_write(sub, NULL, 0, t, 1, err, sizeof err) == EBT_ERR_IO && err[0]);
-    CHECK(count_entries(sub) == 0);
+    CHECK(test_count_entries(sub) == 0);
     rmdir(sub);
-    CHECK(count_entries(dir) == 2);  /* m.safetensors, old.safetensors: no leftover temp files */
+    CHECK(test_count_entries(dir) == 2);  /* m.safetensors, old.safetensors: no leftover temp files */
 
     /* argument errors: would produce files our reader rejects */
     t[0].shape[0] = 4;
@@ -416,7 +395,7 @@ static void write_failures(const char *dir)
     CHECK(ebt__st_write(path, dupmeta, 1, t, 2, err, sizeof err) == EBT_OK);
     CHECK(ebt__st_write(NULL, NULL, 0, t, 1, err, sizeof err) == EBT_ERR_ARG);
     CHECK(ebt__st_write(path, NULL, -1, t, 1, NULL, 0) == EBT_ERR_ARG);
-    CHECK(count_entries(dir) == 2);
+    CHECK(test_count_entries(dir) == 2);
 }
 
 int main(void)

@@ -29,24 +29,11 @@
 
 static char dir[64];
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long sz;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END); sz = ftell(f); fseek(f, 0, SEEK_SET);
-    b = (unsigned char *)malloc((size_t)sz + 1);
-    *n = fread(b, 1, (size_t)sz, f);
-    fclose(f);
-    return b;
-}
-
 /* 1 if the file at path has exactly the n bytes of want */
 static int file_is(const char *path, const unsigned char *want, size_t n)
 {
     size_t got_n = 0;
-    unsigned char *got = slurp(path, &got_n);
+    unsigned char *got = test_slurp(path, &got_n);
     int same = got && got_n == n && memcmp(got, want, n) == 0;
     free(got);
     return same;
@@ -105,7 +92,7 @@ static unsigned char *put(const ebt_model *m, const char *path, size_t *n)
 {
     unsigned char *b;
     assert_int_equal(ebt_save(m, path), EBT_OK);
-    assert_non_null(b = slurp(path, n));
+    assert_non_null(b = test_slurp(path, n));
     return b;
 }
 

@@ -195,17 +195,6 @@ typedef struct {
     double loss_ebt, loss_tf;
 } kresult;
 
-static uint64_t hash_params(ebt_model *m)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (int t = 0; t < ebt_n_tensors(m); t++) {
-        size_t n;
-        const unsigned char *p = (const unsigned char *)ebt_param(m, ebt_tensor_name(m, t), &n);
-        for (size_t i = 0; i < n * sizeof(ebt_real); i++) h = (h ^ p[i]) * 1099511628211ULL;
-    }
-    return h;
-}
-
 static void kernel_run(int threads, const int32_t *tok, const int32_t *tgt, const ebt_real *p, const ebt_real *v, kresult *r)
 {
     ebt_config c = ebt_config_default();
@@ -239,8 +228,8 @@ static void kernel_run(int threads, const int32_t *tok, const int32_t *tgt, cons
     r->loss_ebt = st.loss;
     for (int i = 0; i < 2; i++) assert_int_equal(ebt_train_step(tf, &to, tok, tgt, KB, KS, NULL, &st), EBT_OK);
     r->loss_tf = st.loss;
-    r->h_ebt = hash_params(m);
-    r->h_tf = hash_params(tf);
+    r->h_ebt = test_hash_params(m);
+    r->h_tf = test_hash_params(tf);
     ebt_workspace_free(ws);
     ebt_free(m);
     ebt_free(tf);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
@@ -59,5 +60,59 @@ static inline void test_random_probs(ebt_real *p, int rows, int V, double scale)
         for (int j = 0; j < V; j++) { y[j] = exp(y[j] - mx); sum += y[j]; }
         for (int j = 0; j < V; j++) p[(size_t)r * V + j] = (ebt_real)(y[j] / sum);
     }
+}
+
+/* FNV-1a over n bytes, continuing from h (start with TEST_FNV0) */
+#define TEST_FNV0 0xcbf29ce484222325ULL
+static inline uint64_t test_fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+/* the parameters of a model, through the public API */
+static inline uint64_t test_hash_params(ebt_model *m)
+{
+    uint64_t h = TEST_FNV0;
+    for (int t = 0; t < ebt_n_tensors(m); t++) {
+        size_t n;
+        const ebt_real *p = ebt_param(m, ebt_tensor_name(m, t), &n);
+        h = test_fnv(h, p, n * sizeof(ebt_real));
+    }
+    return h;
+}
+/* the bytes of a file (malloc'd, *n of them), or NULL if it cannot be opened */
+static inline unsigned char *test_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *b;
+    long sz;
+    *n = 0;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END); sz = ftell(f); fseek(f, 0, SEEK_SET);
+    b = (unsigned char *)malloc((size_t)sz + 1);
+    *n = b ? fread(b, 1, (size_t)sz, f) : 0;
+    fclose(f);
+    return b;
+}
+/* FNV-1a of a file's bytes; 0 if it cannot be read */
+static inline uint64_t test_hash_file(const char *path)
+{
+    size_t n;
+    unsigned char *b = test_slurp(path, &n);
+    uint64_t h = b ? test_fnv(TEST_FNV0, b, n) : 0;
+    free(b);
+    return h;
+}
+/* entries of a directory other than "." and "..", or -1 */
+static inline int test_count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (!d) return -1;
+    while ((e = readdir(d))) if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
 }
 #endif
