@@ -326,8 +326,8 @@ struct ebt_model {
     ebt_real *opt_m, *opt_v;
     long opt_step;
     int rb_cap, rb_count, rb_next, rb_S;
-    int rb_rows;               /* rows allocated: rb_count <= rb_rows <= rb_cap (a loaded ring
-                                  holds only its filled rows and grows as it fills) */
+    int rb_rows;               /* rows allocated: rb_count <= rb_rows <= rb_cap (the ring
+                                  grows as it fills, new or loaded) */
     int32_t *rb_tok, *rb_tgt;  /* (rb_rows, rb_S) each */
     ebt_real *rb_y;            /* (rb_rows, rb_S, V) final logits */
     void *tbuf;                /* training scratch (ebt__grow) */
@@ -2779,28 +2779,27 @@ static int ebt__replay_same(const ebt_model *m, const ebt_train_opts *o, int S)
     return m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S;
 }
 
-/* a replay buffer into *y, *t (*rows rows) when the current one does not
- * fit the options' capacity and length S (a new, empty one), or when it
- * holds fewer rows than the push of B more sequences needs (a larger copy);
- * else both NULL. Nothing is installed yet. */
+/* The replay ring holds only the rows it has filled and grows (doubling, up
+ * to its capacity) as a push of B more sequences needs them; a ring of
+ * another capacity or length S starts again, empty. Into *y, *t (*rows
+ * rows) the buffer this step needs, if it needs a new one (else NULL);
+ * nothing is installed yet. */
 static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int B, int S, ebt_real **y,
                                     int32_t **t, int *rows)
 {
-    int V = m->cfg.vocab_size, ovf = 0, same = ebt__replay_same(m, o, S), r = o->replay_capacity;
+    int V = m->cfg.vocab_size, ovf = 0, cap = o->replay_capacity, same = ebt__replay_same(m, o, S);
+    int have = same ? m->rb_rows : 0, count = same ? m->rb_count : 0;
+    int need = count + B < cap ? count + B : cap, r;
     *y = NULL; *t = NULL; *rows = 0;
-    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return EBT_OK;
-    if (same) {
-        int need = m->rb_count + B < m->rb_cap ? m->rb_count + B : m->rb_cap;
-        if (need <= m->rb_rows) return EBT_OK;
-        r = need > 2 * m->rb_rows ? need : 2 * m->rb_rows < m->rb_cap ? 2 * m->rb_rows : m->rb_cap;
-    }
+    if (cap <= 0 || m->cfg.arch != EBT_ARCH_EBT || (same && need <= have)) return EBT_OK;
+    r = need > 2 * have ? need : 2 * have < cap ? 2 * have : cap;
     *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
     *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
     if (ovf || !*y || !*t) { EBT_FREE(*y); EBT_FREE(*t); *y = NULL; *t = NULL; return EBT_ERR_NOMEM; }
-    if (same) {   /* keep the filled rows */
-        memcpy(*y, m->rb_y, sizeof(ebt_real) * (size_t)m->rb_rows * S * V);
-        memcpy(*t, m->rb_tok, sizeof(int32_t) * (size_t)m->rb_rows * S);
-        memcpy(*t + (size_t)r * S, m->rb_tgt, sizeof(int32_t) * (size_t)m->rb_rows * S);
+    if (have) {   /* keep the filled rows */
+        memcpy(*y, m->rb_y, sizeof(ebt_real) * (size_t)have * S * V);
+        memcpy(*t, m->rb_tok, sizeof(int32_t) * (size_t)have * S);
+        memcpy(*t + (size_t)r * S, m->rb_tgt, sizeof(int32_t) * (size_t)have * S);
     }
     *rows = r;
     return EBT_OK;
@@ -2824,8 +2823,8 @@ static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
     ebt__tscratch t;
     const ebt_real *yK;
     const int32_t *btok, *btgt;
-    /* transformer++ has no training scratch (m->tbuf is NULL): return before offsetting it */
-    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT || !m->tbuf) return;
+    /* (transformer++ has no training scratch: return before addressing it) */
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
     t = ebt__tscratch_at((ebt_real *)m->tbuf, K, (size_t)B * S, nv, m->n_params);
     yK = t.ys + (size_t)K * nv;
     btok = t.tok; btgt = t.tgt;
