@@ -769,17 +769,17 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
 {
     int half = Dh / 2;
     EBT__FOR_ROWS(nt, (size_t)N * H * Dh, int r = 0, r < N, r++, {
-            int p = pos ? pos[r] : pos0 + r % T;
-            ebt_real *row = x + (size_t)r * ld;
-            const ebt_real *c = cosv + (size_t)p * half, *s = sinv + (size_t)p * half;
-            for (int h = 0; h < H; h++) {
-                ebt_real *u = row + h * Dh;
-                for (int m = 0; m < half; m++) {
-                    ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
-                    u[2 * m] = u0 * c[m] - u1 * sn;
-                    u[2 * m + 1] = u0 * sn + u1 * c[m];
-                }
+        int p = pos ? pos[r] : pos0 + r % T;
+        ebt_real *row = x + (size_t)r * ld;
+        const ebt_real *c = cosv + (size_t)p * half, *s = sinv + (size_t)p * half;
+        for (int h = 0; h < H; h++) {
+            ebt_real *u = row + h * Dh;
+            for (int m = 0; m < half; m++) {
+                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
+                u[2 * m] = u0 * c[m] - u1 * sn;
+                u[2 * m + 1] = u0 * sn + u1 * c[m];
             }
+        }
     });
 }
 /* q and k column blocks of a qkv buffer (N, 3D) */
@@ -2223,7 +2223,9 @@ static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, 
             total += ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
         return total / N;
     }
-    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, rowbuf[n] = ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL););
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        rowbuf[n] = ebt__ce_row(y + (size_t)n * V, tgt[n], V, N, w, lam ? lam + (size_t)n * V : NULL);
+    });
     for (int n = 0; n < N; n++) total += rowbuf[n];
     return total / N;
 }
