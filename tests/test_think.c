@@ -42,13 +42,44 @@ static ebt_workspace *prepare(ebt_model *m, int32_t *tok, ebt_real *y0, int n_st
     return ws;
 }
 
+/* Energies of the stopped run are computed in compacted (differently
+ * shaped) matrix products, which no BLAS promises to round like the full
+ * run's. Thinking amplifies rounding: the double build (test_think_double)
+ * measures last-only against full thinking after 6 steps at 1.3e-13 in p,
+ * about 1000 ulps, and checks everything at THINK_TOL = 1e-10; float32
+ * (ulp 6e-8) then needs 1e-3 (OpenBLAS's Haswell kernels: 3.3e-4; its
+ * SkylakeX kernels: identical bits). Thresholds are put in the middle of a
+ * wide gap between the full run's values, so that no stop decision is
+ * within rounding of its threshold. */
+#ifdef EBT_DOUBLE
+#define THINK_TOL 1e-10
+#else
+#define THINK_TOL 1e-3
+#endif
+static int close_rel(double a, double b) { return fabs(a - b) <= THINK_TOL * (1 + fabs(b)); }
+
+/* The middle of the widest gap between consecutive sorted values of x[n]
+ * that has at least lo values below it and at least n - hi above it;
+ * *half gets the gap's half-width. */
+static double widest_gap(double *x, int n, int lo, int hi, double *half)
+{
+    double best = 0, mid = 0;
+    for (int i = 1; i < n; i++) for (int j = i; j > 0 && x[j] < x[j - 1]; j--) { double t = x[j]; x[j] = x[j - 1]; x[j - 1] = t; }
+    for (int i = lo; i < hi && i < n; i++)
+        if (x[i] - x[i - 1] > best) { best = x[i] - x[i - 1]; mid = 0.5 * (x[i] + x[i - 1]); }
+    *half = 0.5 * best;
+    return mid;
+}
+
 static void check_stopping(int step_embed)
 {
+    enum { NE = B * S * (K + 1) };
     ebt_model *m = make(EBT_ARCH_EBT, step_embed);
     ebt_workspace *ws;
     int32_t tok[B * S];
     static ebt_real y0[B * S * V];
     static run full, thr, tol;
+    double vals[NE], half;
     ebt_think_opts o = ebt_think_default();
     ws = prepare(m, tok, y0, 1);
     o.steps = K; o.init_logits = y0;
@@ -56,11 +87,10 @@ static void check_stopping(int step_embed)
     assert_true(full.r.rows_evaluated == (long long)B * S * (K + 1));
     assert_true(full.r.rows_budget == full.r.rows_evaluated);
     for (int r = 0; r < B * S; r++) assert_int_equal(full.steps[r], K);
-    /* energy threshold at the median of E_2: each position stops at the first k with E_k <= thr */
-    ebt_real e2[B * S];
-    for (int r = 0; r < B * S; r++) e2[r] = full.energy[r * (K + 1) + 2];
-    for (int i = 1; i < B * S; i++) for (int j = i; j > 0 && e2[j] < e2[j - 1]; j--) { ebt_real t = e2[j]; e2[j] = e2[j - 1]; e2[j - 1] = t; }
-    o.energy_threshold = e2[B * S / 2];
+    /* energy threshold in a wide gap of all energies (a quarter to three quarters of them below) */
+    for (int i = 0; i < NE; i++) vals[i] = full.energy[i];
+    o.energy_threshold = widest_gap(vals, NE, NE / 4, 3 * NE / 4, &half);
+    assert_true(half > 10 * THINK_TOL * (1 + fabs(o.energy_threshold)));
     think(ws, m, tok, &o, &thr);
     long long evals = 0;
     int stopped_early = 0;
@@ -68,7 +98,7 @@ static void check_stopping(int step_embed)
         int k = 0;
         while (k < K && !(full.energy[r * (K + 1) + k] <= o.energy_threshold)) k++;
         assert_int_equal(thr.steps[r], k);
-        assert_true(thr.fin[r] == full.energy[r * (K + 1) + k]);
+        assert_true(close_rel(thr.fin[r], full.energy[r * (K + 1) + k]));
         for (int j = k; j <= K; j++) assert_true(thr.energy[r * (K + 1) + j] == thr.fin[r]);   /* stays */
         evals += k + 1;
         stopped_early += k < K;
@@ -76,23 +106,25 @@ static void check_stopping(int step_embed)
     assert_true(stopped_early > 0);
     assert_true(thr.r.rows_evaluated == evals);          /* stopped rows cost nothing more */
     assert_true(thr.r.rows_evaluated < thr.r.rows_budget);
-    printf("  threshold: %lld of %lld row evaluations (%.0f%% saved)\n", thr.r.rows_evaluated, thr.r.rows_budget,
-           100.0 * (1 - (double)thr.r.rows_evaluated / thr.r.rows_budget));
-    /* convergence tolerance at the median |E_k - E_{k-1}| */
+    printf("  threshold %.6g (gap +-%.2g): %lld of %lld row evaluations (%.0f%% saved)\n", o.energy_threshold, half,
+           thr.r.rows_evaluated, thr.r.rows_budget, 100.0 * (1 - (double)thr.r.rows_evaluated / thr.r.rows_budget));
+    /* convergence tolerance in a wide gap of all |E_k - E_{k-1}| */
     o.energy_threshold = -INFINITY;
-    o.tol = 0;
-    for (int r = 0; r < B * S; r++) o.tol += fabs(full.energy[r * (K + 1) + 3] - full.energy[r * (K + 1) + 2]) / (B * S);
+    for (int r = 0, i = 0; r < B * S; r++)
+        for (int k = 1; k <= K; k++, i++) vals[i] = fabs((double)full.energy[r * (K + 1) + k] - full.energy[r * (K + 1) + k - 1]);
+    o.tol = widest_gap(vals, B * S * K, B * S * K / 4, 3 * B * S * K / 4, &half);
+    assert_true(half > 10 * THINK_TOL * (1 + fabs(full.energy[0])));
     think(ws, m, tok, &o, &tol);
     stopped_early = 0;
     for (int r = 0; r < B * S; r++) {
         int k = 1;
         while (k < K && !(fabs((double)full.energy[r * (K + 1) + k] - full.energy[r * (K + 1) + k - 1]) <= o.tol)) k++;
-        if (!(fabs((double)full.energy[r * (K + 1) + K] - full.energy[r * (K + 1) + K - 1]) <= o.tol) && k == K) k = K;
         assert_int_equal(tol.steps[r], k);
-        assert_true(tol.fin[r] == full.energy[r * (K + 1) + k]);
+        assert_true(close_rel(tol.fin[r], full.energy[r * (K + 1) + k]));
         stopped_early += k < K;
     }
     assert_true(stopped_early > 0);
+    printf("  tolerance %.4g (gap +-%.2g): %d of %d positions stopped early\n", o.tol, half, stopped_early, B * S);
     ebt_workspace_free(ws);
     ebt_free(m);
 }
@@ -151,12 +183,16 @@ static void test_last_only(void **state)
     o.last_only = 1; o.init_logits = ylast;
     assert_int_equal(ebt_think(ws, m, tok, B, S, &o, &r), EBT_OK);
     assert_true(r.rows_evaluated == (long long)B * (K + 1));
+    double dp = 0, de = 0;
     for (int b = 0; b < B; b++) {
         int row = b * S + S - 1;
-        for (int j = 0; j < V; j++) assert_true(fabs(probs[b * V + j] - full.probs[row * V + j]) <= 1e-6);
-        for (int k = 0; k <= K; k++)
-            assert_true(fabs(en[b * (K + 1) + k] - full.energy[row * (K + 1) + k]) <= 1e-5 * (1 + fabs(en[b * (K + 1) + k])));
+        for (int j = 0; j < V; j++) dp = fmax(dp, fabs(probs[b * V + j] - full.probs[row * V + j]));
+        for (int k = 0; k <= K; k++) {
+            de = fmax(de, fabs(en[b * (K + 1) + k] - full.energy[row * (K + 1) + k]) / (1 + fabs(full.energy[row * (K + 1) + k])));
+        }
     }
+    printf("  last-only vs full after %d steps: max |dp| %.2e, max rel |dE| %.2e (tol %.0e)\n", K, dp, de, THINK_TOL);
+    assert_true(dp <= THINK_TOL && de <= THINK_TOL);
     ebt_workspace_free(ws);
     ebt_free(m);
 }
@@ -172,12 +208,12 @@ static void test_blow_up(void **state)
     ebt_think_opts o = ebt_think_default();
     (void)state;
     ws = prepare(m, tok, y0, 1);
-    o.steps = 3; o.init_logits = y0; o.step_size = 1e38;
+    o.steps = 3; o.init_logits = y0; o.step_size = sizeof(ebt_real) == sizeof(float) ? 1e38 : 1e308;
     think(ws, m, tok, &o, &r);
     assert_true(r.r.diverged > 0);
     for (int i = 0; i < B * S * V; i++) assert_true(isfinite(r.probs[i]));
     for (int i = 0; i < B * S; i++) assert_true(isfinite(r.fin[i]));
-    printf("  step size 1e38: %d of %d positions diverged and stopped at their last finite state\n", r.r.diverged, B * S);
+    printf("  step size %g: %d of %d positions diverged and stopped at their last finite state\n", o.step_size, r.r.diverged, B * S);
     ebt_workspace_free(ws);
     ebt_free(m);
 }
