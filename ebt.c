@@ -2447,6 +2447,7 @@ ebt_train_opts ebt_train_default(void)
     o.min_lr = 1e-4;
     o.warmup_steps = 100;
     o.total_steps = 10000;
+    o.progress = -1;
     o.weight_decay = 0.01;
     o.beta1 = 0.9;
     o.beta2 = 0.999;
@@ -2472,6 +2473,7 @@ static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
     if (!isfinite(o->alpha_lr_mult) || o->alpha_lr_mult < 0) EBT__BAD("alpha_lr_mult must be finite and >= 0");
     if (!isfinite(o->lr) || o->lr < 0 || !isfinite(o->min_lr) || o->min_lr < 0) EBT__BAD("lr and min_lr must be finite and >= 0");
     if (o->warmup_steps < 0 || o->total_steps < 0) EBT__BAD("warmup_steps and total_steps must be >= 0");
+    if (!(o->progress <= 1)) EBT__BAD("progress must be <= 1 (negative: follow the step count)");
     if (!isfinite(o->weight_decay) || o->weight_decay < 0) EBT__BAD("weight_decay must be finite and >= 0");
     if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) EBT__BAD("betas must be in [0, 1)");
     if (!isfinite(o->eps) || o->eps <= 0) EBT__BAD("eps must be finite and > 0");
@@ -2737,7 +2739,6 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
     return st != EBT_OK ? st : ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, alpha_mult, stats);
 }
 
-/* learning rate at optimiser step t: linear warm-up, then cosine to min_lr */
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
  * checks that the update stays finite (returns 1 if not), apply 1 writes it */
 static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
@@ -2765,12 +2766,15 @@ static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t
     return bad;
 }
 
+/* learning rate at optimiser step t: linear warm-up, then cosine to min_lr
+ * (over the steps, or over the caller's progress) */
 static double ebt__lr_at(const ebt_train_opts *o, long t)
 {
     double prog;
     if (t < o->warmup_steps) return o->lr * (double)(t + 1) / (double)o->warmup_steps;
-    if (o->total_steps <= o->warmup_steps) return o->min_lr;
-    prog = (double)(t - o->warmup_steps) / (double)(o->total_steps - o->warmup_steps);
+    if (o->progress >= 0) prog = o->progress;
+    else if (o->total_steps <= o->warmup_steps) return o->min_lr;
+    else prog = (double)(t - o->warmup_steps) / (double)(o->total_steps - o->warmup_steps);
     if (prog > 1) prog = 1;
     return o->min_lr + 0.5 * (1 + cos(3.14159265358979323846 * prog)) * (o->lr - o->min_lr);
 }

@@ -366,6 +366,10 @@ typedef struct {
     double min_lr;           /* floor of the cosine decay (default 1e-4) */
     long warmup_steps;       /* linear warm-up (default 100) */
     long total_steps;        /* cosine decay ends here (default 10000) */
+    double progress;         /* < 0 (default -1): the cosine follows the optimiser step, from
+                                warmup_steps to total_steps; in [0, 1]: the caller's position in
+                                the run (e.g. elapsed time / time budget) sets it instead, after
+                                the warm-up: lr = min_lr + (lr - min_lr)(1 + cos(pi progress))/2 */
     double weight_decay;     /* AdamW, not on norm gains or alpha (default 0.01) */
     double beta1, beta2, eps;/* 0.9, 0.999, 1e-8 */
     double grad_clip;        /* global norm over every gradient incl. alpha's; <= 0 off (default 1) */
