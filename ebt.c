@@ -2301,6 +2301,8 @@ ebt_gen_opts ebt_gen_default(void)
     o.temperature = 1;
     o.top_p = 1;
     o.seed = 0x9e3779b9;
+    o.on_token = NULL;
+    o.user = NULL;
     return o;
 }
 
@@ -2351,65 +2353,93 @@ static int ebt__sample(const ebt_real *q, int V, double temp, double top_p, ebt_
     return pr[n - 1].i;
 }
 
-ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
-                        int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy, ebt_real *probs)
+/* the next token's distribution q[V] (thinking, or the transformer++
+ * logits) with its report in *t (energies: K+1 reals of scratch) */
+static ebt_status ebt__gen_next(ebt_workspace *ws, const ebt_gen_opts *o, int pos, ebt_real *q,
+                                ebt_real *energies, ebt_gen_token *t)
 {
-    ebt_gen_opts o;
-    ebt_status st = EBT_OK;
-    ebt__rng rng;
-    int V, maxS, start, len, ebt, cache;
-    int32_t *ctx;
-    ebt_real *q;
-    ebt__pair *pr;
-    if (!ws) return EBT_ERR_ARG;
+    ebt_think_result r;
+    ebt_think_opts th = o->think;
+    t->probs = q;
+    t->energy = (ebt_real)NAN;
+    t->energies = NULL;
+    t->steps = t->steps_taken = t->winner = 0;
+    if (ws->m->cfg.arch != EBT_ARCH_EBT) {
+        ebt__lm_last_logits(ws, q);
+        ebt__softmax_rows(q, q, 1, ws->m->cfg.vocab_size, 1);
+        return EBT_OK;
+    }
+    memset(&r, 0, sizeof r);
+    r.probs = q;
+    r.final_energy = &t->energy;
+    r.energy = energies;
+    r.steps_taken = &t->steps_taken;
+    r.winner = &t->winner;
+    th.seed = o->think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)pos;
+    t->energies = energies;
+    t->steps = th.steps;
+    return ebt__think(ws, &th, &r, 0);
+}
+
+/* checks ebt_generate's arguments; o gets the options as generation uses them */
+static ebt_status ebt__check_gen(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                                 int n_new, const ebt_gen_opts *opts, const int32_t *out, ebt_gen_opts *o)
+{
+    ebt_status st;
     ws->err[0] = 0;
     if (!m || m != ws->m) { ebt__seterr(ws->err, EBT__ERRLEN, "model is NULL or not the workspace's"); return m ? EBT_ERR_STATE : EBT_ERR_ARG; }
     if (!opts) { ebt__seterr(ws->err, EBT__ERRLEN, "opts is NULL"); return EBT_ERR_ARG; }
-    o = *opts;
+    *o = *opts;
     if (!prompt || n_prompt < 1 || n_new < 0 || (n_new > 0 && !out) || n_new > INT32_MAX - n_prompt) {
         ebt__seterr(ws->err, EBT__ERRLEN, "need a prompt of >= 1 tokens, n_new >= 0 and out");
         return EBT_ERR_ARG;
     }
-    if (!isfinite(o.temperature) || o.temperature < 0 || !(o.top_p > 0 && o.top_p <= 1) ||
-        (o.no_cache != 0 && o.no_cache != 1)) {
+    if (!isfinite(o->temperature) || o->temperature < 0 || !(o->top_p > 0 && o->top_p <= 1) ||
+        (o->no_cache != 0 && o->no_cache != 1)) {
         ebt__seterr(ws->err, EBT__ERRLEN, "temperature must be finite and >= 0, top_p in (0, 1], no_cache 0 or 1");
         return EBT_ERR_ARG;
     }
-    o.think.last_only = 1;
-    o.think.init_logits = NULL;
-    if ((st = ebt__check_think_opts(&o.think, ws->err)) != EBT_OK) return st;
+    o->think.last_only = 1;
+    o->think.init_logits = NULL;
+    if ((st = ebt__check_think_opts(&o->think, ws->err)) != EBT_OK) return st;
+    return ebt__check_ids(prompt, (size_t)n_prompt, m->cfg.vocab_size, "prompt token", ws->err, EBT__ERRLEN);
+}
+
+ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                        int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy, ebt_real *probs)
+{
+    ebt_gen_opts o;
+    ebt_status st;
+    ebt__rng rng;
+    int V, maxS, start, len, cache;
+    int32_t *ctx;
+    ebt_real *q, *hist;
+    ebt__pair *pr;
+    if (!ws) return EBT_ERR_ARG;
+    if ((st = ebt__check_gen(ws, m, prompt, n_prompt, n_new, opts, out, &o)) != EBT_OK) return st;
     V = m->cfg.vocab_size;
-    if ((st = ebt__check_ids(prompt, (size_t)n_prompt, V, "prompt token", ws->err, EBT__ERRLEN)) != EBT_OK) return st;
-    ebt = m->cfg.arch == EBT_ARCH_EBT;
     cache = !o.no_cache && m->cfg.n_step_embed == 0;
     maxS = ws->max_S;
-    ctx = (int32_t *)EBT_MALLOC(sizeof(int32_t) * ((size_t)n_prompt + n_new) + (sizeof(ebt_real) + sizeof(ebt__pair)) * (size_t)V + 16);
+    /* scratch: the context, V sampling pairs, q[V] and the energies of one thinking (K+1) */
+    ctx = (int32_t *)EBT_MALLOC(sizeof(int32_t) * ((size_t)n_prompt + n_new) + sizeof(ebt__pair) * (size_t)V +
+                                sizeof(ebt_real) * ((size_t)V + o.think.steps + 1) + 16);
     if (!ctx) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory"); return EBT_ERR_NOMEM; }
     pr = (ebt__pair *)(void *)(((uintptr_t)(ctx + n_prompt + n_new) + 15) & ~(uintptr_t)15);
     q = (ebt_real *)(void *)(pr + V);
+    hist = q + V;
     memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);
     ebt__rng_stream(&rng, o.seed, 0x73616d706c65ULL, 0);
     start = n_prompt > maxS ? n_prompt - maxS : 0;
     len = n_prompt - start;
     ebt__observe(ws, ctx + start, 1, len, 0);
     for (int t = 0; t < n_new; t++) {
-        ebt_real e = (ebt_real)NAN;
-        if (ebt) {
-            ebt_think_result r;
-            ebt_think_opts th = o.think;
-            memset(&r, 0, sizeof r);
-            r.probs = q;
-            r.final_energy = &e;
-            th.seed = o.think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(n_prompt + t);
-            if ((st = ebt__think(ws, &th, &r, 0)) != EBT_OK) break;
-        } else {
-            ebt__lm_last_logits(ws, q);
-            ebt__softmax_rows(q, q, 1, V, 1);
-        }
-        if (energy) energy[t] = e;
+        ebt_gen_token tk;
+        if ((st = ebt__gen_next(ws, &o, n_prompt + t, q, hist, &tk)) != EBT_OK) break;
+        if (energy) energy[t] = tk.energy;
         if (probs) memcpy(probs + (size_t)t * V, q, sizeof(ebt_real) * V);
-        out[t] = ctx[n_prompt + t] = ebt__sample(q, V, o.temperature, o.top_p, &rng, pr);
-        if (t == n_new - 1) break;
+        out[t] = ctx[n_prompt + t] = tk.token = ebt__sample(q, V, o.temperature, o.top_p, &rng, pr);
+        tk.index = t;
+        if ((o.on_token && o.on_token(o.user, &tk)) || t == n_new - 1) break;
         if (len + 1 > maxS) {            /* window full: keep the newest half */
             len = maxS / 2 > 0 ? maxS / 2 : 1;
             start = n_prompt + t + 1 - len;

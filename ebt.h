@@ -314,12 +314,32 @@ EBT_API ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, 
  * a KV cache: each new token costs its own rows only. When the sequence
  * reaches the workspace's max_S, the oldest half is dropped and the rest
  * re-observed. */
+/* What ebt_generate reports about each new token (ebt_gen_opts.on_token).
+ * The pointers are valid only during the callback. */
+typedef struct {
+    int index;               /* position among the new tokens, 0.. */
+    int32_t token;           /* the token chosen */
+    const ebt_real *probs;   /* [V] the distribution it was sampled from (before temperature/top-p) */
+    ebt_real energy;         /* final energy of its thinking (NaN for transformer++) */
+    const ebt_real *energies;/* [steps+1] E_k of the winning start, k = 0..steps (NULL for transformer++) */
+    int steps;               /* the thinking budget K (0 for transformer++) */
+    int steps_taken;         /* updates the winning start made */
+    int winner;              /* index of the winning start */
+} ebt_gen_token;
+
+/* Called after each token is chosen; a nonzero return stops generation
+ * there (ebt_generate then returns EBT_OK; later entries of out are not
+ * written). */
+typedef int (*ebt_gen_callback)(void *user, const ebt_gen_token *tok);
+
 typedef struct {
     ebt_think_opts think;    /* thinking per token (last_only is implied) */
     double temperature;      /* 0 = argmax (default 1) */
     double top_p;            /* nucleus sampling, 1 = off (default 1) */
     uint64_t seed;           /* sampling randomness */
     int no_cache;            /* 1: re-run the whole prefix per token (for tests/benchmarks); 0 or 1 */
+    ebt_gen_callback on_token; /* NULL, or called after each token (streaming, tracing) */
+    void *user;              /* passed to on_token */
 } ebt_gen_opts;
 
 /* Options are required (start from ebt_gen_default()). */
