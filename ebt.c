@@ -2489,6 +2489,16 @@ ebt_train_opts ebt_train_default(void)
 
 long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt_step : 0; }
 
+void ebt_train_reset(ebt_model *m)
+{
+    if (!m) return;
+    EBT_FREE(m->opt_m); EBT_FREE(m->opt_v); EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
+    m->opt_m = m->opt_v = m->rb_y = NULL;
+    m->rb_tok = m->rb_tgt = NULL;
+    m->opt_step = 0;
+    m->rb_cap = m->rb_count = m->rb_next = m->rb_S = m->rb_rows = 0;
+}
+
 static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
 {
 #define EBT__BAD(...) do { ebt__seterr(err, EBT__ERRLEN, __VA_ARGS__); return EBT_ERR_ARG; } while (0)

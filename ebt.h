@@ -425,6 +425,10 @@ EBT_API ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, cons
                                   ebt_train_stats *stats);
 /* Optimiser steps taken (0 for a new model). */
 EBT_API long ebt_train_steps_done(const ebt_model *m);
+/* Forgets the training state: AdamW moments, the step count and the replay
+ * buffer (e.g. to share the weights alone, or to fine-tune afresh); the
+ * weights stay. A later ebt_save writes the weights only. */
+EBT_API void ebt_train_reset(ebt_model *m);
 
 #ifdef __cplusplus
 }
