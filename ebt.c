@@ -1377,6 +1377,13 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
     while (b <= B) ws->pgrp[b++] = n;
 }
 
+/* Which parameter gradients a reverse sweep accumulates. */
+typedef enum {
+    EBT__GRAD_NONE = 0,   /* none: the sweep only gives dE/dp (and H v) */
+    EBT__GRAD_FIRST,      /* grads += d(sum w E)/dtheta        (the d terms) */
+    EBT__GRAD_MIXED       /* grads += grad_theta(v . dE/dp)    (the td terms) */
+} ebt__gradmode;
+
 /* ======================================================================
  * BLOCK HALVES shared by both streams.
  *   attention input:  a = rmsnorm(x)*attn_norm ; qkv = a Wqkv^T ; rope(q,k)
@@ -1388,8 +1395,7 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
  * and add the branch's contribution into it.
  * The reverse of each half runs the backward (d) and, when R->tdh is set,
  * the tangent of the backward (td) together. gmode selects which
- * parameter gradients are accumulated into gw: 0 none, 1 first order
- * (d terms), 2 mixed second order (td terms).
+ * parameter gradients are accumulated into gw (ebt__gradmode).
  * Rows: N rows; RoPE positions pos[r], or pos0 + r % T when pos is NULL.
  * ====================================================================== */
 
@@ -1441,7 +1447,7 @@ static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt
 /* reverse of the FFN half and the Wo projection: on entry R->dh is the
  * cotangent of the block output; on exit it is that of the block input's
  * residual path (dh1 before the attention), and R->dout that of o. */
-static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, ebt__gradmode gmode,
                                   ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
@@ -1450,9 +1456,9 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
     ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D, nt);                    /* du = dh @ W2 */
     if (tan) ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);         /* tdu = tdh @ W2 */
     ebt__swiglu_rev(R->dz, tan ? R->tdz : NULL, R->du, tan ? R->tdu : NULL, A->z13, tan ? Tg->z13 : NULL,
-                    N, F, gmode != 0, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, R->du, N, F, D, nt);   /* dW2 += dh^T u */
-    if (gmode == 2) {
+                    N, F, gmode != EBT__GRAD_NONE, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->w2, R->dh, R->du, N, F, D, nt);   /* dW2 += dh^T u */
+    if (gmode == EBT__GRAD_MIXED) {
         ebt__lin_bwd_w(gw->w2, R->tdh, R->du, N, F, D, nt);              /* tdW2 += tdh^T u */
         ebt__lin_bwd_w(gw->w2, R->dh, R->tdu, N, F, D, nt);              /*       + dh^T tu */
     }
@@ -1460,25 +1466,25 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
     ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F, nt);               /* df = dz @ W13 */
     /* f and tf are not stored: recomputed into dout and tdout (free until
      * the Wo backward below) */
-    if (gmode) ebt__rmsnorm_apply(R->dout, A->h1, A->rs2, w->ffn_norm, N, D, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, R->dout, N, D, 2 * F, nt);
+    if (gmode != EBT__GRAD_NONE) ebt__rmsnorm_apply(R->dout, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->w13, R->dz, R->dout, N, D, 2 * F, nt);
     if (tan) {
         ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F, nt);         /* tdf = tdz @ W13 */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__rmsnorm_tan(R->tdout, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
             ebt__lin_bwd_w(gw->w13, R->tdz, R->dout, N, D, 2 * F, nt);
             ebt__lin_bwd_w(gw->w13, R->dz, R->tdout, N, D, 2 * F, nt);
         }
     }
     /* f = rmsnorm(h1) * ffn_norm ; residual: dh1 = dh + (this) */
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D, nt);
-    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, R->trs, N, D, nt);
+    ebt__rmsnorm_bwd(R->dh, gmode == EBT__GRAD_FIRST ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == EBT__GRAD_MIXED ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, R->trs, N, D, nt);
     /* h1 = x + o @ Wo^T */
     ebt__lin_bwd_x(R->dout, R->dh, w->wo, N, D, D, nt);                  /* do = dh1 @ Wo */
-    if (gmode == 1) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D, nt);
     if (tan) {
         ebt__lin_bwd_x(R->tdout, R->tdh, w->wo, N, D, D, nt);            /* tdo = tdh1 @ Wo */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__lin_bwd_w(gw->wo, R->tdh, A->o, N, D, D, nt);
             ebt__lin_bwd_w(gw->wo, R->dh, Tg->o, N, D, D, nt);
         }
@@ -1488,7 +1494,7 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
 /* reverse of the attention input half: from dqkv (and tdqkv), post-RoPE;
  * adds into R->dh (and R->tdh) the cotangent of the layer input. dqkv is
  * rotated back in place. */
-static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, ebt__gradmode gmode,
                              ebt__rev *R, ebt_real *dqkv, ebt_real *tdqkv,
                              const ebt__acts *A, const ebt__acts *Tg, int N, const int *pos, int T, int pos0, int nt)
 {
@@ -1497,19 +1503,19 @@ static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__lay
     ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D, nt);               /* da = dqkv @ Wqkv */
     /* a and ta are not stored: recomputed into dout and tdout (free after
      * the attention backward) */
-    if (gmode) ebt__rmsnorm_apply(R->dout, A->x, A->rs1, w->attn_norm, N, D, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, R->dout, N, D, 3 * D, nt);
+    if (gmode != EBT__GRAD_NONE) ebt__rmsnorm_apply(R->dout, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->wqkv, dqkv, R->dout, N, D, 3 * D, nt);
     if (tdqkv) {
         ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1, nt);
         ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D, nt);         /* tda = tdqkv @ Wqkv */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__rmsnorm_tan(R->tdout, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
             ebt__lin_bwd_w(gw->wqkv, tdqkv, R->dout, N, D, 3 * D, nt);
             ebt__lin_bwd_w(gw->wqkv, dqkv, R->tdout, N, D, 3 * D, nt);
         }
     }
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
-    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, R->trs, N, D, nt);
+    ebt__rmsnorm_bwd(R->dh, gmode == EBT__GRAD_FIRST ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == EBT__GRAD_MIXED ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, R->trs, N, D, nt);
 }
 
 /* ======================================================================
@@ -1585,7 +1591,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
         const ebt__acts *A = &ws->oa[l];
         ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
         if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
-            ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N, nt);
+            ebt__attn_out_ffn_rev(m, w, gw, EBT__GRAD_FIRST, R, A, NULL, N, nt);
             EBT__FOR_BLOCKS(nt, (size_t)B * H * So * So, int bh = 0, bh < B * H, bh++, {
                 int b = bh / H, h = bh % H;
                 size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
@@ -1596,7 +1602,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
                               A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
             });
         }
-        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
+        ebt__attn_in_rev(m, w, gw, EBT__GRAD_FIRST, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
     }
     for (int b = 0; b < B; b++) {
         const ebt_real *row = R->dh + (size_t)b * So * D;
@@ -1681,31 +1687,40 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
 }
 
-/* The reverse sweep of the predicted stream, seeded with weight[r] (NULL:
- * ones) on each energy. Outputs (each optional): dp = d(sum w E)/dp;
- * with tangent (after ebt__pred_tangent along v): hv = H_pp v.
- * gm != NULL and gmode 1: grads += d(sum w E)/dtheta (predicted-side terms;
- * the observed-side cotangents are added into ws->acc);
- * gmode 2: the same for the mixed term grad_theta(v . dE/dp). */
-static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int tangent,
-                              const ebt_real *weight, const ebt_real *probs, const ebt_real *v,
-                              ebt_real *dp, ebt_real *hv)
+/* What one reverse sweep of the predicted stream computes (every output
+ * optional): dp = d(sum w E)/dp; with tangent (after ebt__pred_tangent
+ * along v), hv = H_pp v; with gm, parameter gradients into gm's grads by
+ * grad (the predicted-side terms; the observed-side cotangents are added
+ * into ws->acc for ebt__obs_backward). */
+typedef struct {
+    ebt_model *gm;            /* receives parameter gradients, or NULL */
+    ebt__gradmode grad;       /* which ones (NONE without gm) */
+    int tangent;              /* 1: also the tangent of the sweep (needs ebt__pred_tangent) */
+    const ebt_real *weight;   /* (np) seeds of the energies; NULL: ones */
+    const ebt_real *probs;    /* (np,V) the candidates of the forward */
+    const ebt_real *v;        /* (np,V) the tangent direction (tangent only) */
+    ebt_real *dp, *hv;        /* (np,V) outputs, or NULL */
+} ebt__rev_args;
+
+static void ebt__pred_reverse(ebt_workspace *ws, const ebt__rev_args *ra)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
     int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np, nt = ebt__nt(ws->threads);
     ebt__rev R = ws->rp;
-    ebt__weights *g = gm ? &gm->g : NULL;
+    ebt__weights *g = ra->gm ? &ra->gm->g : NULL;
+    ebt__gradmode gmode = g ? ra->grad : EBT__GRAD_NONE;
+    int tangent = ra->tangent;
+    const ebt_real *weight = ra->weight, *probs = ra->probs, *v = ra->v;
     if (!tangent) R.tdh = NULL;
-    if (!g) gmode = 0;
     /* E = rmsnorm(hL) * final_norm . we */
-    ebt__ehead_bwd(R.dx, gmode == 1 ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
-    if (gmode == 2) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
+    ebt__ehead_bwd(R.dx, gmode == EBT__GRAD_FIRST ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
+    if (gmode == EBT__GRAD_MIXED) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
     memset(R.dh, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(R.dh, gmode == 1 ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
+    ebt__rmsnorm_bwd(R.dh, gmode == EBT__GRAD_FIRST ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
     if (tangent) {
         memset(R.tdh, 0, sizeof(ebt_real) * (size_t)N * D);
-        ebt__rmsnorm_tbwd(R.tdh, gmode == 2 ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
+        ebt__rmsnorm_tbwd(R.tdh, gmode == EBT__GRAD_MIXED ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
                           ws->p_rsf, m->w.final_norm, R.trs, N, D, nt);
     }
     for (int l = L - 1; l >= 0; l--) {
@@ -1723,12 +1738,12 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
             ebt__ascr sc;
             if (pb.d.nq == 0) continue;
             sc = ebt__scr(ws, ebt__tid());
-            ebt__attn_bwd(dq, gmode == 1 ? acc + pb.k : NULL, gmode == 1 ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
+            ebt__attn_bwd(dq, gmode == EBT__GRAD_FIRST ? acc + pb.k : NULL, gmode == EBT__GRAD_FIRST ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
                           sc.G, sc.dS, sc.mu, R.dout + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             if (tangent) {
                 const ebt_real *tq = Tg->qkv + pb.q;
                 ebt_real *tdq = R.tdqkv + pb.q;
-                ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
+                ebt__attn_tbwd(tdq, gmode == EBT__GRAD_MIXED ? acc + pb.k : NULL, gmode == EBT__GRAD_MIXED ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
                                sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                                A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
@@ -1736,8 +1751,15 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
         ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0, nt);
     }
     /* h0 = p @ Wpe */
-    ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D, nt);
-    if (tangent) ebt__pemb_tbwd(hv, gmode == 2 ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D, nt);
+    ebt__pemb_bwd(ra->dp, gmode == EBT__GRAD_FIRST ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D, nt);
+    if (tangent) ebt__pemb_tbwd(ra->hv, gmode == EBT__GRAD_MIXED ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D, nt);
+}
+
+/* dp = dE/dp of the forward at probs (no parameter gradients) */
+static void ebt__pred_dEdp(ebt_workspace *ws, const ebt_real *probs, ebt_real *dp)
+{
+    ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 0, NULL, probs, NULL, dp, NULL };
+    ebt__pred_reverse(ws, &ra);
 }
 
 /* ======================================================================
@@ -1836,7 +1858,7 @@ ebt_status ebt_ws_energy(ebt_workspace *ws, const ebt_real *probs, ebt_real *ene
     if ((st = ebt__check_vec(probs, n, "probs", 1, ws->err, EBT__ERRLEN)) != EBT_OK) return st;
     ebt__pred_forward(ws, probs);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
-    if (grad_probs) ebt__pred_reverse(ws, NULL, 0, 0, NULL, probs, NULL, grad_probs, NULL);
+    if (grad_probs) ebt__pred_dEdp(ws, probs, grad_probs);
     return EBT_OK;
 }
 
@@ -1853,7 +1875,10 @@ ebt_status ebt_ws_hvp(ebt_workspace *ws, const ebt_real *probs, const ebt_real *
     ebt__pred_forward(ws, probs);
     ebt__pred_tangent(ws, v);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
-    ebt__pred_reverse(ws, NULL, 0, 1, NULL, probs, v, grad_probs, hv);
+    {
+        ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 1, NULL, probs, v, grad_probs, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
     return EBT_OK;
 }
 
@@ -1939,7 +1964,10 @@ ebt_status ebt_energy_backward(ebt_model *m, const int32_t *tokens, const ebt_re
     ebt__pred_forward(ws, probs);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)B * S);
     ebt__zero_acc(ws);
-    ebt__pred_reverse(ws, m, 1, 0, weight, probs, NULL, NULL, NULL);
+    {
+        ebt__rev_args ra = { m, EBT__GRAD_FIRST, 0, weight, probs, NULL, NULL, NULL };
+        ebt__pred_reverse(ws, &ra);
+    }
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
 }
@@ -1954,7 +1982,10 @@ ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_rea
     ebt__pred_forward(ws, probs);
     ebt__pred_tangent(ws, v);
     ebt__zero_acc(ws);
-    ebt__pred_reverse(ws, m, 2, 1, NULL, probs, v, grad_probs, hv);
+    {
+        ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, probs, v, grad_probs, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
 }
@@ -2100,7 +2131,7 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
             }
             ebt__pred_rows(ws, rows, n);
             ebt__pred_forward(ws, pa);
-            if (!last) ebt__pred_reverse(ws, NULL, 0, 0, NULL, pa, NULL, ga, NULL);
+            if (!last) ebt__pred_dEdp(ws, pa, ga);
             res->rows_evaluated += n;
             /* scatter: record, stop or update */
             for (int r = 0, q = 0; r < NP; r++) {
@@ -2585,7 +2616,10 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
         for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
     });
     ebt__pred_tangent(ws, vv);
-    ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
+    {
+        ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
         ebt__obs_backward(ws, m, NULL);
         ebt__zero_acc(ws);
@@ -2706,7 +2740,7 @@ static ebt_status ebt__train_grad(ebt_model *m, const ebt_train_opts *opts, cons
         }
         ebt__observe_step(ws, k);
         ebt__pred_forward(ws, pk);
-        ebt__pred_reverse(ws, NULL, 0, 0, NULL, pk, NULL, gk, NULL);
+        ebt__pred_dEdp(ws, pk, gk);
         for (int n = 0; n < N; n++) esum += ws->energy[n];
         if (!isfinite(esum) || !ebt__all_finite(gk, nv)) {
             ebt__seterr(m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
