@@ -1,4 +1,5 @@
-/* ebt.c - Energy-Based Transformers in C. See ebt.h for the API and docs.
+/* ebt.c - Energy-Based Transformers in C. See ebt.h for the API and docs,
+   docs/model.md for the model it computes.
 
    Dimension legend (used in every shape comment):
      B  batch                      S  predicted positions per sequence
@@ -550,7 +551,8 @@ static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char 
     ebt__point(m, m->params, &m->w);
     ebt__point(m, m->grads, &m->g);
     {
-        /* RoPE tables: angles in double, cos/sin rounded once to float (SPEC 1) */
+        /* RoPE tables: angles in double, cos/sin rounded once to float
+         * (docs/model.md section 3.4) */
         int Dh = cfg->d_model / cfg->n_heads;
         for (size_t p = 0; p < npos; p++)
             for (size_t i = 0; i < half; i++) {
@@ -1991,10 +1993,10 @@ ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_rea
 }
 
 /* ======================================================================
- * THINKING (SPEC 4): gradient descent on E w.r.t. p, per position, with
- * stopping rules, Langevin noise and several starts. Only the rows still
- * moving are evaluated (ebt__pred_rows); the observed stream is computed
- * once (once per step index for step-token models).
+ * THINKING (docs/model.md section 5): gradient descent on E w.r.t. p, per
+ * position, with stopping rules, Langevin noise and several starts. Only
+ * the rows still moving are evaluated (ebt__pred_rows); the observed stream
+ * is computed once (once per step index for step-token models).
  * ====================================================================== */
 
 ebt_think_opts ebt_think_default(void)
@@ -2488,10 +2490,11 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
 }
 
 /* ======================================================================
- * TRAINING (SPEC 5): think K steps from y_0, cross-entropy of the
- * thoughts, gradients by the modes detach / truncate / full (second order
- * through ebt__pred_reverse with tangents: the mixed term and H_pp v),
- * AdamW with clipping and a warm-up + cosine schedule; replay buffer.
+ * TRAINING (docs/model.md sections 6, 7): think K steps from y_0,
+ * cross-entropy of the thoughts, gradients by the modes detach / truncate /
+ * full (second order through ebt__pred_reverse with tangents: the mixed
+ * term and H_pp v), AdamW with clipping and a warm-up + cosine schedule;
+ * replay buffer.
  * ====================================================================== */
 
 ebt_train_opts ebt_train_default(void)
@@ -3646,9 +3649,10 @@ fail_notmp:
 }
 
 /* ======================================================================
- * CHECKPOINT: SPEC 7 on top of the safetensors reader/writer above.
- * Everything is validated (metadata, the full tensor set and shapes, data
- * ranges inside the file) before the model is allocated.
+ * CHECKPOINT: docs/model.md section 9 on top of the safetensors
+ * reader/writer above. Everything is validated (metadata, the full tensor
+ * set and shapes, data ranges inside the file) before the model is
+ * allocated.
  * ====================================================================== */
 
 /* strict decimal integer in [lo, hi] */
@@ -3941,7 +3945,7 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
         kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
     }
-    /* optimiser state (SPEC 7 names) and the replay buffer */
+    /* optimiser state and the replay buffer (docs/model.md section 9.3) */
     if (m->opt_m) {
         snprintf(vals[10], sizeof vals[10], "%ld", m->opt_step);
         kv[nkv++] = "optim.step"; kv[nkv++] = vals[10];

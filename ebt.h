@@ -4,7 +4,7 @@
    next-token distribution p with one scalar energy E(x, p); low means the
    candidate fits. Instead of predicting in one pass, the model "thinks":
    gradient descent on E with respect to p. This library implements the
-   energy function of SPEC.md (Llama-2 blocks, two-stream attention, energy
+   energy function of docs/model.md (Llama-2 blocks, two-stream attention, energy
    head) with exact analytic first derivatives (dE/dp, dE/dtheta) and second
    derivatives (Hessian-vector products H_pp v and the mixed term
    grad_theta(v . dE/dp)) computed by forward-mode tangents through the
@@ -126,7 +126,7 @@ EBT_API const char *ebt_status_str(ebt_status s);
 
 typedef enum { EBT_ARCH_EBT = 0, EBT_ARCH_TRANSFORMER = 1 } ebt_arch;
 
-/* The blueprint of a model (checkpoint metadata, SPEC section 7). */
+/* The blueprint of a model (checkpoint metadata, docs/model.md section 9.2). */
 typedef struct {
     ebt_arch arch;       /* EBT_ARCH_EBT or EBT_ARCH_TRANSFORMER ("transformer++") */
     int vocab_size;      /* V */
@@ -143,8 +143,8 @@ typedef struct {
 } ebt_config;
 
 /* V=256 D=128 L=4 H=4 F=128 max_seq_len=256, no step embedding, untied,
- * alpha=5 (SPEC 2: the published 500 was tuned for V=50277; a probe at V=256
- * trained best near 5). */
+ * alpha=5 (docs/model.md section 10: the published 500 was tuned for
+ * V=50277; a probe at V=256 trained best near 5). */
 EBT_API ebt_config ebt_config_default(void);
 
 /* Checks a config; EBT_OK or EBT_ERR_ARG with a message in err. */
@@ -153,11 +153,12 @@ EBT_API ebt_status ebt_config_check(const ebt_config *cfg, char *err, size_t err
 typedef struct ebt_model ebt_model;
 typedef struct ebt_workspace ebt_workspace;
 
-/* A new model initialised as in SPEC 2 from a seeded RNG (same seed, same
- * weights on every machine). *out is NULL on failure. */
+/* A new model initialised as in docs/model.md section 2 from a seeded RNG
+ * (same seed, same weights on every machine). *out is NULL on failure. */
 EBT_API ebt_status ebt_create(const ebt_config *cfg, uint64_t seed, ebt_model **out);
-/* Loads a checkpoint (SPEC 7). The file is validated before anything sized
- * by it is allocated. ebt_load_ex also writes a message into err. */
+/* Loads a checkpoint (docs/model.md section 9). The file is validated
+ * before anything sized by it is allocated. ebt_load_ex also writes a
+ * message into err. */
 EBT_API ebt_status ebt_load(const char *path, ebt_model **out);
 EBT_API ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errlen);
 /* Saves atomically: writes a temporary file in the same directory, flushes,
@@ -169,7 +170,7 @@ EBT_API void ebt_free(ebt_model *m);
 EBT_API const ebt_config *ebt_model_config(const ebt_model *m);
 EBT_API const char *ebt_last_error(const ebt_model *m);   /* "" if none */
 
-/* Parameters and gradients by checkpoint name (SPEC 2), e.g.
+/* Parameters and gradients by checkpoint name (docs/model.md section 2), e.g.
  * "layers.0.attn.wq.weight"; *count gets the number of elements. NULL if
  * the name is unknown for this model. Gradients accumulate (llm.c style)
  * until ebt_zero_grad. */
@@ -243,7 +244,7 @@ EBT_API ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const in
                                    int B, int S, ebt_real *loss);
 
 
-/* ---- Thinking (SPEC 4) --------------------------------------------------
+/* ---- Thinking (docs/model.md section 5) --------------------------------
  * Gradient descent on the energy w.r.t. the candidate distribution, from
  * random or given logits: y <- y + sigma N(0,1); p = softmax(y);
  * y <- p - alpha_i dE/dp. A budget of K steps is K updates and K+1
@@ -355,7 +356,7 @@ EBT_API ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int
                                 int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy,
                                 ebt_real *probs);
 
-/* ---- Training (SPEC 5) --------------------------------------------------
+/* ---- Training (docs/model.md sections 6, 7) ----------------------------
  * One step on a batch: tokens[B*S] are the inputs x_0..x_{S-1} of each
  * sequence, targets[B*S] the tokens each position must predict (usually
  * x_1..x_S). For arch ebt the model thinks K steps from y_0 and the loss is
@@ -409,8 +410,8 @@ typedef struct {
     long step;               /* optimiser steps taken so far (after this one) */
 } ebt_train_stats;
 
-/* Zeroes the gradients and computes them (SPEC 5) without updating
- * anything. init_logits [B*S*V] and alpha_mult [B*S] (per-position step
+/* Zeroes the gradients and computes them (docs/model.md section 6) without
+ * updating anything. init_logits [B*S*V] and alpha_mult [B*S] (per-position step
  * multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may be NULL: then they
  * are drawn as the options say. Deterministic given both and noise 0,
  * k_min == k_max, replay off. stats may be NULL. */

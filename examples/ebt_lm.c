@@ -8,14 +8,14 @@
      ebt_lm eval   [options]   CE vs thinking steps / restarts (+ PNG plot)
      ebt_lm <command> --help   options of a command
 
-   EXAMPLES (from /work/main, after building build/ebt_lm)
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --minutes 20
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --minutes 20 \
+   EXAMPLES (from the repository root, after building build/ebt_lm)
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20 \
          --arch transformer --out transformer.safetensors
      ./build/ebt_lm eval --ckpt ebt.safetensors --baseline transformer.safetensors \
-         --data ../shared/data/tinyshakespeare.txt --plot thinking.png
+         --data data/tinyshakespeare.txt --plot thinking.png
      ./build/ebt_lm sample --ckpt ebt.safetensors --prompt "ROMEO:"
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --steps 5000 --resume
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --steps 5000 --resume
 
    NOTES
    - Corpus: --data FILE, or else every regular file of

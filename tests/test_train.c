@@ -1,4 +1,4 @@
-/* Training through the thinking loop (SPEC 5) against the PyTorch
+/* Training through the thinking loop (docs/model.md section 6) against the PyTorch
  * reference (tests/ref/gen_train_ref.py): loss and every gradient,
  * including alpha's, in the modes detach, truncate and full. Also: a
  * short real training run lowers the loss; a stopped and resumed run gives
@@ -213,5 +213,5 @@ int main(void)
         cmocka_unit_test(test_nonfinite_refused),
 #endif
     };
-    return cmocka_run_group_tests_name("training (SPEC 5)", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("training (docs/model.md section 6)", tests, NULL, NULL);
 }

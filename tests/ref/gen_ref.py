@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Independent PyTorch (float64, autograd) reference for the EBT spec
-(/work/shared/SPEC.md sections 1-3, 6, 7); writes small test vectors for the C library.
+(docs/model.md sections 1-4, 8, 9); writes small test vectors for the C library.
 
 Run from the repo root:   /usr/bin/python3 tests/ref/gen_ref.py
 (/usr/bin/python3 is the Debian interpreter with python3-torch installed.)
-Writes tests/ref/{a,b,c}.safetensors (checkpoints, SPEC section 7) and
+Writes tests/ref/{a,b,c}.safetensors (checkpoints, docs/model.md section 9) and
 tests/ref/{a,b,c}.txt (vectors), and prints the finite-difference and
 causality self-checks.  Deterministic: fixed torch.manual_seed per configuration.
 
@@ -32,7 +32,7 @@ def f32(t):                       # round once to float32, keep as float64 value
 
 # ---------------------------------------------------------------- parameters
 def param_specs(c):
-    """(name, shape, kind) in checkpoint order (SPEC section 2)."""
+    """(name, shape, kind) in checkpoint order (docs/model.md section 2)."""
     V, D, F = c['V'], c['D'], c['F']
     ps = [('tok_embed.weight', [V, D], 'normal')]
     if c['arch'] == 'ebt' and not c['tie']:
