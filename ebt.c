@@ -2062,133 +2062,194 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
     ws->step = k;
 }
 
+/* One thinking call: options, sizes and the scratch (one block kept in
+ * ws->xscr, laid out by ebt__think_begin). Rows r = 0..NP-1 are the
+ * positions thought about ((b, i), or (b, S-1) with last_only); the
+ * moving rows of a step are compacted into pa, ga in row order. */
+typedef struct {
+    ebt_workspace *ws;
+    ebt_think_opts o;
+    ebt_think_result *res;
+    int NP, S, V, K, n_active;
+    size_t nv;                     /* NP * V */
+    ebt__rng rng;                  /* the current start's stream */
+    ebt_real *y;                   /* (NP,V) y_k; once step k is evaluated, the logits it evaluated (noise included) */
+    ebt_real *yeval;               /* (NP,V) the logits last evaluated with finite energy and gradient */
+    ebt_real *pa, *ga;             /* (n,V) p and dE/dp of the moving rows */
+    ebt_real *best_y;              /* (NP,V) the answer of the best start so far */
+    ebt_real *hist, *best_hist;    /* (NP,K+1) E_k of this start, of the best start */
+    ebt_real *best_E, *alpha_i;    /* (NP) */
+    int *rows, *done_k, *best_k, *best_w; /* (NP) */
+    unsigned char *active;         /* (NP) still moving */
+} ebt__thinker;
+
+/* checks the call and lays out the scratch (grown on demand) */
+static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
+{
+    ebt_status st = ebt__ws_ready(ws);
+    size_t nh, bytes, NP;
+    int ovf = 0;
+    ebt_real *mem;
+    if (st != EBT_OK) return st;
+    if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
+    memset(t, 0, sizeof *t);
+    t->ws = ws; t->o = *opts; t->res = res;
+    if ((st = ebt__check_think_opts(&t->o, ws->err)) != EBT_OK) return st;
+    t->S = ws->S; t->V = ws->m->cfg.vocab_size; t->K = t->o.steps;
+    t->NP = ws->B * (t->o.last_only ? 1 : t->S);
+    NP = (size_t)t->NP;
+    t->nv = NP * t->V;
+    if (t->o.init_logits && !ebt__all_finite(t->o.init_logits, t->nv * t->o.restarts)) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
+        return EBT_ERR_NONFINITE;
+    }
+    /* 5 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, 4 (NP) ints, NP flags */
+    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
+    bytes = ebt__mul(t->nv, 5 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
+            NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
+    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
+    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
+    t->y = mem; t->yeval = t->y + t->nv; t->pa = t->yeval + t->nv; t->ga = t->pa + t->nv; t->best_y = t->ga + t->nv;
+    t->hist = t->best_y + t->nv; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
+    t->rows = (int *)(void *)(t->alpha_i + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP; t->best_w = t->best_k + NP;
+    t->active = (unsigned char *)(t->best_w + NP);
+    res->rows_evaluated = 0;
+    res->rows_budget = (long long)t->o.restarts * t->NP * (t->K + 1);
+    res->diverged = 0;
+    return EBT_OK;
+}
+
+/* start s: y_0 (given or N(0, init_scale^2)), per-position step sizes, every row moving */
+static void ebt__think_start(ebt__thinker *t, int s)
+{
+    const ebt_think_opts *o = &t->o;
+    double alpha = o->step_size > 0 ? o->step_size : ebt__alpha_eff(t->ws->m);
+    ebt__rng_stream(&t->rng, o->seed, 0x7468696e6bULL, (uint64_t)s);
+    for (size_t i = 0; i < t->nv; i++)
+        t->y[i] = o->init_logits ? o->init_logits[(size_t)s * t->nv + i] : (ebt_real)(o->init_scale * ebt__rng_normal(&t->rng));
+    for (int r = 0; r < t->NP; r++) {
+        double u = o->alpha_rand > 1 ? 1 / o->alpha_rand + ebt__rng_unif(&t->rng) * (o->alpha_rand - 1 / o->alpha_rand) : 1;
+        t->alpha_i[r] = (ebt_real)(alpha * u);
+        t->active[r] = 1;
+        t->done_k[r] = t->K;
+    }
+    t->n_active = t->NP;
+}
+
+/* step k: Langevin noise into the moving rows' logits, their softmax, the
+ * energies and (before the last step) dE/dp; returns the rows evaluated */
+static int ebt__think_eval(ebt__thinker *t, int k)
+{
+    ebt_workspace *ws = t->ws;
+    int n = 0, V = t->V, last = k == t->K;
+    ebt__observe_step(ws, k);   /* step-token models: the step token is k */
+    for (int r = 0; r < t->NP; r++) {
+        ebt_real *yr = t->y + (size_t)r * V;
+        if (!t->active[r]) continue;
+        if (!last && t->o.noise > 0)
+            for (int j = 0; j < V; j++) yr[j] += (ebt_real)(t->o.noise * ebt__rng_normal(&t->rng));
+        ebt__softmax_rows(t->pa + (size_t)n * V, yr, 1, V, 1);
+        t->rows[n++] = t->o.last_only ? (r * t->S + t->S - 1) : r;
+    }
+    ebt__pred_rows(ws, t->rows, n);
+    ebt__pred_forward(ws, t->pa);
+    if (!last) ebt__pred_dEdp(ws, t->pa, t->ga);
+    t->res->rows_evaluated += n;
+    return n;
+}
+
+/* row r leaves the moving set having made `steps` updates */
+static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+{
+    t->active[r] = 0;
+    t->done_k[r] = steps;
+    t->n_active--;
+}
+
+/* after ebt__think_eval(k): per moving row, record E_k, then stop (the
+ * rules, or a non-finite value: back to the last finite state) or update
+ * y_{k+1} = p_k - alpha_i g_k */
+static void ebt__think_scatter(ebt__thinker *t, int k)
+{
+    int V = t->V, K = t->K;
+    for (int r = 0, q = 0; r < t->NP; r++) {
+        ebt_real *yr = t->y + (size_t)r * V, *ye = t->yeval + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
+        const ebt_real *pq = t->pa + (size_t)q * V, *gq = t->ga + (size_t)q * V;
+        ebt_real E;
+        if (!t->active[r]) continue;
+        E = t->ws->energy[q++];
+        if (!isfinite(E) || (k < K && !ebt__all_finite(gq, (size_t)V))) {   /* blew up */
+            if (k > 0) memcpy(yr, ye, sizeof(ebt_real) * V);
+            else hr[0] = (ebt_real)NAN;                                       /* no finite state */
+            t->res->diverged++;
+            ebt__think_stop(t, r, k > 0 ? k - 1 : 0);
+            continue;
+        }
+        hr[k] = E;
+        if (k == K || E <= t->o.energy_threshold || (k >= 1 && fabs((double)E - (double)hr[k - 1]) <= t->o.tol)) {
+            ebt__think_stop(t, r, k);
+            continue;
+        }
+        memcpy(ye, yr, sizeof(ebt_real) * V);
+        for (int j = 0; j < V; j++) yr[j] = pq[j] - t->alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
+        if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at the state of E_k */
+            memcpy(yr, ye, sizeof(ebt_real) * V);
+            t->res->diverged++;
+            ebt__think_stop(t, r, k);
+        }
+    }
+}
+
+/* after start s: the history held after each stop; keep the start whose
+ * final energy is lowest (a finite energy beats NaN) */
+static void ebt__think_keep(ebt__thinker *t, int s)
+{
+    int V = t->V, K = t->K;
+    for (int r = 0; r < t->NP; r++) {
+        ebt_real *h = t->hist + (size_t)r * (K + 1);
+        for (int k = t->done_k[r] + 1; k <= K; k++) h[k] = h[t->done_k[r]];
+        if (s == 0 || h[K] < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(h[K]))) {
+            t->best_E[r] = h[K];
+            t->best_k[r] = t->done_k[r];
+            t->best_w[r] = s;
+            memcpy(t->best_y + (size_t)r * V, t->y + (size_t)r * V, sizeof(ebt_real) * V);
+            memcpy(t->best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
+        }
+    }
+}
+
+/* the result fields the caller asked for */
+static void ebt__think_output(const ebt__thinker *t)
+{
+    ebt_think_result *res = t->res;
+    size_t NP = (size_t)t->NP;
+    if (res->probs) ebt__softmax_rows(res->probs, t->best_y, NP, t->V, 1);
+    if (res->logits) memcpy(res->logits, t->best_y, sizeof(ebt_real) * t->nv);
+    if (res->energy) memcpy(res->energy, t->best_hist, sizeof(ebt_real) * NP * (t->K + 1));
+    if (res->final_energy) memcpy(res->final_energy, t->best_E, sizeof(ebt_real) * NP);
+    if (res->steps_taken) memcpy(res->steps_taken, t->best_k, sizeof(int) * NP);
+    if (res->winner) memcpy(res->winner, t->best_w, sizeof(int) * NP);
+}
+
 /* thinking on the current observation; restore: leave a step-token model's
  * workspace observed at the step it had (generation re-observes anyway) */
 static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res, int restore)
 {
-    const ebt_model *m;
-    ebt_think_opts o;
-    ebt_status st = ebt__ws_ready(ws);
-    int B, S, P, NP, V, K, R, step0;
-    size_t nv;
-    ebt_real *mem, *y, *yprev, *p, *g, *pa, *ga, *alpha_i, *hist, *best_y, *best_hist, *best_E;
-    int *rows, *done_k, *best_k, *best_w;
-    unsigned char *active;
+    ebt__thinker t;
+    ebt_status st = ebt__think_begin(&t, ws, opts, res);
+    int step0 = ws ? ws->step : 0;
     if (st != EBT_OK) return st;
-    if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
-    o = *opts;
-    if ((st = ebt__check_think_opts(&o, ws->err)) != EBT_OK) return st;
-    m = ws->m;
-    B = ws->B; S = ws->S; V = m->cfg.vocab_size; K = o.steps; R = o.restarts;
-    P = o.last_only ? 1 : S;
-    NP = B * P;
-    nv = (size_t)NP * V;
-    if (o.init_logits && !ebt__all_finite(o.init_logits, nv * R)) {
-        ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
-        return EBT_ERR_NONFINITE;
-    }
-    /* scratch: 7 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, ints */
-    {
-        int ovf = 0;
-        size_t nh = ebt__mul((size_t)NP, (size_t)K + 1, &ovf);
-        size_t bytes = ebt__mul(nv, 7 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
-                       (size_t)NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-        mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
-        if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
-        y = mem; yprev = y + nv; p = yprev + nv; g = p + nv; pa = g + nv; ga = pa + nv; best_y = ga + nv;
-        hist = best_y + nv; best_hist = hist + nh; best_E = best_hist + nh; alpha_i = best_E + NP;
-        rows = (int *)(void *)(alpha_i + NP); done_k = rows + NP; best_k = done_k + NP; best_w = best_k + NP;
-        active = (unsigned char *)(best_w + NP);
-    }
-    res->rows_evaluated = 0;
-    res->rows_budget = (long long)R * NP * (K + 1);
-    res->diverged = 0;
-    step0 = ws->step;
-    for (int s = 0; s < R; s++) {
-        ebt__rng rng;
-        double alpha = o.step_size > 0 ? o.step_size : ebt__alpha_eff(m);
-        int n_active = NP;
-        ebt__rng_stream(&rng, o.seed, 0x7468696e6bULL, (uint64_t)s);
-        /* y_0 and per-position step sizes */
-        for (size_t i = 0; i < nv; i++)
-            y[i] = o.init_logits ? o.init_logits[(size_t)s * nv + i] : (ebt_real)(o.init_scale * ebt__rng_normal(&rng));
-        for (int r = 0; r < NP; r++) {
-            double u = o.alpha_rand > 1 ? 1 / o.alpha_rand + ebt__rng_unif(&rng) * (o.alpha_rand - 1 / o.alpha_rand) : 1;
-            alpha_i[r] = (ebt_real)(alpha * u);
-            active[r] = 1;
-            done_k[r] = K;
+    for (int s = 0; s < t.o.restarts; s++) {
+        ebt__think_start(&t, s);
+        for (int k = 0; k <= t.K && t.n_active > 0; k++) {
+            ebt__think_eval(&t, k);
+            ebt__think_scatter(&t, k);
         }
-        for (int k = 0; k <= K && n_active > 0; k++) {
-            int n = 0, last = k == K;
-            ebt__observe_step(ws, k);   /* step-token models: the step token is k */
-            /* gather the moving rows: noise, softmax */
-            for (int r = 0; r < NP; r++) {
-                if (!active[r]) continue;
-                ebt_real *yr = y + (size_t)r * V;
-                memcpy(yprev + (size_t)r * V, yr, sizeof(ebt_real) * V);
-                if (!last && o.noise > 0)
-                    for (int j = 0; j < V; j++) yr[j] += (ebt_real)(o.noise * ebt__rng_normal(&rng));
-                ebt__softmax_rows(pa + (size_t)n * V, yr, 1, V, 1);
-                rows[n++] = o.last_only ? (r * S + S - 1) : r;
-            }
-            ebt__pred_rows(ws, rows, n);
-            ebt__pred_forward(ws, pa);
-            if (!last) ebt__pred_dEdp(ws, pa, ga);
-            res->rows_evaluated += n;
-            /* scatter: record, stop or update */
-            for (int r = 0, q = 0; r < NP; r++) {
-                if (!active[r]) continue;
-                ebt_real E = ws->energy[q], *yr = y + (size_t)r * V, *pq = pa + (size_t)q * V, *gq = ga + (size_t)q * V;
-                int finite = isfinite(E) && (last || ebt__all_finite(gq, (size_t)V));
-                q++;
-                if (!finite) {   /* blew up: keep the last finite state */
-                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
-                    active[r] = 0;
-                    done_k[r] = k > 0 ? k - 1 : 0;
-                    if (k == 0) hist[(size_t)r * (K + 1)] = NAN;
-                    res->diverged++;
-                    n_active--;
-                    continue;
-                }
-                hist[(size_t)r * (K + 1) + k] = E;
-                if (last || E <= o.energy_threshold ||
-                    (k >= 1 && fabs((double)E - (double)hist[(size_t)r * (K + 1) + k - 1]) <= o.tol)) {
-                    active[r] = 0;
-                    done_k[r] = k;
-                    n_active--;
-                    continue;
-                }
-                for (int j = 0; j < V; j++) yr[j] = pq[j] - alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
-                if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at y_k */
-                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
-                    active[r] = 0;
-                    done_k[r] = k;
-                    res->diverged++;
-                    n_active--;
-                }
-            }
-        }
-        /* fill the history after each stop, then keep the lower final energy */
-        for (int r = 0; r < NP; r++) {
-            ebt_real *h = hist + (size_t)r * (K + 1);
-            for (int k = done_k[r] + 1; k <= K; k++) h[k] = h[done_k[r]];
-            if (s == 0 || h[K] < best_E[r]) {
-                best_E[r] = h[K];
-                best_k[r] = done_k[r];
-                best_w[r] = s;
-                memcpy(best_y + (size_t)r * V, y + (size_t)r * V, sizeof(ebt_real) * V);
-                memcpy(best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
-            }
-        }
+        ebt__think_keep(&t, s);
     }
     if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
-    if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V, 1);
-    if (res->logits) memcpy(res->logits, best_y, sizeof(ebt_real) * nv);
-    if (res->energy) memcpy(res->energy, best_hist, sizeof(ebt_real) * (size_t)NP * (K + 1));
-    if (res->final_energy) memcpy(res->final_energy, best_E, sizeof(ebt_real) * NP);
-    if (res->steps_taken) memcpy(res->steps_taken, best_k, sizeof(int) * NP);
-    if (res->winner) memcpy(res->winner, best_w, sizeof(int) * NP);
+    ebt__think_output(&t);
     return EBT_OK;
 }
 
