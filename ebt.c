@@ -312,6 +312,23 @@ typedef struct {
     ebt__layer_w *layer;  /* [L] */
 } ebt__weights;
 
+/* AdamW state: moments (NULL before the first step) and steps taken */
+typedef struct { ebt_real *m, *v; long step; } ebt__optim;
+
+/* Sequences with their final logits: the replay ring (rows allocated as it
+ * fills, doubling up to cap; next = the row the next push writes) or the
+ * pending sequences of the current step (cap = rows allocated, next unused) */
+typedef struct {
+    int cap, count, next, S, rows;
+    int32_t *tok, *tgt;   /* (rows, S) each, one allocation (tok) */
+    ebt_real *y;          /* (rows, S, V) */
+} ebt__replay;
+
+/* the sums that ebt_train_accumulate adds after the gradients (one buffer
+ * for an allreduce): weight, then weight times loss, ce_first, ce_last,
+ * energy_first, energy_last */
+#define EBT__NSUMS EBT_TRAIN_NSUMS
+
 struct ebt_model {
     ebt_config cfg;
     int nt;
@@ -322,18 +339,13 @@ struct ebt_model {
     ebt_real *rope_cos, *rope_sin; /* (max_seq_len+2, Dh/2) */
     ebt_workspace *ws;    /* the model's own workspace, grown on demand */
     int threads;          /* its thread count (0: default) */
-    /* training state, saved with the model: AdamW moments (NULL before the
-     * first step), steps taken, and the replay buffer of past sequences */
-    ebt_real *opt_m, *opt_v;
-    long opt_step;
-    int rb_cap, rb_count, rb_next, rb_S;
-    int rb_rows;               /* rows allocated: rb_count <= rb_rows <= rb_cap (the ring
-                                  grows as it fills, new or loaded) */
-    int32_t *rb_tok, *rb_tgt;  /* (rb_rows, rb_S) each */
-    ebt_real *rb_y;            /* (rb_rows, rb_S, V) final logits */
-    void *tbuf;                /* training scratch (ebt__grow) */
+    ebt__optim opt;       /* AdamW state (saved with the model) */
+    ebt__replay rb;       /* the replay ring of past sequences (saved) */
+    ebt__replay pend;     /* sequences accumulated since the last optimiser step: the
+                             ring takes them when the step is applied */
+    int train_K;          /* thinking steps of the current optimiser step (0: none drawn) */
+    void *tbuf;           /* training scratch (ebt__grow) */
     size_t tbuf_bytes;
-    int train_K, train_B, train_S; /* shape of the last ebt_train_grad */
     char err[EBT__ERRLEN];
 };
 
@@ -510,10 +522,12 @@ void ebt_free(ebt_model *m)
     EBT_FREE(m->g.layer);
     EBT_FREE(m->rope_cos);
     EBT_FREE(m->rope_sin);
-    EBT_FREE(m->opt_m);
-    EBT_FREE(m->opt_v);
-    EBT_FREE(m->rb_tok);
-    EBT_FREE(m->rb_y);
+    EBT_FREE(m->opt.m);
+    EBT_FREE(m->opt.v);
+    EBT_FREE(m->rb.tok);
+    EBT_FREE(m->rb.y);
+    EBT_FREE(m->pend.tok);
+    EBT_FREE(m->pend.y);
     EBT_FREE(m->tbuf);
     EBT_FREE(m);
 }
@@ -538,7 +552,7 @@ static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char 
     m->nt = ebt__build_table(&m->cfg, m->t, &total);
     m->n_params = total;
     m->params = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
-    m->grads = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
+    m->grads = (ebt_real *)EBT_MALLOC(ebt__mul(total + EBT__NSUMS, sizeof(ebt_real), &ovf));
     m->w.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
     m->g.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
     half = (size_t)(cfg->d_model / cfg->n_heads / 2);
@@ -547,7 +561,7 @@ static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char 
     m->rope_sin = (ebt_real *)EBT_MALLOC(ebt__mul(npos * half, sizeof(ebt_real), &ovf));
     if (ovf || !m->params || !m->grads || !m->w.layer || !m->g.layer || !m->rope_cos || !m->rope_sin) goto nomem;
     memset(m->params, 0, total * sizeof(ebt_real));
-    memset(m->grads, 0, total * sizeof(ebt_real));
+    memset(m->grads, 0, (total + EBT__NSUMS) * sizeof(ebt_real));
     ebt__point(m, m->params, &m->w);
     ebt__point(m, m->grads, &m->g);
     {
@@ -611,7 +625,10 @@ ebt_real *ebt_grad(ebt_model *m, const char *name, size_t *count)
 
 void ebt_zero_grad(ebt_model *m)
 {
-    if (m) memset(m->grads, 0, m->n_params * sizeof(ebt_real));
+    if (!m) return;
+    memset(m->grads, 0, (m->n_params + EBT__NSUMS) * sizeof(ebt_real));
+    m->pend.count = 0;
+    m->train_K = 0;
 }
 
 /* ======================================================================
@@ -2358,28 +2375,35 @@ ebt_status ebt_lm_logits(ebt_model *m, const int32_t *tokens, int B, int S, ebt_
     return EBT_OK;
 }
 
-ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
-                           int B, int S, ebt_real *loss)
+/* grads += weight * d(mean CE)/dtheta of transformer++; *loss = the mean CE */
+static ebt_status ebt__lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                                   double weight, ebt_real *loss)
 {
     ebt_status st;
     ebt_workspace *ws;
-    int N, V, D;
+    int N, V, D, nt;
     double total;
-    if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
     if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;  /* checks B, S and tokens */
     if ((st = ebt__check_ids(targets, (size_t)B * S, m->cfg.vocab_size, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     ws = m->ws;
-    N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model;
-    total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits, NULL, 1);  /* logits become dlogits */
+    N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model; nt = ebt__nt(ws->threads);
+    total = ebt__ce_rows(ws->logits, targets, N, V, weight, ws->logits, NULL, 1);  /* logits become dlogits */
     if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
     *loss = (ebt_real)total;
-    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, ebt__nt(ws->threads));       /* dlm_head += dlogits^T nf */
-    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V, ebt__nt(ws->threads));      /* dnf = dlogits @ lm_head */
+    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, nt);       /* dlm_head += dlogits^T nf */
+    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V, nt);      /* dnf = dlogits @ lm_head */
     memset(ws->ro.dout, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D, ebt__nt(ws->threads));
+    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D, nt);
     ebt__zero_acc(ws);
     ebt__obs_backward(ws, m, ws->ro.dout);
     return EBT_OK;
+}
+
+ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
+                           int B, int S, ebt_real *loss)
+{
+    if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
+    return m ? ebt__lm_backward(m, tokens, targets, B, S, 1.0, loss) : EBT_ERR_ARG;
 }
 
 /* ======================================================================
@@ -2582,16 +2606,16 @@ ebt_train_opts ebt_train_default(void)
     return o;
 }
 
-long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt_step : 0; }
+long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt.step : 0; }
 
 void ebt_train_reset(ebt_model *m)
 {
     if (!m) return;
-    EBT_FREE(m->opt_m); EBT_FREE(m->opt_v); EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
-    m->opt_m = m->opt_v = m->rb_y = NULL;
-    m->rb_tok = m->rb_tgt = NULL;
-    m->opt_step = 0;
-    m->rb_cap = m->rb_count = m->rb_next = m->rb_S = m->rb_rows = 0;
+    EBT_FREE(m->opt.m); EBT_FREE(m->opt.v); EBT_FREE(m->rb.y); EBT_FREE(m->rb.tok);
+    m->opt.m = m->opt.v = m->rb.y = NULL;
+    m->rb.tok = m->rb.tgt = NULL;
+    m->opt.step = 0;
+    m->rb.cap = m->rb.count = m->rb.next = m->rb.S = m->rb.rows = 0;
 }
 
 static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
@@ -2618,27 +2642,26 @@ static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
 #undef EBT__BAD
 }
 
-/* The training scratch (one block, m->tbuf): a row buffer (N doubles), y_0..y_K, p_0..p_{K-1},
- * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); a copy of the gradients
- * (restored if the step fails after they were overwritten); the batch's
- * tokens and targets (N each). Both ebt_train_grad and the replay push
- * address it. */
+/* The training scratch of one ebt_train_accumulate (one block, m->tbuf): a
+ * row buffer (N doubles), y_0..y_K, p_0..p_{K-1}, g_0..g_{K-1}, ybar, hv,
+ * v, each (N,V); u (N); a copy of the gradients and sums (restored if the
+ * call fails after they changed); the micro-batch's tokens and targets. */
 typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave; double *rowbuf; int32_t *tok, *tgt; } ebt__tscratch;
 
-static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t np, int *ovf)
+static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t ng, int *ovf)
 {
-    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + np + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real) +
+    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + ng + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real) +
            (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
 }
 
-static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t np)
+static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t ng)
 {
     ebt__tscratch t;
     t.rowbuf = (double *)(void *)buf;   /* first: aligned for doubles */
     t.ys = buf + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
     t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
     t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv; t.gsave = t.u + N;
-    t.tok = (int32_t *)(void *)(t.gsave + np); t.tgt = t.tok + N;
+    t.tok = (int32_t *)(void *)(t.gsave + ng); t.tgt = t.tok + N;
     return t;
 }
 
@@ -2654,14 +2677,15 @@ static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_
     for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
 }
 
-/* y(N,V) = add + scale N(0,1), row n from its own stream (seed, n), so rows
- * can be drawn on nt threads with the same numbers */
-static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, int N, int V, int nt)
+/* y(N,V) = add + scale N(0,1); row n from its own stream (seed, row0 + n),
+ * so rows can be drawn on nt threads, and in any split of the batch, with
+ * the same numbers */
+static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, long row0, int N, int V, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         ebt__rng r;
         ebt_real *yr = y + (size_t)n * V;
-        ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)n);
+        ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)(row0 + n));
         for (int j = 0; j < V; j++) yr[j] = (add ? add[(size_t)n * V + j] : 0) + (ebt_real)(scale * ebt__rng_normal(&r));
     });
 }
@@ -2674,16 +2698,14 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
                             double alpha_eff, double *galpha, double *rowbuf)
 {
     int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
+    ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
     ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         ebt_real a = (ebt_real)(-alpha_eff * u[n]);
         for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
     });
     ebt__pred_tangent(ws, vv);
-    {
-        ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
-        ebt__pred_reverse(ws, &ra);
-    }
+    ebt__pred_reverse(ws, &ra);
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
         ebt__obs_backward(ws, m, NULL);
         ebt__zero_acc(ws);
@@ -2709,164 +2731,307 @@ static ebt_status ebt__check_train(ebt_model *m, const ebt_train_opts *opts, con
     return ebt__check_vec(alpha_mult, N, "alpha_mult", 0, m->err, EBT__ERRLEN);
 }
 
-/* ebt_train_grad after ebt__check_train */
-static ebt_status ebt__train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
-                                  const int32_t *targets, int B, int S, const ebt_real *init_logits,
-                                  const ebt_real *alpha_mult, ebt_train_stats *stats)
+/* The randomness of the current optimiser step: K, drawn per step, and the
+ * seeds of the per-sequence streams (y_0, step sizes, replay picks, noise) */
+typedef struct { int K; uint64_t y0, u, rep, noise; } ebt__train_draw;
+
+static ebt__train_draw ebt__draw_step(const ebt_model *m, const ebt_train_opts *o)
 {
-    ebt_status st;
-    ebt_train_stats ts;
-    ebt_workspace *ws;
+    ebt__train_draw d;
     ebt__rng rng;
-    int V, N, K, ebt, nrep = 0, step_model, early, nt;
+    uint64_t k;
+    ebt__rng_stream(&rng, o->seed, 0x747261696eULL, (uint64_t)m->opt.step);
+    k = ebt__rng_u64(&rng);
+    d.K = o->k_min + (o->k_max > o->k_min ? (int)(k % (uint64_t)(o->k_max - o->k_min + 1)) : 0);
+    d.y0 = ebt__rng_u64(&rng); d.u = ebt__rng_u64(&rng); d.rep = ebt__rng_u64(&rng); d.noise = ebt__rng_u64(&rng);
+    return d;
+}
+
+/* the seed of the Langevin noise of thinking step k */
+static uint64_t ebt__noise_seed(const ebt__train_draw *d, int k)
+{
+    uint64_t x = d->noise + (uint64_t)k * 0x632be59bd9b4e019ULL;
+    return ebt__splitmix(&x);
+}
+
+/* Grows what a micro-batch of B x S needs (the model's workspace, the
+ * training scratch for K steps, the pending replay rows) without changing
+ * the model; EBT_ERR_NOMEM if it cannot */
+static ebt_status ebt__train_reserve(ebt_model *m, const ebt_train_opts *o, int B, int S, int K)
+{
+    size_t N = (size_t)B * S, nv = N * m->cfg.vocab_size, n;
+    int ovf = 0, V = m->cfg.vocab_size;
+    ebt_status st = ebt__model_ws(m, B, S);
+    if (st != EBT_OK || m->cfg.arch != EBT_ARCH_EBT) return st;
+    n = ebt__tscratch_size(K, N, nv, m->n_params + EBT__NSUMS, &ovf);
+    if (ovf || n > SIZE_MAX / sizeof(ebt_real) || !ebt__grow(&m->tbuf, &m->tbuf_bytes, n * sizeof(ebt_real))) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch");
+        return EBT_ERR_NOMEM;
+    }
+    if (o->replay_capacity > 0 && (m->pend.count + B > m->pend.rows || m->pend.S != S)) {   /* pending rows for the ring */
+        /* pending rows of another S are dropped: ebt_train_accumulate refuses
+         * them before this, ebt_train_step/grad start the step afresh */
+        int keep = m->pend.S == S ? m->pend.count : 0, have = m->pend.S == S ? m->pend.rows : 0;
+        int rows = keep + B > 2 * have ? keep + B : 2 * have;
+        ebt_real *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)rows, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+        int32_t *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)rows * 2, (size_t)S * sizeof(int32_t), &ovf));
+        if (ovf || !y || !t) {
+            EBT_FREE(y); EBT_FREE(t);
+            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the pending replay sequences");
+            return EBT_ERR_NOMEM;
+        }
+        if (keep) {
+            memcpy(y, m->pend.y, sizeof(ebt_real) * (size_t)keep * S * V);
+            memcpy(t, m->pend.tok, sizeof(int32_t) * (size_t)keep * S);
+            memcpy(t + (size_t)rows * S, m->pend.tgt, sizeof(int32_t) * (size_t)keep * S);
+        }
+        m->pend.count = keep;
+        EBT_FREE(m->pend.y); EBT_FREE(m->pend.tok);
+        m->pend.y = y; m->pend.tok = t; m->pend.tgt = t + (size_t)rows * S; m->pend.rows = rows; m->pend.S = S;
+    }
+    return EBT_OK;
+}
+
+/* One ebt_train_accumulate on arch ebt: sizes, scratch and the running sums */
+typedef struct {
+    ebt_model *m;
+    const ebt_train_opts *o;
+    ebt_workspace *ws;
+    ebt__train_draw d;
+    ebt__tscratch t;
+    int B, S, V, N, K, nt;
     size_t nv;
-    double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
-    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave;
-    double *rowbuf;
-    int32_t *btok, *btgt;
-    V = m->cfg.vocab_size;
-    N = B * S;
-    nv = (size_t)N * V;
-    memset(&ts, 0, sizeof ts);
-    ebt = m->cfg.arch == EBT_ARCH_EBT;
-    if (!ebt) {
-        ebt_real l;
-        if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;  /* allocate before the gradients change */
-        ebt_zero_grad(m);
-        if ((st = ebt_lm_backward(m, tokens, targets, B, S, &l)) != EBT_OK) { ebt_zero_grad(m); return st; }
-        ts.loss = ts.ce_first = ts.ce_last = l;
-        ts.step = m->opt_step;
-        if (stats) *stats = ts;
-        return EBT_OK;
-    }
-    if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
-    ws = m->ws;
-    nt = ebt__nt(ws->threads);
-    ebt__rng_stream(&rng, opts->seed, 0x747261696eULL, (uint64_t)m->opt_step);
-    K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
-    {
-        int ovf = 0;
-        size_t n = ebt__tscratch_size(K, (size_t)N, nv, m->n_params, &ovf);
-        ebt__tscratch t;
-        ebt_real *buf = ovf || n > SIZE_MAX / sizeof(ebt_real) ? NULL
-                      : (ebt_real *)ebt__grow(&m->tbuf, &m->tbuf_bytes, n * sizeof(ebt_real));
-        if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
-        t = ebt__tscratch_at(buf, K, (size_t)N, nv, m->n_params);
-        ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; gsave = t.gsave; btok = t.tok; btgt = t.tgt;
-        rowbuf = t.rowbuf;
-    }
-    m->train_K = K;
-    m->train_B = B;
-    m->train_S = S;
-    memcpy(btok, tokens, sizeof(int32_t) * (size_t)N);
-    memcpy(btgt, targets, sizeof(int32_t) * (size_t)N);
-    if (init_logits) memcpy(ys, init_logits, sizeof(ebt_real) * nv);
-    else ebt__normal_rows(ys, NULL, opts->init_scale, ebt__rng_u64(&rng), N, V, nt);
-    /* replay: the last sequences of the batch continue past ones from their final logits */
-    if (opts->replay_capacity > 0 && opts->replay_frac > 0 && m->rb_count > 0 && m->rb_S == S) {
-        nrep = (int)(opts->replay_frac * B + 0.5);
-        nrep = nrep < m->rb_count ? nrep : m->rb_count;
+    long first_seq;
+    double weight, alpha_eff, galpha, loss, ce_first, ce_last, e_first, e_last;
+} ebt__trainer;
+
+/* setup: the batch (with replayed sequences), y_0, step sizes, the observation */
+static void ebt__train_setup(ebt__trainer *T, const int32_t *tokens, const int32_t *targets, const ebt_real *init_logits,
+                             const ebt_real *alpha_mult)
+{
+    ebt_model *m = T->m;
+    const ebt_train_opts *o = T->o;
+    int B = T->B, S = T->S, V = T->V, nrep = 0;
+    long row0 = T->first_seq * S;
+    memcpy(T->t.tok, tokens, sizeof(int32_t) * (size_t)T->N);
+    memcpy(T->t.tgt, targets, sizeof(int32_t) * (size_t)T->N);
+    if (init_logits) memcpy(T->t.ys, init_logits, sizeof(ebt_real) * T->nv);
+    else ebt__normal_rows(T->t.ys, NULL, o->init_scale, T->d.y0, row0, T->N, V, T->nt);
+    /* replay: the last sequences of the micro-batch continue past ones from their final logits */
+    if (o->replay_capacity > 0 && o->replay_frac > 0 && m->rb.count > 0 && m->rb.S == S) {
+        nrep = (int)(o->replay_frac * B + 0.5);
+        nrep = nrep < m->rb.count ? nrep : m->rb.count;
         for (int i = 0; i < nrep; i++) {
-            int e = (int)(ebt__rng_u64(&rng) % (uint64_t)m->rb_count), b = B - nrep + i;
-            memcpy(btok + (size_t)b * S, m->rb_tok + (size_t)e * S, sizeof(int32_t) * S);
-            memcpy(btgt + (size_t)b * S, m->rb_tgt + (size_t)e * S, sizeof(int32_t) * S);
-            memcpy(ys + (size_t)b * S * V, m->rb_y + (size_t)e * S * V, sizeof(ebt_real) * S * V);
+            int b = B - nrep + i, e;
+            ebt__rng r;
+            ebt__rng_stream(&r, T->d.rep, 0x7265706cULL, (uint64_t)(T->first_seq + b));
+            e = (int)(ebt__rng_u64(&r) % (uint64_t)m->rb.count);
+            memcpy(T->t.tok + (size_t)b * S, m->rb.tok + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(T->t.tgt + (size_t)b * S, m->rb.tgt + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(T->t.ys + (size_t)b * S * V, m->rb.y + (size_t)e * S * V, sizeof(ebt_real) * S * V);
         }
     }
-    alpha_eff = ebt__alpha_eff(m);
-    for (int n = 0; n < N; n++) {
-        double r = opts->alpha_rand;
-        u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rng) * (r - 1 / r) : 1);
+    for (int n = 0; n < T->N; n++) {
+        double r = o->alpha_rand;
+        ebt__rng rr;
+        if (!alpha_mult && r > 1) ebt__rng_stream(&rr, T->d.u, 0x616c7068ULL, (uint64_t)(row0 + n));
+        T->t.u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rr) * (r - 1 / r) : 1);
     }
-    step_model = m->cfg.n_step_embed > 0;
-    /* Detach mode differentiates each step on its own (p_k is a constant):
-     * its mixed term is taken right after the step, while the step's
-     * activations are still in the workspace. The other modes need the
-     * cotangents of later steps first and run a backward pass over the
-     * steps afterwards, re-running the forward of all but the last. */
-    early = opts->mode == EBT_MODE_DETACH;
-    ebt__observe(ws, btok, B, S, 0);
-    if (early) {
-        memcpy(gsave, m->grads, sizeof(ebt_real) * m->n_params);
-        ebt_zero_grad(m);
-        ebt__zero_acc(ws);
-    }
-    loss = 0;
-    /* forward: y_{k+1} = p_k - alpha_i g_k */
+    ebt__observe(T->ws, T->t.tok, B, S, 0);
+}
+
+/* detach mode differentiates each step on its own (p_k is a constant), so
+ * its mixed term is taken right after the step, while the step's
+ * activations are still in the workspace; the other modes run the backward
+ * over the steps afterwards */
+static int ebt__train_early(const ebt__trainer *T) { return T->o->mode == EBT_MODE_DETACH; }
+
+/* forward: y_{k+1} = p_k - alpha_i g_k for k < K, the cross-entropies, and
+ * (detach) each step's second-order term; EBT_ERR_NONFINITE (message set) if
+ * an energy, gradient or the loss is not finite */
+static ebt_status ebt__train_forward(ebt__trainer *T)
+{
+    const ebt_train_opts *o = T->o;
+    ebt__tscratch *t = &T->t;
+    int N = T->N, V = T->V, K = T->K, nt = T->nt, early = ebt__train_early(T);
+    size_t nv = T->nv;
     for (int k = 0; k < K; k++) {
-        ebt_real *yk = ys + k * nv, *pk = ps + k * nv, *gk = gs + k * nv, *y1 = ys + (k + 1) * nv;
+        ebt_real *yk = t->ys + k * nv, *pk = t->ps + k * nv, *gk = t->gs + k * nv, *y1 = t->ys + (k + 1) * nv;
         double esum = 0, ce;
-        if (opts->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
-            ebt__normal_rows(hv, yk, opts->noise, ebt__rng_u64(&rng), N, V, nt);
-            ebt__softmax_rows(pk, hv, (size_t)N, V, nt);
+        if (o->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
+            ebt__normal_rows(t->hv, yk, o->noise, ebt__noise_seed(&T->d, k), T->first_seq * T->S, N, V, nt);
+            ebt__softmax_rows(pk, t->hv, (size_t)N, V, nt);
         } else {
             ebt__softmax_rows(pk, yk, (size_t)N, V, nt);
         }
-        ebt__observe_step(ws, k);
-        ebt__pred_forward(ws, pk);
-        ebt__pred_dEdp(ws, pk, gk);
-        for (int n = 0; n < N; n++) esum += ws->energy[n];
+        ebt__observe_step(T->ws, k);
+        ebt__pred_forward(T->ws, pk);
+        ebt__pred_dEdp(T->ws, pk, gk);
+        for (int n = 0; n < N; n++) esum += T->ws->energy[n];
         if (!isfinite(esum) || !ebt__all_finite(gk, nv)) {
-            ebt__seterr(m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
-            goto fail;
+            ebt__seterr(T->m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
+            return EBT_ERR_NONFINITE;
         }
-        if (k == 0) e_first = esum / N;
-        e_last = esum / N;
+        if (k == 0) T->e_first = esum / N;
+        T->e_last = esum / N;
         EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real a = (ebt_real)(alpha_eff * u[n]);
+            ebt_real a = (ebt_real)(T->alpha_eff * t->u[n]);
             for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
         });
         /* loss: mean over steps (detach, full) or the last step (truncate) */
-        ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL, rowbuf, nt);
-        if (k == 0) ce_first = ce;
-        ce_last = ce;
-        loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
-        if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); goto fail; }
-        if (early) ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
+        ce = ebt__ce_rows(y1, t->tgt, N, V, T->weight / K, early ? t->ybar : NULL, t->rowbuf, nt);
+        if (k == 0) T->ce_first = ce;
+        T->ce_last = ce;
+        T->loss += o->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
+        if (!isfinite(T->loss)) { ebt__seterr(T->m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
+        if (early) ebt__mixed_step(T->ws, T->m, pk, gk, t->ybar, t->vv, t->hv, t->u, T->alpha_eff, &T->galpha, t->rowbuf);
     }
-    if (!early) {   /* backward through the steps; ybar = d loss/d y_{k+1} */
-        ebt_zero_grad(m);
-        ebt__ce_rows(ys + K * nv, btgt, N, V, opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K, ybar, rowbuf, nt);
-        ebt__zero_acc(ws);
-        for (int k = K - 1; k >= 0; k--) {
-            ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
-            int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
-            if (second) {
-                ebt__observe_step(ws, k);
-                if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
-                ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
-            } else {
-                ebt__alpha_grad(ybar, gk, u, N, V, &galpha, rowbuf, nt);
-            }
-            /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-            EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-                ebt_real *yb = ybar + (size_t)n * V;
-                const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
-                double dot = 0;
-                for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
-                for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-            });
-            if (k >= 1 && opts->mode == EBT_MODE_FULL) {
-                ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv, rowbuf, nt);
-                for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
-            }
+    return EBT_OK;
+}
+
+/* backward through the steps (truncate, full); ybar = d loss / d y_{k+1} */
+static void ebt__train_backward(ebt__trainer *T)
+{
+    const ebt_train_opts *o = T->o;
+    ebt__tscratch *t = &T->t;
+    int N = T->N, V = T->V, K = T->K, nt = T->nt;
+    size_t nv = T->nv;
+    ebt__ce_rows(t->ys + K * nv, t->tgt, N, V, T->weight * (o->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K), t->ybar, t->rowbuf, nt);
+    ebt__zero_acc(T->ws);
+    for (int k = K - 1; k >= 0; k--) {
+        ebt_real *pk = t->ps + k * nv, *gk = t->gs + k * nv, *ybar = t->ybar;
+        const ebt_real *hv = t->hv;
+        int second = o->mode != EBT_MODE_TRUNCATE || k == K - 1;
+        if (second) {
+            ebt__observe_step(T->ws, k);
+            if (k < K - 1) ebt__pred_forward(T->ws, pk);  /* step K-1's activations are still in ws */
+            ebt__mixed_step(T->ws, T->m, pk, gk, ybar, t->vv, t->hv, t->u, T->alpha_eff, &T->galpha, t->rowbuf);
+        } else {
+            ebt__alpha_grad(ybar, gk, t->u, N, V, &T->galpha, t->rowbuf, nt);
+        }
+        /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
+        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
+            ebt_real *yb = ybar + (size_t)n * V;
+            const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
+            double dot = 0;
+            for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
+            for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
+        });
+        if (k >= 1 && o->mode == EBT_MODE_FULL) {
+            ebt__ce_rows(t->ys + k * nv, t->tgt, N, V, T->weight / K, t->vv, t->rowbuf, nt);
+            for (size_t i = 0; i < nv; i++) ybar[i] += t->vv[i];
         }
     }
-    if (!step_model) ebt__obs_backward(ws, m, NULL);
-    m->g.alpha[0] = (opts->learn_alpha && m->w.alpha[0] > 1e-4) ? (ebt_real)galpha : 0;
-    ts.loss = loss;
-    ts.ce_first = ce_first;
-    ts.ce_last = ce_last;
-    ts.energy_first = e_first;
-    ts.energy_last = e_last;
-    ts.k = K;
-    ts.alpha = m->w.alpha[0];
-    ts.step = m->opt_step;
-    if (stats) *stats = ts;
+}
+
+/* the micro-batch's sequences and final logits join the pending replay rows */
+static void ebt__pend_push(ebt_model *m, const ebt__trainer *T)
+{
+    ebt__replay *p = &m->pend;
+    size_t sv = (size_t)T->S * T->V;
+    if (T->o->replay_capacity <= 0) return;
+    memcpy(p->tok + (size_t)p->count * T->S, T->t.tok, sizeof(int32_t) * (size_t)T->N);
+    memcpy(p->tgt + (size_t)p->count * T->S, T->t.tgt, sizeof(int32_t) * (size_t)T->N);
+    memcpy(p->y + (size_t)p->count * sv, T->t.ys + (size_t)T->K * T->nv, sizeof(ebt_real) * T->nv);
+    p->S = T->S;
+    p->count += T->B;
+}
+
+/* weight * (1, loss, ce_first, ce_last, energy_first, energy_last) into the sums */
+static void ebt__add_sums(ebt_model *m, double w, double loss, double ce1, double ce2, double e1, double e2)
+{
+    ebt_real *s = m->grads + m->n_params;
+    s[0] += (ebt_real)w; s[1] += (ebt_real)(w * loss); s[2] += (ebt_real)(w * ce1);
+    s[3] += (ebt_real)(w * ce2); s[4] += (ebt_real)(w * e1); s[5] += (ebt_real)(w * e2);
+}
+
+/* ebt_train_accumulate on arch ebt, after the checks and ebt__train_reserve */
+static ebt_status ebt__accumulate_ebt(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens, const int32_t *targets,
+                                      int B, int S, long first_seq, double weight, const ebt_real *init_logits,
+                                      const ebt_real *alpha_mult)
+{
+    ebt__trainer T;
+    ebt_status st;
+    size_t ng = m->n_params + EBT__NSUMS;
+    memset(&T, 0, sizeof T);
+    T.m = m; T.o = opts; T.ws = m->ws; T.d = ebt__draw_step(m, opts);
+    T.B = B; T.S = S; T.V = m->cfg.vocab_size; T.N = B * S; T.K = T.d.K; T.nt = ebt__nt(T.ws->threads);
+    T.nv = (size_t)T.N * T.V; T.first_seq = first_seq; T.weight = weight; T.alpha_eff = ebt__alpha_eff(m);
+    T.t = ebt__tscratch_at((ebt_real *)m->tbuf, T.K, (size_t)T.N, T.nv, ng);
+    ebt__train_setup(&T, tokens, targets, init_logits, alpha_mult);
+    if (ebt__train_early(&T)) {   /* gradients change during the forward: keep a copy */
+        memcpy(T.t.gsave, m->grads, sizeof(ebt_real) * ng);
+        ebt__zero_acc(T.ws);
+    }
+    if ((st = ebt__train_forward(&T)) != EBT_OK) {
+        if (ebt__train_early(&T)) memcpy(m->grads, T.t.gsave, sizeof(ebt_real) * ng);
+        return st;
+    }
+    if (!ebt__train_early(&T)) ebt__train_backward(&T);
+    if (m->cfg.n_step_embed == 0) ebt__obs_backward(T.ws, m, NULL);
+    if (opts->learn_alpha && m->w.alpha[0] > 1e-4) m->g.alpha[0] += (ebt_real)T.galpha;
+    ebt__add_sums(m, weight, T.loss, T.ce_first, T.ce_last, T.e_first, T.e_last);
+    ebt__pend_push(m, &T);
+    m->train_K = T.K;
     return EBT_OK;
-fail:
-    if (early) memcpy(m->grads, gsave, sizeof(ebt_real) * m->n_params);
-    return EBT_ERR_NONFINITE;
+}
+
+/* the checks of ebt_train_accumulate beyond ebt__check_train */
+static ebt_status ebt__check_accumulate(ebt_model *m, const ebt_train_opts *o, int S, long first_seq, double weight)
+{
+    if (!(weight > 0) || !isfinite(weight) || first_seq < 0 || first_seq > (LONG_MAX >> 24)) {
+        ebt__seterr(m->err, EBT__ERRLEN, "weight must be finite and > 0, first_seq in [0, 2^39)");
+        return EBT_ERR_ARG;
+    }
+    if (o->replay_capacity > 0 && m->pend.count > 0 && m->pend.S != S) {
+        ebt__seterr(m->err, EBT__ERRLEN, "S=%d differs from the step's earlier micro-batches (%d) while the replay buffer is on", S, m->pend.S);
+        return EBT_ERR_ARG;
+    }
+    return EBT_OK;
+}
+
+/* after every check and ebt__train_reserve: the gradients of either arch */
+static ebt_status ebt__accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens, const int32_t *targets,
+                                  int B, int S, long first_seq, double weight, const ebt_real *init_logits,
+                                  const ebt_real *alpha_mult)
+{
+    ebt_real loss;
+    ebt_status st;
+    if (m->cfg.arch == EBT_ARCH_EBT)
+        return ebt__accumulate_ebt(m, opts, tokens, targets, B, S, first_seq, weight, init_logits, alpha_mult);
+    if ((st = ebt__lm_backward(m, tokens, targets, B, S, weight, &loss)) != EBT_OK) return st;
+    ebt__add_sums(m, weight, loss, loss, loss, 0, 0);
+    m->train_K = 0;
+    return EBT_OK;
+}
+
+ebt_status ebt_train_accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                const int32_t *targets, int B, int S, long first_seq, double weight,
+                                const ebt_real *init_logits, const ebt_real *alpha_mult)
+{
+    ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, alpha_mult);
+    if (st != EBT_OK || (st = ebt__check_accumulate(m, opts, S, first_seq, weight)) != EBT_OK) return st;
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    return ebt__accumulate(m, opts, tokens, targets, B, S, first_seq, weight, init_logits, alpha_mult);
+}
+
+ebt_real *ebt_train_buffer(ebt_model *m, size_t *count)
+{
+    if (count) *count = m ? m->n_params + EBT__NSUMS : 0;
+    return m ? m->grads : NULL;
+}
+
+/* stats from the sums (means over the accumulated weight) */
+static void ebt__sums_stats(const ebt_model *m, ebt_train_stats *ts)
+{
+    const ebt_real *s = m->grads + m->n_params;
+    double w = s[0] > 0 ? s[0] : 1;
+    memset(ts, 0, sizeof *ts);
+    ts->loss = s[1] / w; ts->ce_first = s[2] / w; ts->ce_last = s[3] / w;
+    ts->energy_first = s[4] / w; ts->energy_last = s[5] / w;
+    ts->k = m->train_K;
+    ts->alpha = m->cfg.arch == EBT_ARCH_EBT ? m->w.alpha[0] : 0;
+    ts->step = m->opt.step;
 }
 
 ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
@@ -2874,7 +3039,13 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
                           const ebt_real *alpha_mult, ebt_train_stats *stats)
 {
     ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, alpha_mult);
-    return st != EBT_OK ? st : ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, alpha_mult, stats);
+    if (st != EBT_OK) return st;
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    ebt_zero_grad(m);
+    st = ebt__accumulate(m, opts, tokens, targets, B, S, 0, 1.0, init_logits, alpha_mult);
+    if (st != EBT_OK) { ebt_zero_grad(m); return st; }
+    if (stats) ebt__sums_stats(m, stats);
+    return EBT_OK;
 }
 
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
@@ -2920,118 +3091,99 @@ static double ebt__lr_at(const ebt_train_opts *o, long t)
 /* 1 if the current replay ring is the options' (capacity and length S) */
 static int ebt__replay_same(const ebt_model *m, const ebt_train_opts *o, int S)
 {
-    return m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S;
+    return m->rb.y && m->rb.cap == o->replay_capacity && m->rb.S == S;
 }
 
-/* The replay ring holds only the rows it has filled and grows (doubling, up
- * to its capacity) as a push of B more sequences needs them; a ring of
- * another capacity or length S starts again, empty. Into *y, *t (*rows
- * rows) the buffer this step needs, if it needs a new one (else NULL);
- * nothing is installed yet. */
-static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int B, int S, ebt_real **y,
-                                    int32_t **t, int *rows)
+/* What an optimiser step allocates before anything changes: the AdamW
+ * moments of a first step, and the replay ring grown (or renewed) for the
+ * pending sequences. The ring holds only the rows it has filled and grows
+ * (doubling, up to its capacity); a ring of another capacity or length S
+ * starts again, empty. */
+typedef struct { ebt_real *om, *ov, *ry; int32_t *rt; int rrows; } ebt__step_alloc;
+
+static void ebt__step_alloc_free(ebt__step_alloc *a)
+{
+    EBT_FREE(a->om); EBT_FREE(a->ov); EBT_FREE(a->ry); EBT_FREE(a->rt);
+    memset(a, 0, sizeof *a);
+}
+
+static ebt_status ebt__step_allocate(const ebt_model *m, const ebt_train_opts *o, int npend, int S, ebt__step_alloc *a)
 {
     int V = m->cfg.vocab_size, ovf = 0, cap = o->replay_capacity, same = ebt__replay_same(m, o, S);
-    int have = same ? m->rb_rows : 0, count = same ? m->rb_count : 0;
-    int need = count + B < cap ? count + B : cap, r;
-    *y = NULL; *t = NULL; *rows = 0;
-    if (cap <= 0 || m->cfg.arch != EBT_ARCH_EBT || (same && need <= have)) return EBT_OK;
-    r = need > 2 * have ? need : 2 * have < cap ? 2 * have : cap;
-    *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
-    *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
-    if (ovf || !*y || !*t) { EBT_FREE(*y); EBT_FREE(*t); *y = NULL; *t = NULL; return EBT_ERR_NOMEM; }
-    if (have) {   /* keep the filled rows */
-        memcpy(*y, m->rb_y, sizeof(ebt_real) * (size_t)have * S * V);
-        memcpy(*t, m->rb_tok, sizeof(int32_t) * (size_t)have * S);
-        memcpy(*t + (size_t)r * S, m->rb_tgt, sizeof(int32_t) * (size_t)have * S);
+    int have = same ? m->rb.rows : 0, count = same ? m->rb.count : 0;
+    int need = count + npend < cap ? count + npend : cap, r;
+    size_t np = m->n_params;
+    memset(a, 0, sizeof *a);
+    if (!m->opt.m) {
+        a->om = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        a->ov = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        if (!a->om || !a->ov) goto nomem;
+        memset(a->om, 0, np * sizeof(ebt_real));
+        memset(a->ov, 0, np * sizeof(ebt_real));
     }
-    *rows = r;
+    if (cap <= 0 || npend <= 0 || m->cfg.arch != EBT_ARCH_EBT || (same && need <= have)) return EBT_OK;
+    r = need > 2 * have ? need : 2 * have < cap ? 2 * have : cap;
+    a->ry = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+    a->rt = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
+    if (ovf || !a->ry || !a->rt) goto nomem;
+    if (have) {   /* keep the filled rows */
+        memcpy(a->ry, m->rb.y, sizeof(ebt_real) * (size_t)have * S * V);
+        memcpy(a->rt, m->rb.tok, sizeof(int32_t) * (size_t)have * S);
+        memcpy(a->rt + (size_t)r * S, m->rb.tgt, sizeof(int32_t) * (size_t)have * S);
+    }
+    a->rrows = r;
     return EBT_OK;
+nomem:
+    ebt__step_alloc_free(a);
+    return EBT_ERR_NOMEM;
 }
 
-/* replaces the replay buffer by the one ebt__replay_alloc made (if any):
- * a new one starts empty, a grown one keeps its ring */
-static void ebt__replay_install(ebt_model *m, const ebt_train_opts *o, int S, ebt_real *y, int32_t *t, int rows)
+/* installs what ebt__step_allocate made (the step happens): new moments, a
+ * new ring (starting empty) or a grown one (keeping its ring order) */
+static void ebt__step_install(ebt_model *m, const ebt_train_opts *o, int S, ebt__step_alloc *a)
 {
-    if (!y) return;
-    if (!ebt__replay_same(m, o, S)) { m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0; }
-    EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
-    m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + (size_t)rows * S; m->rb_rows = rows;
+    if (a->om) { m->opt.m = a->om; m->opt.v = a->ov; }
+    if (a->ry) {
+        if (!ebt__replay_same(m, o, S)) { m->rb.cap = o->replay_capacity; m->rb.S = S; m->rb.count = 0; m->rb.next = 0; }
+        EBT_FREE(m->rb.y); EBT_FREE(m->rb.tok);
+        m->rb.y = a->ry; m->rb.tok = a->rt; m->rb.tgt = a->rt + (size_t)a->rrows * S; m->rb.rows = a->rrows;
+    }
+    memset(a, 0, sizeof *a);
 }
 
-/* stores the last batch's sequences and final logits in the replay ring */
+/* the pending sequences into the replay ring */
 static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
 {
-    int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
-    size_t nv = (size_t)B * S * V;
-    ebt__tscratch t;
-    const ebt_real *yK;
-    const int32_t *btok, *btgt;
-    /* (transformer++ has no training scratch: return before addressing it) */
-    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
-    t = ebt__tscratch_at((ebt_real *)m->tbuf, K, (size_t)B * S, nv, m->n_params);
-    yK = t.ys + (size_t)K * nv;
-    btok = t.tok; btgt = t.tgt;
-    for (int b = 0; b < B; b++) {
-        int e = m->rb_next;
-        memcpy(m->rb_tok + (size_t)e * S, btok + (size_t)b * S, sizeof(int32_t) * S);
-        memcpy(m->rb_tgt + (size_t)e * S, btgt + (size_t)b * S, sizeof(int32_t) * S);
-        memcpy(m->rb_y + (size_t)e * S * V, yK + (size_t)b * S * V, sizeof(ebt_real) * S * V);
-        m->rb_next = (e + 1) % m->rb_cap;
-        if (m->rb_count < m->rb_cap) m->rb_count++;
+    int S = m->pend.S, V = m->cfg.vocab_size;
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT || !m->rb.y) return;
+    for (int b = 0; b < m->pend.count; b++) {
+        int e = m->rb.next;
+        memcpy(m->rb.tok + (size_t)e * S, m->pend.tok + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb.tgt + (size_t)e * S, m->pend.tgt + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb.y + (size_t)e * S * V, m->pend.y + (size_t)b * S * V, sizeof(ebt_real) * S * V);
+        m->rb.next = (e + 1) % m->rb.cap;
+        if (m->rb.count < m->rb.cap) m->rb.count++;
     }
 }
 
-ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
-                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
-                          ebt_train_stats *stats)
+/* ebt_train_apply with its allocations made: clip, AdamW (pass 0 checks
+ * that the update stays finite, pass 1 applies it), replay push */
+static ebt_status ebt__apply(ebt_model *m, const ebt_train_opts *opts, ebt__step_alloc *al, ebt_train_stats *stats)
 {
     ebt_train_stats ts;
-    ebt_status st;
     double norm2 = 0, scale = 1, lr, b1t, b2t;
-    size_t np;
-    ebt_real *om = NULL, *ov = NULL, *ry = NULL, *M, *Vs;
-    int32_t *rt = NULL;
-    int nt;
-    int rrows = 0;
-    if ((st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, NULL)) != EBT_OK) return st;
-    np = m->n_params;
-    /* Everything the step allocates (optimiser state, a re-sized replay
-     * buffer) is allocated before anything changes and installed only when
-     * the update is applied: on EBT_ERR_NOMEM the model is as it was,
-     * gradients included. */
-    if (!m->opt_m) {
-        om = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        ov = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        if (!om || !ov) goto nomem;
-        memset(om, 0, np * sizeof(ebt_real));
-        memset(ov, 0, np * sizeof(ebt_real));
-    }
-    if (ebt__replay_alloc(m, opts, B, S, &ry, &rt, &rrows) != EBT_OK) goto nomem;
-    st = ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
-    if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
-    nt = ebt__nt(m->ws->threads);
-    for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
-    if (!isfinite(norm2)) {
-        ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
-        ebt_zero_grad(m);
-        st = EBT_ERR_NONFINITE;
-        goto fail;
-    }
+    int nt = ebt__nt(m->ws ? m->ws->threads : m->threads);
+    ebt__sums_stats(m, &ts);
+    for (size_t i = 0; i < m->n_params; i++) norm2 += (double)m->grads[i] * m->grads[i];
+    if (!isfinite(norm2)) { ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused"); goto refuse; }
     ts.grad_norm = sqrt(norm2);
     if (opts->grad_clip > 0 && ts.grad_norm > opts->grad_clip) scale = opts->grad_clip / ts.grad_norm;
-    M = om ? om : m->opt_m;
-    Vs = ov ? ov : m->opt_v;
-    lr = ebt__lr_at(opts, m->opt_step);
-    b1t = 1 - pow(opts->beta1, (double)(m->opt_step + 1));
-    b2t = 1 - pow(opts->beta2, (double)(m->opt_step + 1));
-    /* pass 0 checks that the update stays finite, pass 1 applies it */
+    lr = ebt__lr_at(opts, m->opt.step);
+    b1t = 1 - pow(opts->beta1, (double)(m->opt.step + 1));
+    b2t = 1 - pow(opts->beta2, (double)(m->opt.step + 1));
     for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {   /* the step happens: install the new optimiser state / replay buffer */
-            if (om) { m->opt_m = om; m->opt_v = ov; om = ov = NULL; }
-            ebt__replay_install(m, opts, S, ry, rt, rrows);
-            ry = NULL; rt = NULL;
-        }
+        ebt_real *M = al->om ? al->om : m->opt.m, *Vs = al->ov ? al->ov : m->opt.v;
+        if (pass == 1) ebt__step_install(m, opts, m->pend.S, al);   /* the step happens */
         for (int t = 0; t < m->nt; t++) {
             const ebt__tensor *T = &m->t[t];
             int is_alpha = m->cfg.arch == EBT_ARCH_EBT && m->params + T->off == m->w.alpha;
@@ -3039,25 +3191,59 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
             if (is_alpha && !opts->learn_alpha) continue;
             if (ebt__adamw(m, M, Vs, T->off, T->off + T->count, scale, opts, tlr, wd, b1t, b2t, pass, nt)) {
                 ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
-                ebt_zero_grad(m);
-                st = EBT_ERR_NONFINITE;
-                goto fail;
+                goto refuse;
             }
         }
     }
-    m->opt_step++;
+    m->opt.step++;
     ebt__replay_push(m, opts);
+    m->pend.count = 0;
     ts.lr = lr;
     ts.alpha = m->cfg.arch == EBT_ARCH_EBT ? m->w.alpha[0] : 0;
-    ts.step = m->opt_step;
+    ts.step = m->opt.step;
     if (stats) *stats = ts;
     return EBT_OK;
-nomem:
-    ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
-    st = EBT_ERR_NOMEM;
-fail:
-    EBT_FREE(om); EBT_FREE(ov); EBT_FREE(ry); EBT_FREE(rt);
-    return st;
+refuse:
+    ebt__step_alloc_free(al);
+    ebt_zero_grad(m);
+    return EBT_ERR_NONFINITE;
+}
+
+ebt_status ebt_train_apply(ebt_model *m, const ebt_train_opts *opts, ebt_train_stats *stats)
+{
+    ebt__step_alloc al;
+    ebt_status st;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
+    if (ebt__step_allocate(m, opts, m->pend.count, m->pend.S, &al) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
+        return EBT_ERR_NOMEM;
+    }
+    return ebt__apply(m, opts, &al, stats);
+}
+
+ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                          ebt_train_stats *stats)
+{
+    ebt__step_alloc al;
+    ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, NULL);
+    if (st != EBT_OK) return st;
+    /* everything the step allocates, before anything changes: on
+     * EBT_ERR_NOMEM the model is as it was, gradients included */
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    if (ebt__step_allocate(m, opts, opts->replay_capacity > 0 ? B : 0, S, &al) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
+        return EBT_ERR_NOMEM;
+    }
+    ebt_zero_grad(m);
+    if ((st = ebt__accumulate(m, opts, tokens, targets, B, S, 0, 1.0, init_logits, NULL)) != EBT_OK) {
+        ebt__step_alloc_free(&al);
+        ebt_zero_grad(m);
+        return st;
+    }
+    return ebt__apply(m, opts, &al, stats);
 }
 
 /* ======================================================================
@@ -3856,12 +4042,12 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         errno = 0;
         step = s ? strtol(s, &end, 10) : -1;
         if (!s || errno || *end || step < 0 || step == LONG_MAX) { ebt__seterr(err, errlen, "metadata optim.step = %s: expected an integer in [0, LONG_MAX)", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
-        m->opt_m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
-        m->opt_v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
-        if (!m->opt_m || !m->opt_v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        m->opt.m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        m->opt.v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        if (!m->opt.m || !m->opt.v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
         for (int i = 0; i < m->nt && st == EBT_OK; i++)
             for (int w = 0; w < 2 && st == EBT_OK; w++) {
-                ebt_real *dst = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                ebt_real *dst = (w ? m->opt.v : m->opt.m) + m->t[i].off;
                 snprintf(nm, sizeof nm, "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
                 st = ebt__st_read_tensor(f, h, ebt__st_find(h, nm), dst, m->t[i].count, err, errlen);
                 if (st == EBT_OK && !ebt__all_finite(dst, m->t[i].count)) { ebt__seterr(err, errlen, "tensor %s contains NaN or Inf", nm); st = EBT_ERR_FORMAT; }
@@ -3869,7 +4055,7 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
                     if (dst[k] < 0) { ebt__seterr(err, errlen, "tensor %s has a negative second moment", nm); st = EBT_ERR_FORMAT; }
             }
         if (st != EBT_OK) return st;
-        m->opt_step = step;
+        m->opt.step = step;
     }
     if (rt || rg || rl) {
         int cap, next, cnt, S;
@@ -3889,26 +4075,26 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
             return EBT_ERR_FORMAT;
         }
         n = (size_t)cnt * S;   /* the filled rows only (bounded by the file); the ring grows as it fills */
-        m->rb_y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
-        m->rb_tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
+        m->rb.y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
+        m->rb.tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
         tmp = (ebt_real *)EBT_MALLOC(2 * n * sizeof(ebt_real));
-        if (!m->rb_y || !m->rb_tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
-        m->rb_tgt = m->rb_tok + n;
+        if (!m->rb.y || !m->rb.tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        m->rb.tgt = m->rb.tok + n;
         st = ebt__st_read_tensor(f, h, rt, tmp, n, err, errlen);
         if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rg, tmp + n, n, err, errlen);
-        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb_y, n * V, err, errlen);
+        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb.y, n * V, err, errlen);
         for (size_t i = 0; st == EBT_OK && i < 2 * n; i++) {
             if (!(tmp[i] >= 0 && tmp[i] < V && tmp[i] == (ebt_real)(int32_t)tmp[i])) {
                 ebt__seterr(err, errlen, "replay buffer token %g is not an id in [0, %d)", (double)tmp[i], V);
                 st = EBT_ERR_FORMAT;
             } else {
-                (i < n ? m->rb_tok : m->rb_tgt)[i % n] = (int32_t)tmp[i];
+                (i < n ? m->rb.tok : m->rb.tgt)[i % n] = (int32_t)tmp[i];
             }
         }
-        if (st == EBT_OK && !ebt__all_finite(m->rb_y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
+        if (st == EBT_OK && !ebt__all_finite(m->rb.y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
         EBT_FREE(tmp);
         if (st != EBT_OK) return st;
-        m->rb_cap = cap; m->rb_rows = m->rb_count = cnt; m->rb_next = next; m->rb_S = S;
+        m->rb.cap = cap; m->rb.rows = m->rb.count = cnt; m->rb.next = next; m->rb.S = S;
     }
     return EBT_OK;
 }
@@ -4007,20 +4193,20 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
     }
     /* optimiser state and the replay buffer (docs/model.md section 9.3) */
-    if (m->opt_m) {
-        snprintf(vals[10], sizeof vals[10], "%ld", m->opt_step);
+    if (m->opt.m) {
+        snprintf(vals[10], sizeof vals[10], "%ld", m->opt.step);
         kv[nkv++] = "optim.step"; kv[nkv++] = vals[10];
     }
-    if (m->rb_count > 0) {
-        snprintf(vals[11], sizeof vals[11], "%d", m->rb_cap);
+    if (m->rb.count > 0) {
+        snprintf(vals[11], sizeof vals[11], "%d", m->rb.cap);
         kv[nkv++] = "optim.replay.capacity"; kv[nkv++] = vals[11];
-        snprintf(vals[12], sizeof vals[12], "%d", m->rb_next);
+        snprintf(vals[12], sizeof vals[12], "%d", m->rb.next);
         kv[nkv++] = "optim.replay.next"; kv[nkv++] = vals[12];
     }
     o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
     names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);
-    if (m->rb_count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb_count * m->rb_S);
-    if (!o || !names || (m->rb_count > 0 && !rtok)) {
+    if (m->rb.count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb.count * m->rb.S);
+    if (!o || !names || (m->rb.count > 0 && !rtok)) {
         EBT_FREE(o); EBT_FREE(names); EBT_FREE(rtok);
         ebt__seterr(err, errlen, "out of memory");
         return EBT_ERR_NOMEM;
@@ -4032,28 +4218,28 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         o[i].shape[0] = m->t[i].shape[0];
         o[i].shape[1] = m->t[i].shape[1];
         o[i].data = m->params + m->t[i].off;
-        if (m->opt_m) {
+        if (m->opt.m) {
             for (int w = 0; w < 2; w++) {
                 o[no] = o[i];
                 snprintf(names[2 * i + w], sizeof names[0], "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
                 o[no].name = names[2 * i + w];
-                o[no].data = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                o[no].data = (w ? m->opt.v : m->opt.m) + m->t[i].off;
                 no++;
             }
         }
     }
-    if (m->rb_count > 0) {
-        size_t n = (size_t)m->rb_count * m->rb_S;
+    if (m->rb.count > 0) {
+        size_t n = (size_t)m->rb.count * m->rb.S;
         static const char *rn[3] = { "optim.replay.tokens", "optim.replay.targets", "optim.replay.logits" };
-        for (size_t i = 0; i < n; i++) { rtok[i] = (ebt_real)m->rb_tok[i]; rtok[n + i] = (ebt_real)m->rb_tgt[i]; }
+        for (size_t i = 0; i < n; i++) { rtok[i] = (ebt_real)m->rb.tok[i]; rtok[n + i] = (ebt_real)m->rb.tgt[i]; }
         for (int w = 0; w < 3; w++) {
             memset(&o[no], 0, sizeof o[no]);
             o[no].name = rn[w];
             o[no].ndim = w == 2 ? 3 : 2;
-            o[no].shape[0] = m->rb_count;
-            o[no].shape[1] = m->rb_S;
+            o[no].shape[0] = m->rb.count;
+            o[no].shape[1] = m->rb.S;
             o[no].shape[2] = c->vocab_size;
-            o[no].data = w == 2 ? m->rb_y : rtok + (size_t)w * n;
+            o[no].data = w == 2 ? m->rb.y : rtok + (size_t)w * n;
             no++;
         }
     }

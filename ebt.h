@@ -411,19 +411,68 @@ typedef struct {
 } ebt_train_stats;
 
 /* Zeroes the gradients and computes them (docs/model.md section 6) without
- * updating anything. init_logits [B*S*V] and alpha_mult [B*S] (per-position step
- * multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may be NULL: then they
- * are drawn as the options say. Deterministic given both and noise 0,
- * k_min == k_max, replay off. stats may be NULL. */
+ * updating anything: ebt_zero_grad, then ebt_train_accumulate with
+ * first_seq 0 and weight 1. init_logits [B*S*V] and alpha_mult [B*S]
+ * (per-position step multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may
+ * be NULL: then they are drawn as the options say. Deterministic given both
+ * and noise 0, k_min == k_max, replay off. stats may be NULL. */
 EBT_API ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
                                   const int32_t *targets, int B, int S, const ebt_real *init_logits,
                                   const ebt_real *alpha_mult, ebt_train_stats *stats);
-/* ebt_train_grad, then (if the loss and every gradient are finite) clipping
- * and one AdamW update. A non-finite step returns EBT_ERR_NONFINITE and
- * leaves parameters, optimiser state and replay buffer unchanged. */
+/* One optimiser step on one batch: ebt_zero_grad, ebt_train_accumulate
+ * (first_seq 0, weight 1), ebt_train_apply, bit for bit. A non-finite step
+ * returns EBT_ERR_NONFINITE and leaves parameters, optimiser state and
+ * replay buffer unchanged. Everything the step allocates is allocated
+ * before anything changes. */
 EBT_API ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
                                   const int32_t *targets, int B, int S, const ebt_real *init_logits,
                                   ebt_train_stats *stats);
+
+/* ---- Training in parts: gradient accumulation, data parallelism ---------
+ * An optimiser step over a global batch of G sequences may be computed in
+ * micro-batches, on one process or many:
+ *
+ *   ebt_zero_grad(m);
+ *   for each micro-batch (sequences first_seq .. first_seq+B-1 of the G):
+ *       ebt_train_accumulate(m, &o, tok, tgt, B, S, first_seq, (double)B / G, NULL, NULL);
+ *   (data parallel: sum ebt_train_buffer(m, &n) over the processes, e.g. one
+ *    MPI_Allreduce of n floats, in a fixed order)
+ *   ebt_train_apply(m, &o, &stats);
+ *
+ * The randomness of a sequence (y_0, its step sizes, its Langevin noise)
+ * derives from (seed, optimiser step, first_seq + b) and the number of
+ * thinking steps from (seed, optimiser step), so the split does not change
+ * what is computed; only the order of floating-point sums does. The replay
+ * buffer is per model (per process): each micro-batch replays its own last
+ * round(replay_frac * B) sequences from it, and ebt_train_apply pushes the
+ * sequences this model accumulated. */
+
+/* The statistic sums ebt_train_accumulate adds behind the gradients. */
+#define EBT_TRAIN_NSUMS 6
+/* Adds weight * d(loss of this micro-batch)/dtheta to the gradients (alpha's
+ * included) and weight * (1, loss, ce_first, ce_last, energy_first,
+ * energy_last) to the sums behind them. weight > 0 is the micro-batch's
+ * share of the step's loss (B / G for a mean over the global batch);
+ * first_seq >= 0 its first sequence's index in the global batch. On any
+ * failure the gradients, the sums and the pending replay sequences are as
+ * they were. init_logits / alpha_mult as in ebt_train_grad. */
+EBT_API ebt_status ebt_train_accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                        const int32_t *targets, int B, int S, long first_seq, double weight,
+                                        const ebt_real *init_logits, const ebt_real *alpha_mult);
+/* The gradients of every tensor in checkpoint order (ebt_tensor_name),
+ * then the EBT_TRAIN_NSUMS sums: one contiguous array of *count =
+ * ebt_n_params(m) + EBT_TRAIN_NSUMS reals, owned by the model (valid until
+ * ebt_free), written by the ebt_train_* and ebt_*_backward calls, zeroed by
+ * ebt_zero_grad. */
+EBT_API ebt_real *ebt_train_buffer(ebt_model *m, size_t *count);
+/* The optimiser step on the gradients as they stand: clipping by their
+ * global norm (alpha's included), AdamW with warm-up and cosine schedule,
+ * then the replay ring takes the sequences accumulated since ebt_zero_grad.
+ * stats (may be NULL) gets the means of the sums, the norm, lr and alpha.
+ * Non-finite gradients or a non-finite update return EBT_ERR_NONFINITE,
+ * change nothing but zero the gradients, and drop the pending sequences. */
+EBT_API ebt_status ebt_train_apply(ebt_model *m, const ebt_train_opts *opts, ebt_train_stats *stats);
+
 /* Optimiser steps taken (0 for a new model). */
 EBT_API long ebt_train_steps_done(const ebt_model *m);
 /* Forgets the training state: AdamW moments, the step count and the replay
