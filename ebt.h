@@ -103,6 +103,19 @@ extern "C" {
 #define EBT_API extern
 #endif
 
+/* Version of this header (the Makefile reads it from here). ebt_version()
+ * returns the version the library was built as: compare the two to catch a
+ * program compiled against one release and run with another. The shared
+ * library's SONAME is libebt.so.<MAJOR>. */
+#define EBT_VERSION_MAJOR 0
+#define EBT_VERSION_MINOR 2
+#define EBT_VERSION_PATCH 0
+#define EBT__STR_(x) #x
+#define EBT__STR(x) EBT__STR_(x)
+#define EBT_VERSION EBT__STR(EBT_VERSION_MAJOR) "." EBT__STR(EBT_VERSION_MINOR) "." \
+                    EBT__STR(EBT_VERSION_PATCH)               /* "0.2.0" */
+EBT_API const char *ebt_version(void);
+
 #ifdef EBT_DOUBLE
 typedef double ebt_real;
 #else
