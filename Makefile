@@ -89,6 +89,10 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 $(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
+# the minimal example again, with the library in double precision
+$(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(LDLIBS)
+
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
@@ -120,9 +124,11 @@ $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h $(BUILD)/libebt.a
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
 
-test: all $(TESTS)
+test: all $(TESTS) $(BUILD)/minimal_double
 	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
-	$(BUILD)/minimal > /dev/null || fail=1; \
+	echo "== minimal example (float, double)"; \
+	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
+	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
 	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
