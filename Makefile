@@ -3,8 +3,9 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 CC      ?= cc
 OPT     ?= -O3 -g
-# OpenMP splits the row-wise and attention kernels over threads; `make OMP=`
-# builds without it (a program linking libebt.a then needs -fopenmp too)
+# OpenMP splits the row-wise and attention kernels over threads, so a
+# program linking libebt.a needs -fopenmp too (ebt.pc's Libs.private says
+# so); `make OMP=` builds without it
 OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
 CFLAGS  += $(STD) $(OPT) $(OMP)

@@ -13,8 +13,16 @@
    blocks.
 
    BUILD
-     cc -O2 -c ebt.c            (links with -lopenblas -lm)
-     or #include "ebt.c" in exactly one translation unit of your program.
+     cc -O2 -fopenmp -c ebt.c
+     cc -fopenmp prog.c ebt.o -lopenblas -lm
+     ebt.o built with -fopenmp calls the OpenMP runtime, so the link needs
+     -fopenmp too (without OpenMP, drop it from both lines). Or #include
+     "ebt.c" in exactly one translation unit of your program. After
+     `make install` (see README.md, "Install and link"):
+       cc prog.c $(pkg-config --cflags --libs ebt)               libebt.so
+       cc prog.c $(pkg-config --static --cflags --libs ebt | sed 's/-lebt/-l:libebt.a/')
+     The second links libebt.a (plain -lebt would take libebt.so) and the
+     Libs.private it needs: -fopenmp -lopenblas -lm for the default build.
      -DEBT_DOUBLE switches the scalar type ebt_real from float to double
      (used by the finite-difference tests; checkpoints stay float32).
 
