@@ -131,6 +131,7 @@ test: all $(TESTS) $(BUILD)/minimal_double
 	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
 	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
 	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
+	echo "== install test"; CC="$(CC)" EXTRA_CFLAGS="$(OPT)" bash tests/install_test.sh || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
 asan:
