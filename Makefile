@@ -3,19 +3,37 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 CC      ?= cc
 OPT     ?= -O3 -g
-# OpenMP splits the row-wise and attention kernels over threads; `make OMP=`
-# builds without it (a program linking libebt.a then needs -fopenmp too)
+# OpenMP splits the row-wise and attention kernels over threads, so a
+# program linking libebt.a needs -fopenmp too (ebt.pc's Libs.private says
+# so); `make OMP=` builds without it
 OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
 CFLAGS  += $(STD) $(OPT) $(OMP)
 LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
+# the version is read from ebt.h (EBT_VERSION_MAJOR/MINOR/PATCH); the shared
+# library is libebt.so.MAJOR.MINOR.PATCH with SONAME libebt.so.MAJOR
+ebt_version_part = $(shell sed -n 's/^\#define EBT_VERSION_$(1)  *\([0-9][0-9]*\).*/\1/p' ebt.h)
+MAJOR   := $(call ebt_version_part,MAJOR)
+VERSION := $(MAJOR).$(call ebt_version_part,MINOR).$(call ebt_version_part,PATCH)
+SONAME   = libebt.so.$(MAJOR)
+ifneq ($(words $(subst ., ,$(VERSION))),3)
+$(error cannot read EBT_VERSION_MAJOR/MINOR/PATCH from ebt.h)
+endif
+
+# `make install`: PREFIX (default /usr/local) and DESTDIR (staging, for packagers)
+PREFIX     ?= /usr/local
+INCLUDEDIR ?= $(PREFIX)/include
+LIBDIR     ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL    ?= install
+
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
-.PHONY: all test asan fuzz bench clean ref
-all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
+.PHONY: all test asan fuzz bench clean ref install uninstall
+all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -26,14 +44,55 @@ $(BUILD)/ebt.o: ebt.c ebt.h | $(BUILD)
 $(BUILD)/libebt.a: $(BUILD)/ebt.o
 	ar rcs $@ $^
 
-$(BUILD)/libebt.so: $(BUILD)/ebt.o
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+$(BUILD)/libebt.so.$(VERSION): $(BUILD)/ebt.o
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LDLIBS)
+
+# the usual symlinks, so that a program linked with -L$(BUILD) -lebt runs
+# with LD_LIBRARY_PATH=$(BUILD)
+$(BUILD)/$(SONAME) $(BUILD)/libebt.so: $(BUILD)/libebt.so.$(VERSION)
+	ln -sf libebt.so.$(VERSION) $@
+
+# pkg-config file; Libs.private is what a program linking libebt.a needs:
+# the OpenMP flag and LDLIBS the library was built with. The prefix is
+# PREFIX's at `make install` time, so it is written there, not kept.
+define EBT_PC
+prefix=$(PREFIX)
+includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))
+libdir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))
+
+Name: ebt
+Description: Energy-Based Transformers in C (energy, thinking, training)
+Version: $(VERSION)
+Cflags: -I$${includedir}
+Libs: -L$${libdir} -lebt
+Libs.private: $(strip $(OMP) $(LDLIBS))
+endef
+export EBT_PC
+
+install: $(BUILD)/libebt.a $(BUILD)/libebt.so.$(VERSION)
+	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 644 ebt.h $(DESTDIR)$(INCLUDEDIR)/ebt.h
+	$(INSTALL) -m 644 $(BUILD)/libebt.a $(DESTDIR)$(LIBDIR)/libebt.a
+	$(INSTALL) -m 755 $(BUILD)/libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libebt.so.$(VERSION)
+	ln -sf libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libebt.so
+	printf '%s\n' "$$EBT_PC" > $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/ebt.h $(DESTDIR)$(LIBDIR)/libebt.a \
+	      $(DESTDIR)$(LIBDIR)/libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	      $(DESTDIR)$(LIBDIR)/libebt.so $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
 
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 $(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
+# the minimal example again, with the library in double precision
+$(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(LDLIBS)
 
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
@@ -66,10 +125,13 @@ $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h $(BUILD)/libebt.a
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
 
-test: all $(TESTS)
+test: all $(TESTS) $(BUILD)/minimal_double
 	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
-	$(BUILD)/minimal > /dev/null || fail=1; \
+	echo "== minimal example (float, double)"; \
+	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
+	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
 	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
+	echo "== install test"; CC="$(CC)" EXTRA_CFLAGS="$(OPT)" bash tests/install_test.sh || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
 asan:

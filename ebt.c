@@ -138,6 +138,8 @@ static int ebt__all_finite(const ebt_real *x, size_t n)
     return 1;
 }
 
+const char *ebt_version(void) { return EBT_VERSION; }
+
 const char *ebt_status_str(ebt_status s)
 {
     switch (s) {

@@ -13,22 +13,38 @@
    blocks.
 
    BUILD
-     cc -O2 -c ebt.c            (links with -lopenblas -lm)
-     or #include "ebt.c" in exactly one translation unit of your program.
+     cc -O2 -fopenmp -c ebt.c
+     cc -fopenmp prog.c ebt.o -lopenblas -lm
+     ebt.o built with -fopenmp calls the OpenMP runtime, so the link needs
+     -fopenmp too (without OpenMP, drop it from both lines). Or #include
+     "ebt.c" in exactly one translation unit of your program. After
+     `make install` (see README.md, "Install and link"):
+       cc prog.c $(pkg-config --cflags --libs ebt)               libebt.so
+       cc prog.c $(pkg-config --static --cflags --libs ebt | sed 's/-lebt/-l:libebt.a/')
+     The second links libebt.a (plain -lebt would take libebt.so) and the
+     Libs.private it needs: -fopenmp -lopenblas -lm for the default build.
      -DEBT_DOUBLE switches the scalar type ebt_real from float to double
      (used by the finite-difference tests; checkpoints stay float32).
 
-   USAGE (also compiled as examples/minimal.c)
+   USAGE (shortened; compiled, with every status checked, as examples/minimal.c)
 
      #include "ebt.h"
-     ebt_config cfg = ebt_config_default();           // V=256 D=128 L=4 H=4
-     ebt_model *m;
+     ebt_config cfg = ebt_config_default();         // V=256 D=128 L=4 H=4
+     ebt_model *m, *m2;  ebt_workspace *ws;
      if (ebt_create(&cfg, 42, &m) != EBT_OK) return 1;
-     int32_t tokens[3] = {'a', 'b', 'c'};
-     float probs[3 * 256], energy[3], grad[3 * 256];
-     for (int i = 0; i < 3 * 256; i++) probs[i] = 1.0f / 256;
-     ebt_energy(m, tokens, probs, 1, 3, 0, energy, grad); // E and dE/dp
-     ebt_free(m);
+     if (ebt_workspace_create(m, 1, S, &ws) != EBT_OK) return 1;  // 1 x S tokens
+     ebt_think_opts opts = ebt_think_default();
+     opts.steps = 3; opts.restarts = 2;             // keep the lower-energy start
+     ebt_think_result res = {0};
+     res.probs = probs;                             // ebt_real [S*V]: the answers p
+     res.final_energy = energy;                     // ebt_real [S]
+     res.steps_taken = steps;                       // int [S]
+     ebt_status st = ebt_think(ws, m, tokens, 1, S, &opts, &res);
+     if (st != EBT_OK) fprintf(stderr, "%s: %s\n", ebt_status_str(st), ebt_ws_last_error(ws));
+     ebt_save(m, "model.safetensors");              // atomic
+     ebt_load("model.safetensors", &m2);
+     ebt_energy(m2, tokens, probs, 1, S, 0, e2, NULL);  // == ebt_energy(m, ...)
+     ebt_workspace_free(ws); ebt_free(m); ebt_free(m2);
 
    CONVENTIONS
    - Shapes are row-major; B batch, S sequence length (predicted positions),
@@ -102,6 +118,19 @@ extern "C" {
 #ifndef EBT_API
 #define EBT_API extern
 #endif
+
+/* Version of this header (the Makefile reads it from here). ebt_version()
+ * returns the version the library was built as: compare the two to catch a
+ * program compiled against one release and run with another. The shared
+ * library's SONAME is libebt.so.<MAJOR>. */
+#define EBT_VERSION_MAJOR 0
+#define EBT_VERSION_MINOR 2
+#define EBT_VERSION_PATCH 0
+#define EBT__STR_(x) #x
+#define EBT__STR(x) EBT__STR_(x)
+#define EBT_VERSION EBT__STR(EBT_VERSION_MAJOR) "." EBT__STR(EBT_VERSION_MINOR) "." \
+                    EBT__STR(EBT_VERSION_PATCH)               /* "0.2.0" */
+EBT_API const char *ebt_version(void);
 
 #ifdef EBT_DOUBLE
 typedef double ebt_real;
