@@ -33,7 +33,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef EBT_NO_BLAS
+/* The matrix-product backend, chosen at build time (make GEMM=onednn|cblas):
+ *   -DEBT_GEMM_ONEDNN  oneDNN's dnnl_sgemm for float32 (it generates its
+ *                      kernels for the CPU it runs on); the double build
+ *                      (-DEBT_DOUBLE) still uses CBLAS's dgemm
+ *   (default)          CBLAS: OpenBLAS or any CBLAS
+ *   -DEBT_NO_BLAS      the naive loops of ebt__gemm (no library) */
+#if defined(EBT_GEMM_ONEDNN) && !defined(EBT_DOUBLE) && !defined(EBT_NO_BLAS)
+#define EBT__ONEDNN 1
+#include <oneapi/dnnl/dnnl.h>
+#elif !defined(EBT_NO_BLAS)
+#define EBT__CBLAS 1
 #include <cblas.h>
 #endif
 
@@ -162,23 +172,44 @@ const char *ebt_status_str(ebt_status s)
  * ta/tb = 1 means the stored matrix is transposed.
  * ====================================================================== */
 
+#ifdef EBT__ONEDNN
+/* dnnl_sgemm on the calling thread only: outside an OpenMP parallel region
+ * oneDNN would spread the product over every core, so the calling thread's
+ * thread count is set to 1 for the call and restored (inside ebt's own
+ * parallel loops oneDNN runs single-threaded by itself) */
+static void ebt__dnnl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef _OPENMP
+    int top = !omp_in_parallel(), saved = top ? omp_get_max_threads() : 1;
+    if (saved != 1) omp_set_num_threads(1);
+#endif
+    dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef _OPENMP
+    if (saved != 1) omp_set_num_threads(saved);
+#endif
+}
+#endif
+
 static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
                       const ebt_real *A, int lda, const ebt_real *B, int ldb,
                       ebt_real beta, ebt_real *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
-#ifndef EBT_NO_BLAS
     if (K > 0) {
-#ifdef EBT_DOUBLE
+#if defined(EBT__ONEDNN)
+        ebt__dnnl(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+#elif defined(EBT__CBLAS) && defined(EBT_DOUBLE)
         cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
+        return;
+#elif defined(EBT__CBLAS)
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#endif
         return;
-    }
 #endif
+    }
     /* naive reference (also the K == 0 case) */
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -193,17 +224,50 @@ static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
         }
 }
 
-/* The thread count of a call's kernels: the workspace's count when the
- * BLAS runs single-threaded (then ebt also splits the large products
- * itself), else 0: OpenBLAS threads the products whole and every other
- * kernel stays on the caller's thread, so that two pools of spinning
- * threads never compete for the cores. */
+/* The thread count of a call's kernels: the workspace's count, unless
+ * OpenBLAS threads the products itself (then 0: OpenBLAS runs the products
+ * whole and every other kernel stays on the caller's thread, so that two
+ * pools of spinning threads never compete for the cores). With oneDNN,
+ * ebt always splits the products itself. */
 static int ebt__nt(int threads)
 {
-#if defined(OPENBLAS_VERSION) && defined(_OPENMP)
+#if defined(EBT__CBLAS) && defined(OPENBLAS_VERSION) && defined(_OPENMP)
     if (openblas_get_num_threads() > 1) return 0;
 #endif
     return threads;
+}
+
+const char *ebt_gemm_backend(void)
+{
+#if defined(EBT__ONEDNN)
+    return "onednn";
+#elif defined(EBT__CBLAS)
+    return "cblas";
+#else
+    return "naive";
+#endif
+}
+
+void ebt_gemm_info(char *buf, size_t n)
+{
+    if (!buf || n == 0) return;
+#if defined(EBT__ONEDNN)
+    {
+        const dnnl_version_t *v = dnnl_version();
+        int isa = (int)dnnl_get_effective_cpu_isa();
+        const char *name = isa == dnnl_cpu_isa_avx512_core_amx ? "avx512_core_amx" : isa == dnnl_cpu_isa_avx512_core_bf16 ? "avx512_core_bf16" :
+                           isa == dnnl_cpu_isa_avx512_core_vnni ? "avx512_core_vnni" : isa == dnnl_cpu_isa_avx512_core ? "avx512_core" :
+                           isa == dnnl_cpu_isa_avx2_vnni ? "avx2_vnni" : isa == dnnl_cpu_isa_avx2 ? "avx2" :
+                           isa == dnnl_cpu_isa_avx ? "avx" : "sse41 or other";
+        snprintf(buf, n, "oneDNN %d.%d.%d dnnl_sgemm, ISA %s", v->major, v->minor, v->patch, name);
+    }
+#elif defined(EBT__CBLAS) && defined(OPENBLAS_VERSION)
+    snprintf(buf, n, "CBLAS: OpenBLAS%s(core %s, %d threads)", OPENBLAS_VERSION, openblas_get_corename(), openblas_get_num_threads());
+#elif defined(EBT__CBLAS)
+    snprintf(buf, n, "CBLAS");
+#else
+    snprintf(buf, n, "naive loops (EBT_NO_BLAS)");
+#endif
 }
 
 /* A large product (nt >= 1) split by rows of C into blocks of

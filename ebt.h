@@ -153,6 +153,12 @@ typedef enum {
 
 EBT_API const char *ebt_status_str(ebt_status s);
 
+/* The matrix-product backend this library was built with: "onednn",
+ * "cblas" or "naive" (make GEMM=...), and a description of it (version,
+ * kernel, threads) written into buf[n]. */
+EBT_API const char *ebt_gemm_backend(void);
+EBT_API void ebt_gemm_info(char *buf, size_t n);
+
 typedef enum { EBT_ARCH_EBT = 0, EBT_ARCH_TRANSFORMER = 1 } ebt_arch;
 
 /* The blueprint of a model (checkpoint metadata, docs/model.md section 9.2). */

@@ -40,7 +40,9 @@
    Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
 */
 #define _POSIX_C_SOURCE 200809L
+#ifdef EBT_LM_OPENBLAS   /* the library's products run on OpenBLAS (make GEMM=cblas) */
 #include <cblas.h>
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -1313,9 +1315,11 @@ int main(int argc, char **argv)
         {"eval", cmd_eval, EVAL_USAGE}, {"export", cmd_export, EXPORT_USAGE},
     };
     const int nc = (int)(sizeof cmds / sizeof cmds[0]);
+#ifdef EBT_LM_OPENBLAS
     /* ebt splits products and kernels over its own threads; OpenBLAS
      * threading its products at the same time would compete for the cores */
     if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
+#endif
     if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) { print_version(); return 0; }
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         for (int i = 0; argc >= 3 && i < nc; i++)
