@@ -8,6 +8,9 @@ OPT     ?= -O3 -g
 # so); `make OMP=` builds without it
 OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
+# no fused multiply-adds, so every vector width gives the same bits; math
+# functions need not set errno (sqrt then vectorises)
+FPFLAGS  = -ffp-contract=off -fno-math-errno
 # the matrix-product backend: oneDNN's dnnl_sgemm (libdnnl-dev; it generates
 # its kernels for the CPU it finds) or CBLAS (OpenBLAS, libopenblas-dev).
 # The double-precision builds of the tests always use OpenBLAS's dgemm.
@@ -21,7 +24,7 @@ GEMMLIBS  = -lopenblas
 else
 $(error GEMM must be onednn or cblas, not '$(GEMM)')
 endif
-CFLAGS  += $(STD) $(OPT) $(OMP) $(GEMMFLAGS)
+CFLAGS  += $(STD) $(OPT) $(FPFLAGS) $(OMP) $(GEMMFLAGS)
 LDLIBS   = $(GEMMLIBS) -lm
 # tests also link OpenBLAS: the double builds, and test_threads sets its threads
 TESTLIBS = -lcmocka $(LDLIBS) $(if $(filter onednn,$(GEMM)),-lopenblas)

@@ -141,10 +141,113 @@ static void *ebt__grow(void **buf, size_t *cap, size_t bytes)
     return *buf;
 }
 
-static int ebt__all_finite(const ebt_real *x, size_t n)
+/* ======================================================================
+ * SIMD: element-wise kernels written so that the compiler vectorises them
+ * (EBT__SIMD: one clone per x86 vector width, picked at load time) and
+ * gives the same bits at every width: no fused multiply-adds
+ * (-ffp-contract=off), and every reduction in EBT__LANES fixed lanes
+ * (lane l takes elements l, l + LANES, ...) combined in a fixed order.
+ * ====================================================================== */
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && !defined(EBT_NO_CLONES) && \
+    !defined(__clang__) && __GNUC__ >= 8
+#define EBT__SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EBT__SIMD
+#endif
+#define EBT__LANES 16
+
+/* sum_j a_j b_j */
+static inline ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j in double */
+static inline double ebt__dot_d(const ebt_real *a, const ebt_real *b, int n)
+{
+    double acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j c_j */
+static inline ebt_real ebt__dot3(const ebt_real *a, const ebt_real *b, const ebt_real *c, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* max_j a_j (n >= 1; NaN entries are skipped unless all are NaN) */
+static inline ebt_real ebt__max(const ebt_real *a, int n)
+{
+    ebt_real acc[EBT__LANES], m;
+    int j = 0;
+    for (int l = 0; l < EBT__LANES; l++) acc[l] = a[0];
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    for (int l = 0; j + l < n; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    m = acc[0];
+    for (int l = 1; l < EBT__LANES; l++) m = acc[l] > m ? acc[l] : m;
+    return m;
+}
+static inline void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#ifdef EBT_DOUBLE
+static inline double ebt__exp(double x) { return exp(x); }
+#else
+/* exp(x) for float x without calls or branches (vectorisable): x = n ln2 + r,
+ * |r| <= ln2/2, exp(r) by the minimax polynomial of Cephes' expf, 2^n by
+ * the exponent bits. Relative error <= 2 float ulps (2.4e-7) against the
+ * correctly rounded exp on [-87.3, 88.3] (tests/test_kernels.c measures
+ * it); exactly 0 below -87.33 (no denormals), exp(88.376) = 2.4e38 above
+ * 88.376 (callers pass max-subtracted arguments <= 0, or -z in a sigmoid). */
+static inline float ebt__exp(float x)
+{
+    float xc = x > 88.3762626f ? 88.3762626f : x < -87.33654f ? -87.33654f : x;   /* n in [-126, 127] */
+    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round(x / ln2) */
+    float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;      /* x - n ln2, in two parts */
+    float p = 1.9875691500e-4f, sc;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    memcpy(&sc, &bits, sizeof sc);
+    return x < -87.33654f ? 0.0f : p * sc;
+}
+#endif
+
+/* 1 / (1 + exp(-z)) */
+static inline ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + ebt__exp(-z)); }
+
+/* 1 if every x[i] is finite (x - x is 0 for them, NaN for Inf and NaN) */
+EBT__SIMD static int ebt__all_finite(const ebt_real *x, size_t n)
+{
+    ebt_real acc[EBT__LANES] = { 0 };
+    size_t i = 0;
+    for (; i + EBT__LANES <= n; i += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; i + (size_t)l < n; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; l < EBT__LANES; l++)
+        if (acc[l] != 0) return 0;
     return 1;
 }
 
@@ -746,7 +849,7 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
  * ====================================================================== */
 
 /* y = g * x * r with the cached r (the backward recomputes y with it) */
-static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
@@ -755,87 +858,102 @@ static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *r
     });
 }
 /* y(N,D), rs(N) cached r; x(N,D); g(D) */
-static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
-                             int N, int D, ebt_real eps, int nt)
+EBT__SIMD static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
+                                       int N, int D, ebt_real eps, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
-        ebt_real ss = 0;
-        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
-        rs[n] = 1 / sqrt(ss / D + eps);
+        ebt_real *yr = y + (size_t)n * D, r = 1 / sqrt(ebt__dot(xr, xr, D) / D + eps);
+        rs[n] = r;
+        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     });
-    ebt__rmsnorm_apply(y, x, rs, g, N, D, nt);
 }
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
-static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
-                        int N, int D, int nt)
+EBT__SIMD static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
+                                  int N, int D, int nt)
 {
-    int nb = (D + 15) / 16;
+    int nb = (D + 63) / 64;
     EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-        int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
-        for (int n = 0; n < N; n++)
-            for (int j = j0; j < j1; j++) dg[j] += dy[(size_t)n * D + j] * x[(size_t)n * D + j] * r[n];
+        int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
+        for (int n = 0; n < N; n++) {
+            const ebt_real *dyr = dy + (size_t)n * D, *xr = x + (size_t)n * D;
+            ebt_real rn = r[n];
+            for (int j = j0; j < j1; j++) dg[j] += dyr[j] * xr[j] * rn;
+        }
     });
 }
 /* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
-static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
-                             const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
+                                       const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
-        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
-        for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
-        ebt_real k = r * r * r * cx / D;
+        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], k = r * r * r * ebt__dot3(g, dyr, xr, D) / D;
         for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
     });
     if (dg) ebt__colsum(dg, dy, x, rs, N, D, nt);
 }
 /* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
-static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                             const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                       const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
-        ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
-        for (int j = 0; j < D; j++) xtx += xr[j] * txr[j];
-        ebt_real tr = -r * r * r * xtx / D;
+        ebt_real *tyr = ty + (size_t)n * D, r = rs[n];
+        ebt_real tr = -r * r * r * ebt__dot(xr, txr, D) / D;
         for (int j = 0; j < D; j++) tyr[j] = g[j] * (txr[j] * r + xr[j] * tr);
     });
+}
+/* the three sums of a row of the RMSNorm tangent-of-backward:
+ * x.tx, c.x and tc.x + c.tx with c = g dy, tc = g tdy (tdy may be NULL) */
+static inline void ebt__rms_tbwd_sums(const ebt_real *x, const ebt_real *tx, const ebt_real *dy, const ebt_real *tdy,
+                                      const ebt_real *g, int D, ebt_real out[3])
+{
+    ebt_real a[EBT__LANES] = { 0 }, b[EBT__LANES] = { 0 }, c[EBT__LANES] = { 0 };
+    int j = 0;
+    for (; j + EBT__LANES <= D; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) {
+            a[l] += x[j + l] * tx[j + l];
+            b[l] += g[j + l] * dy[j + l] * x[j + l];
+            c[l] += g[j + l] * dy[j + l] * tx[j + l];
+        }
+    for (int l = 0; j + l < D; l++) {
+        a[l] += x[j + l] * tx[j + l];
+        b[l] += g[j + l] * dy[j + l] * x[j + l];
+        c[l] += g[j + l] * dy[j + l] * tx[j + l];
+    }
+    out[0] = out[1] = out[2] = 0;
+    for (int l = 0; l < EBT__LANES; l++) { out[0] += a[l]; out[1] += b[l]; out[2] += c[l]; }
+    if (tdy) out[2] += ebt__dot3(g, tdy, x, D);
 }
 /* tangent of bwd (tdy may be NULL = 0):
  *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
  *   tdg += tdy x r + dy (tx r + x tr)          (if tdg; trs (N) is scratch for tr) */
-static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
-                              const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                              const ebt_real *g, ebt_real *trs, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
+                                        const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                        const ebt_real *g, ebt_real *trs, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         size_t o = (size_t)n * D;
         const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
-        ebt_real *tdxr = tdx + o, r = rs[n], xtx = 0, cx = 0, tcx = 0;
-        for (int j = 0; j < D; j++) {
-            xtx += xr[j] * txr[j];
-            cx += g[j] * dyr[j] * xr[j];
-            tcx += g[j] * dyr[j] * txr[j] + (tdyr ? g[j] * tdyr[j] * xr[j] : 0);
-        }
-        ebt_real r3 = r * r * r, tr = -r3 * xtx / D;
-        ebt_real kx = (3 * r * r * tr * cx + r3 * tcx) / D, ktx = r3 * cx / D;
+        ebt_real *tdxr = tdx + o, r = rs[n], sums[3];
+        ebt__rms_tbwd_sums(xr, txr, dyr, tdyr, g, D, sums);
+        ebt_real r3 = r * r * r, tr = -r3 * sums[0] / D;
+        ebt_real kx = (3 * r * r * tr * sums[1] + r3 * sums[2]) / D, ktx = r3 * sums[1] / D;
         trs[n] = tr;
-        for (int j = 0; j < D; j++) {
-            ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
-            tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
-        }
+        if (tdyr) for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] + r * g[j] * tdyr[j] - kx * xr[j] - ktx * txr[j];
+        else for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] - kx * xr[j] - ktx * txr[j];
     });
     if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
-        int nb = (D + 15) / 16;
+        int nb = (D + 63) / 64;
         EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-            int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+            int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
             for (int n = 0; n < N; n++) {
                 size_t o = (size_t)n * D;
                 ebt_real r = rs[n], tr = trs[n];
-                for (int j = j0; j < j1; j++)
-                    tdg[j] += (tdy ? tdy[o + j] * x[o + j] * r : 0) + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                if (tdy) for (int j = j0; j < j1; j++) tdg[j] += tdy[o + j] * x[o + j] * r + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                else for (int j = j0; j < j1; j++) tdg[j] += dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
             }
         });
     }
@@ -849,10 +967,11 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
 /* x: N rows, row stride ld, columns [0,D) = H heads of Dh. Row r sits at
  * position pos[r], or (pos NULL) pos0 + r % T (blocks of T rows).
  * inverse=1 applies R^T. */
-static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
-                      const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
+EBT__SIMD static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
+                                const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
 {
     int half = Dh / 2;
+    ebt_real sg = inverse ? -1 : 1;
     EBT__FOR_ROWS(nt, (size_t)N * H * Dh, int r = 0, r < N, r++, {
         int p = pos ? pos[r] : pos0 + r % T;
         ebt_real *row = x + (size_t)r * ld;
@@ -860,7 +979,7 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
         for (int h = 0; h < H; h++) {
             ebt_real *u = row + h * Dh;
             for (int m = 0; m < half; m++) {
-                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
+                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = sg * s[m];
                 u[2 * m] = u0 * c[m] - u1 * sn;
                 u[2 * m + 1] = u0 * sn + u1 * c[m];
             }
@@ -930,19 +1049,48 @@ static int ebt__attn_chunk(const ebt__attn_dims *d, int i0, int *i1)
     return ebt__attn_lim(d, *i1 - 1) + 1;
 }
 
-static ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
+
+/* row helpers of the attention kernels (each a pass over one row of P) */
+/* p[j] = exp(p[j] - mx) for j < n; returns their sum */
+static inline ebt_real ebt__exp_sum(ebt_real *p, int n, ebt_real mx)
 {
-    ebt_real s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; j + l < n; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
     return s;
 }
-static void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+/* t[j] = P[j] (t[j] - m) for j < n */
+static inline void ebt__softmax_jvp(ebt_real *t, const ebt_real *P, ebt_real m, int n)
 {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+    for (int j = 0; j < n; j++) t[j] = P[j] * (t[j] - m);
+}
+/* G[j] -= m; dS[j] = P[j] G[j] for j < n */
+static inline void ebt__softmax_vjp(ebt_real *G, ebt_real *dS, const ebt_real *P, ebt_real m, int n)
+{
+    for (int j = 0; j < n; j++) { G[j] -= m; dS[j] = P[j] * G[j]; }
+}
+/* sum_j tP_j (G_j + mu) + P_j T_j for j < n */
+static inline ebt_real ebt__tmu(const ebt_real *tP, const ebt_real *G, const ebt_real *P, const ebt_real *T, ebt_real mu, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* T[j] = tP[j] G[j] + P[j] (T[j] - tm) for j < n */
+static inline void ebt__softmax_tvjp(ebt_real *T, const ebt_real *tP, const ebt_real *G, const ebt_real *P, ebt_real tm, int n)
+{
+    for (int j = 0; j < n; j++) T[j] = tP[j] * G[j] + P[j] * (T[j] - tm);
 }
 
 /* fwd: o(nq,Dh), P(nq,nk+1) from q(nq,Dh) k,v(nk,Dh) ks,vs(nq,Dh) */
-static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
+EBT__SIMD static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
                           const ebt__attn_dims *d)
 {
@@ -952,13 +1100,13 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
         ebt__gemm(0, 1, i1 - i0, kc, Dh, d->scale, q + (size_t)i0 * d->ld, d->ld, k, d->ld, 0,
                   P + (size_t)i0 * lp, lp);                                    /* P = scale q @ k^T */
         for (int i = i0; i < i1; i++) {
-            ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
+            ebt_real *Pi = P + (size_t)i * lp, mx, sum;
             int lim = ebt__attn_lim(d, i);
             Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
-            mx = d->self ? Pi[nk] : Pi[0];
-            for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
-            for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
-            if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
+            mx = ebt__max(Pi, lim + 1);
+            mx = d->self && Pi[nk] > mx ? Pi[nk] : mx;
+            sum = ebt__exp_sum(Pi, lim + 1, mx);
+            if (d->self) { Pi[nk] = ebt__exp(Pi[nk] - mx); sum += Pi[nk]; }
             for (int j = 0; j <= lim; j++) Pi[j] /= sum;
             for (int j = lim + 1; j < kc; j++) Pi[j] = 0;
             Pi[nk] = d->self ? Pi[nk] / sum : 0;
@@ -973,7 +1121,7 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
 
 /* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
  *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
-static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+EBT__SIMD static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                           const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
                           const ebt_real *k, const ebt_real *v, const ebt_real *ks,
                           const ebt_real *vs, const ebt__attn_dims *d)
@@ -985,12 +1133,11 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
                   tP + (size_t)i0 * lp, lp);                                   /* tA = scale tq @ k^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *tPi = tP + (size_t)i * lp, m = 0;
+            ebt_real *tPi = tP + (size_t)i * lp, m;
             size_t r = (size_t)i * d->ld;
             tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * tPi[j];
-            m += Pi[nk] * tPi[nk];
-            for (int j = 0; j < kc; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+            m = ebt__dot(Pi, tPi, kc) + Pi[nk] * tPi[nk];
+            ebt__softmax_jvp(tPi, Pi, m, kc);
             tPi[nk] = Pi[nk] * (tPi[nk] - m);
         }
         ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, tP + (size_t)i0 * lp, lp, v, d->ld, 0,
@@ -1009,7 +1156,7 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
  *   dq += scale (dS k + dS_s ks) ; dks += scale dS_s q ; dvs += P_s do
  *   dk += scale dS^T q (if dk) ; dv += P^T do (if dv)
  * Saves G, dS (nq,nk+1) and mu (nq) for the tangent of bwd. */
-static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
+EBT__SIMD static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
                           ebt_real *G, ebt_real *dS, ebt_real *mu, const ebt_real *dout,
                           const ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
@@ -1024,12 +1171,11 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
         ebt__gemm(0, 1, nr, kc, Dh, 1, dout + (size_t)i0 * d->ldo, d->ldo, v, d->ld, 0, G + c0, lp); /* dP = do @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
+            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m;
             Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * Gi[j];
-            m += Pi[nk] * Gi[nk];
+            m = ebt__dot(Pi, Gi, kc) + Pi[nk] * Gi[nk];
             mu[i] = m;
-            for (int j = 0; j < kc; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+            ebt__softmax_vjp(Gi, dSi, Pi, m, kc);
             Gi[nk] -= m;
             dSi[nk] = Pi[nk] * Gi[nk];
         }
@@ -1052,7 +1198,7 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
  *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
  *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
  *   tdvs += tP_s do + P_s tdo ; tdk += scale (tdS^T q + dS^T tq) ; tdv += tP^T do + P^T tdo */
-static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
+EBT__SIMD static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
                            ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
                            const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
                            const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
@@ -1069,13 +1215,12 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
         ebt__gemm(0, 1, nr, kc, Dh, 1, tdout + o0, d->ldo, v, d->ld, 0, T + c0, lp);   /* tdP = tdo @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
-            ebt_real *Ti = T + (size_t)i * lp, tm = 0;
+            ebt_real *Ti = T + (size_t)i * lp, tm;
             size_t r = (size_t)i * d->ld;
             Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
                                ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
-            for (int j = 0; j < kc; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
-            tm += tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
-            for (int j = 0; j < kc; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
+            tm = ebt__tmu(tPi, Gi, Pi, Ti, mu[i], kc) + tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
+            ebt__softmax_tvjp(Ti, tPi, Gi, Pi, tm, kc);
             Ti[nk] = tPi[nk] * Gi[nk] + Pi[nk] * (Ti[nk] - tm);
         }
         ebt__gemm(0, 0, nr, Dh, kc, d->scale, T + c0, lp, k, d->ld, 1, tdq + q0, d->ld);       /* tdq += scale tdS @ k */
@@ -1106,10 +1251,9 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
  *   silu'' = s (1 - s) (2 + z (1 - 2 s))
  * ====================================================================== */
 
-static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
 
 /* u(N,F) */
-static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1118,7 +1262,7 @@ static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int 
     });
 }
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
-static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1137,7 +1281,7 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
  * dz13 from du (bwd), tdz13 from tdu (tangent of bwd, if tdz13); with
  * want_u, du and tdu are then overwritten with u and tu, which the weight
  * gradients of W2 need (they are not stored by the forward). */
-static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
+EBT__SIMD static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
                             const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
@@ -2099,13 +2243,13 @@ ebt_think_opts ebt_think_default(void)
 }
 
 /* row-wise softmax of y(N,V) into p */
-static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
+EBT__SIMD static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
 {
     EBT__FOR_ROWS(nt, N * (size_t)V, size_t n = 0, n < N, n++, {
         const ebt_real *yr = y + n * V;
-        ebt_real *pr = p + n * V, mx = yr[0], s = 0;
-        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-        for (int j = 0; j < V; j++) { pr[j] = exp(yr[j] - mx); s += pr[j]; }
+        ebt_real *pr = p + n * V, mx = ebt__max(yr, V), s;
+        if (pr != yr) memcpy(pr, yr, sizeof(ebt_real) * V);
+        s = ebt__exp_sum(pr, V, mx);
         for (int j = 0; j < V; j++) pr[j] /= s;
     });
 }
@@ -2376,23 +2520,28 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
  * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
 /* one row: the cross-entropy, and lr = w (softmax - onehot) / N (lr may be yr;
  * the exponentials are kept in lr between the two passes) */
-static double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
+static inline double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
 {
-    double mx = yr[0], s = 0, ce;
-    for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-    ce = mx - yr[t];
+    ebt_real mx = ebt__max(yr, V), acc[EBT__LANES] = { 0 }, sum = 0, a;
+    double ce = (double)mx - yr[t];
     if (!lr) {
-        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-        return ce + log(s);
+        int j = 0;
+        for (; j + EBT__LANES <= V; j += EBT__LANES)
+            for (int l = 0; l < EBT__LANES; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; j + l < V; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; l < EBT__LANES; l++) sum += acc[l];
+        return ce + log((double)sum);
     }
-    for (int j = 0; j < V; j++) { double e = exp(yr[j] - mx); s += e; lr[j] = (ebt_real)e; }
-    for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * lr[j] / s / N);
+    if (lr != yr) memcpy(lr, yr, sizeof(ebt_real) * V);
+    sum = ebt__exp_sum(lr, V, mx);
+    a = (ebt_real)(w / ((double)sum * N));
+    for (int j = 0; j < V; j++) lr[j] *= a;
     lr[t] -= (ebt_real)(w / N);
-    return ce + log(s);
+    return ce + log((double)sum);
 }
 /* rowbuf (N doubles) lets the rows run on nt threads; the sum stays in row order */
-static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
-                           double *rowbuf, int nt)
+EBT__SIMD static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
+                                     double *rowbuf, int nt)
 {
     double total = 0;
     if (!rowbuf) {
@@ -2732,13 +2881,11 @@ static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv,
 }
 
 /* galpha += d/dalpha of -alpha_i g_k . ybar = -sum_n u_n (ybar_n . g_n) */
-static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
-                            double *rowbuf, int nt)
+EBT__SIMD static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
+                                      double *rowbuf, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        double dot = 0;
-        for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
-        rowbuf[n] = dot;
+        rowbuf[n] = ebt__dot_d(ybar + (size_t)n * V, gk + (size_t)n * V, V);
     });
     for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
 }
@@ -2756,6 +2903,33 @@ static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uin
     });
 }
 
+/* y(N,V) = add + (a u_n) x, row by row (add may be NULL: 0) */
+EBT__SIMD static void ebt__scale_rows(ebt_real *y, const ebt_real *add, const ebt_real *x, const ebt_real *u, double a,
+                                      int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real an = (ebt_real)(a * u[n]), *yr = y + (size_t)n * V;
+        const ebt_real *xr = x + (size_t)n * V;
+        if (add) for (int j = 0; j < V; j++) yr[j] = add[(size_t)n * V + j] + an * xr[j];
+        else for (int j = 0; j < V; j++) yr[j] = an * xr[j];
+    });
+}
+
+/* one thinking step back through the softmax: pbar = ybar (+ hv when
+ * second); ybar = softmax'(y_k)^T pbar = p (pbar - p.pbar), row by row */
+EBT__SIMD static void ebt__softmax_back_rows(ebt_real *ybar, const ebt_real *p, const ebt_real *hv, int second,
+                                             int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real *yb = ybar + (size_t)n * V;
+        const ebt_real *pr = p + (size_t)n * V;
+        ebt_real dot;
+        if (second) for (int j = 0; j < V; j++) yb[j] += hv[(size_t)n * V + j];
+        dot = (ebt_real)ebt__dot_d(pr, yb, V);
+        for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - dot);
+    });
+}
+
 /* The second-order term of one thinking step whose forward (at p_k) is in
  * ws: alpha's gradient, then grads += grad_theta(v . g_k) and hv = H_k v
  * with v = -alpha_i ybar (ybar = d loss / d y_{k+1}). */
@@ -2766,10 +2940,7 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
     int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
     ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
     ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
-    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        ebt_real a = (ebt_real)(-alpha_eff * u[n]);
-        for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
-    });
+    ebt__scale_rows(vv, NULL, ybar, u, -alpha_eff, N, V, nt);   /* v = -alpha_i ybar */
     ebt__pred_tangent(ws, vv);
     ebt__pred_reverse(ws, &ra);
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
@@ -2940,10 +3111,7 @@ static ebt_status ebt__train_forward(ebt__trainer *T)
         }
         if (k == 0) T->e_first = esum / N;
         T->e_last = esum / N;
-        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real a = (ebt_real)(T->alpha_eff * t->u[n]);
-            for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
-        });
+        ebt__scale_rows(y1, pk, gk, t->u, -T->alpha_eff, N, V, nt);   /* y_{k+1} = p_k - alpha_i g_k */
         /* loss: mean over steps (detach, full) or the last step (truncate) */
         ce = ebt__ce_rows(y1, t->tgt, N, V, T->weight / K, early ? t->ybar : NULL, t->rowbuf, nt);
         if (k == 0) T->ce_first = ce;
@@ -2976,13 +3144,7 @@ static void ebt__train_backward(ebt__trainer *T)
             ebt__alpha_grad(ybar, gk, t->u, N, V, &T->galpha, t->rowbuf, nt);
         }
         /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real *yb = ybar + (size_t)n * V;
-            const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
-            double dot = 0;
-            for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
-            for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-        });
+        ebt__softmax_back_rows(ybar, pk, hv, second, N, V, nt);
         if (k >= 1 && o->mode == EBT_MODE_FULL) {
             ebt__ce_rows(t->ys + k * nv, t->tgt, N, V, T->weight / K, t->vv, t->rowbuf, nt);
             for (size_t i = 0; i < nv; i++) ybar[i] += t->vv[i];
@@ -3116,7 +3278,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
 
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
  * checks that the update stays finite (returns 1 if not), apply 1 writes it */
-static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
+EBT__SIMD static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
                       const ebt_train_opts *o, double tlr, double wd, double b1t, double b2t, int apply, int nt)
 {
     int bad = 0;
