@@ -36,20 +36,17 @@ static inline int check_close(const char *what, const ebt_real *got, const doubl
     return ok;
 }
 
-/* Per-entry check: fails when any entry has |got - ref| > rtol |ref| + atol,
- * atol = afloor * max|ref| (the floor is set per quantity: entries much
- * smaller than the tensor's largest are held to the floor, the others to
- * rtol). Unlike check_close, a wrong small entry cannot hide behind a large
- * one. Prints the share of the bound the worst entry uses ("bound use",
- * fails above 1) and max|got - ref|/max|ref|; on failure, the first
- * mismatch and the worst entry. NaN fails. */
-static inline int check_entries(const char *what, const ebt_real *got, const double *ref, size_t n, double rtol,
-                                double afloor)
+/* Per-entry check: fails when any entry has |got - ref| > rtol |ref| + atol.
+ * Unlike check_close, a wrong small entry cannot hide behind a large one.
+ * Prints the share of the bound the worst entry uses ("bound use", fails
+ * above 1) and max|got - ref|/max|ref|; on failure, the first mismatch and
+ * the worst entry. NaN fails. */
+static inline int check_entries_atol(const char *what, const ebt_real *got, const double *ref, size_t n,
+                                     double rtol, double atol)
 {
-    double scale = 0, atol, use = 0, maxerr = 0;
+    double scale = 0, use = 0, maxerr = 0;
     size_t worst = 0, firstbad = (size_t)-1;
     for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
-    atol = afloor * scale;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - ref[i]), bound = rtol * fabs(ref[i]) + atol;
         double u = bound > 0 ? e / bound : (e > 0 ? INFINITY : 0);
@@ -58,12 +55,22 @@ static inline int check_entries(const char *what, const ebt_real *got, const dou
         if (!(e <= bound) && firstbad == (size_t)-1) firstbad = i;
     }
     int ok = firstbad == (size_t)-1;
-    printf("  %-40s n=%-6zu bound use %8.2e (rtol %.0e floor %.0e)  max err/max|ref| %.2e\n", what, n, use, rtol,
-           afloor, scale > 0 ? maxerr / scale : maxerr);
+    printf("  %-40s n=%-6zu bound use %8.2e (rtol %.0e atol %.1e)  max err/max|ref| %.2e\n", what, n, use, rtol,
+           atol, scale > 0 ? maxerr / scale : maxerr);
     if (!ok)
         printf("  FAIL %s: first mismatch [%zu] got %.17g ref %.17g; worst [%zu] got %.17g ref %.17g\n", what,
                firstbad, (double)got[firstbad], ref[firstbad], worst, (double)got[worst], ref[worst]);
     return ok;
+}
+/* the same with atol = afloor * max|ref|: a floor set per quantity, so that
+ * entries much smaller than the tensor's largest are held to the floor and
+ * the others to rtol */
+static inline int check_entries(const char *what, const ebt_real *got, const double *ref, size_t n, double rtol,
+                                double afloor)
+{
+    double scale = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    return check_entries_atol(what, got, ref, n, rtol, afloor * scale);
 }
 
 /* splitmix-based deterministic test randomness */
