@@ -12,7 +12,7 @@ LDLIBS   = -lopenblas -lm
 BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
 .PHONY: all test asan fuzz bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
@@ -38,6 +38,10 @@ $(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
+
+# finite differences at S = 70, with the library in double precision
+$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
 
 # the PyTorch reference test again, with the library in double precision
 $(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
