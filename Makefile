@@ -142,9 +142,11 @@ $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
 
-# regenerate the PyTorch reference vectors (needs python3-torch)
+# regenerate the PyTorch reference vectors (needs python3-torch); the same
+# bytes on every AVX2 machine (the scripts pin their float64 kernels)
 ref:
 	/usr/bin/python3 tests/ref/gen_ref.py
+	/usr/bin/python3 tests/ref/gen_train_ref.py
 
 clean:
 	rm -rf build build-asan $(FUZZ_BUILD)
