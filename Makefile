@@ -48,7 +48,7 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL    ?= install
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
 .PHONY: all test test-suite asan fuzz bench clean ref install uninstall
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
@@ -115,6 +115,14 @@ $(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(TESTLIBS)
+
+# finite differences at S = 70, with the library in double precision
+$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+
+# the PyTorch reference test again, with the library in double precision
+$(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
 
 # the training test again, with the library in double precision
 $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
@@ -220,9 +228,11 @@ $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
 
-# regenerate the PyTorch reference vectors (needs python3-torch)
+# regenerate the PyTorch reference vectors (needs python3-torch); the same
+# bytes on every AVX2 machine (the scripts pin their float64 kernels)
 ref:
 	/usr/bin/python3 tests/ref/gen_ref.py
+	/usr/bin/python3 tests/ref/gen_train_ref.py
 
 clean:
 	rm -rf build build-cblas build-asan $(FUZZ_BUILD)
