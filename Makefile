@@ -118,11 +118,11 @@ $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 
 # finite differences at S = 70, with the library in double precision
 $(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
 
 # the PyTorch reference test again, with the library in double precision
 $(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
 
 # the training test again, with the library in double precision
 $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)

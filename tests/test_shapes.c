@@ -336,7 +336,7 @@ static void test_fd70_transformer(void **state)
     assert_true(ok);
 }
 
-/* ---- training through the thinking loop (SPEC 5) ----------------------
+/* ---- training through the thinking loop (docs/model.md section 6) ----------------------
  * full: the true loss through the whole chain. detach: the surrogate with
  * every p_k frozen at its unperturbed value. truncate: the surrogate with
  * g_0..g_{K-2} frozen (the chain through softmax stays live). */
