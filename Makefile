@@ -105,7 +105,7 @@ uninstall:
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
-$(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
+$(BUILD)/ebt_lm: examples/ebt_lm.c examples/lm_eval.h examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 # the minimal example again, with the library in double precision
@@ -187,22 +187,23 @@ FUZZ_FLAGS    = -std=c99 -Wall -Wextra -Wpedantic -g -O1 -fno-omit-frame-pointer
 FUZZ_ENV      = OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 \
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 FUZZ_HARNESSES = fuzz_load fuzz_st fuzz_lm_args fuzz_lm_text
+FUZZ_LIBS     = -lopenblas -lm   # the harnesses build ebt.c with CBLAS products
 
 $(FUZZ_BUILD):
 	mkdir -p $(FUZZ_BUILD)
 
 # seed corpus generator: small valid checkpoints of every arch and option
 $(FUZZ_BUILD)/make_corpus: tests/fuzz/make_corpus.c ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(LDLIBS)
+	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_load: tests/fuzz/fuzz_load.c tests/fuzz/fuzz_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_st: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(FUZZ_LIBS)
 
-$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(LDLIBS)
+$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/lm_eval.h examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(FUZZ_LIBS)
 
 fuzz: $(FUZZ_BUILD)/make_corpus $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
 	@rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts && mkdir -p $(FUZZ_BUILD)/corpus/seeds $(FUZZ_BUILD)/artifacts
