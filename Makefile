@@ -50,7 +50,7 @@ INSTALL    ?= install
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
-.PHONY: all test test-suite asan fuzz bench clean ref install uninstall
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
@@ -232,6 +232,11 @@ $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
+
+# `make mutate`: deliberate bugs (tests/mutants.txt) put into a copy of
+# ebt.c one at a time; fails if the tests meant to catch one pass (needs python3)
+mutate:
+	python3 tests/mutate.py --jobs 2
 
 # regenerate the PyTorch reference vectors (needs python3-torch); the same
 # bytes on every AVX2 machine (the scripts pin their float64 kernels)
