@@ -55,30 +55,58 @@
 #include "ebt.h"
 #include "png.h"
 
-/* ==== Recipe defaults ===================================================
- * The example's training recipe in one place (tune here). Everything not
- * listed comes from ebt_config_default() and ebt_train_default().
- * Evidence (tinyshakespeare, 19 min each, README "Does thinking pay?"):
- * fixed K = 2 in mode detach ("S1") got worse with every extra thinking
- * step; randomised K in [2, 4], randomised step size (r = 2), Langevin
- * noise 0.3 and the replay buffer ("S2") made 2-4 steps beat 1 step but
- * oscillated between even and odd steps in mode detach; the same recipe
- * in mode full (back-propagating through the unrolled steps, same cost
- * here) converged without oscillating, so it is the default. */
+/* ==== Model size and recipes ============================================
+ * The model size of `train` (RECIPE_*) and the named training recipes
+ * (--recipe NAME): each a set of ebt_train_opts and step-embedding choices,
+ * printed at the start and saved in the checkpoint's metadata (user.recipe,
+ * user.recipe.options, and user.think.steps / user.think.noise, how eval and
+ * sample think by default). Options given on the command line override the
+ * recipe. Where each value comes from, and what the experiments showed:
+ * README.md, "Recipes". */
 #define RECIPE_D           128      /* d_model */
 #define RECIPE_LAYERS      4
 #define RECIPE_HEADS       4
 #define RECIPE_SEQ         128      /* context S (= max_seq_len) */
 #define RECIPE_BATCH       16       /* B */
-#define RECIPE_MODE        EBT_MODE_FULL
-#define RECIPE_K_MIN       2        /* thinking steps per batch, uniform in [k_min, k_max] */
-#define RECIPE_K_MAX       4
-#define RECIPE_ALPHA_RAND  2.0      /* alpha_i ~ U[alpha/r, alpha*r] */
-#define RECIPE_NOISE       0.3      /* Langevin sigma */
-#define RECIPE_REPLAY      256      /* replay buffer capacity, sequences */
-#define RECIPE_REPLAY_FRAC 0.25     /* fraction of each batch restarted from it */
 #define RECIPE_LR          1e-3
 #define RECIPE_WARMUP      100
+
+typedef struct {
+    const char *name, *about;
+    ebt_mode mode;
+    int k_min, k_max;        /* thinking steps per batch */
+    double alpha;            /* initial step size (V = 256: 0.3 keeps the first CE near ln 256) */
+    int learn_alpha;
+    double alpha_lr_mult, alpha_rand, noise;
+    int replay;              /* replay capacity (sequences) */
+    double replay_frac;
+    int step_embed;          /* n_step_embed */
+    int think_steps;         /* how the trained model thinks in eval / sample by default */
+    double think_noise;
+} recipe;
+
+static const recipe RECIPES[] = {
+    { "default", "this library's recipe for short runs: truncate, 2-3 steps, a step embedding per step, "
+      "alpha learnt, x[1/2, 2], noise 1, replay 256 x 1/4",
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 1, 10, 2, 1.0, 256, 0.25, 3, 3, 0 },
+    { "s1", "the published System 1 recipe (alexiglad/EBT job_scripts/nlp/pretrain/ebt_s1.sh): detach, "
+      "2 steps, a step embedding per step, alpha learnt with a large learning rate, no noise, no replay",
+      EBT_MODE_DETACH, 2, 2, 0.3, 1, 10, 1, 0, 0, 0, 2, 2, 0 },
+    { "s2", "the published System 2 recipe (ebt_s2.sh): truncate, 2-3 steps, one step embedding, "
+      "alpha fixed x[1/2, 2], Langevin noise 3 (also when thinking later), replay 192 x 1/3",
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 0, 1, 2, 3.0, 192, 0.33, 1, 3, 3.0 },
+    { "s3", "this library's earlier default: full (back-propagation through every step), 2-4 steps, "
+      "alpha learnt x[1/2, 2], noise 0.3, replay 256 x 1/4, no step embedding",
+      EBT_MODE_FULL, 2, 4, 0.3, 1, 1, 2, 0.3, 256, 0.25, 0, 4, 0 },
+};
+#define N_RECIPES ((int)(sizeof RECIPES / sizeof RECIPES[0]))
+
+static const recipe *recipe_find(const char *name)
+{
+    for (int i = 0; i < N_RECIPES; i++)
+        if (!strcmp(RECIPES[i].name, name)) return &RECIPES[i];
+    return NULL;
+}
 /* ======================================================================= */
 
 #ifndef FORTUNE_DIR                   /* overridable for tests: -DFORTUNE_DIR=... */
@@ -448,12 +476,13 @@ static const char TRAIN_USAGE[] =
     "model (ignored with --resume when the checkpoint exists):\n"
     "  --arch ebt|transformer (default ebt)\n"
     "  --d D (default 128)  --layers L (4)  --heads H (4)  --ff F (default D)\n"
-    "  --seq S (context, default 128)  --batch B (16)  --alpha A (initial step size, default 5)\n"
-    "  --step-embed N (step tokens, default 0)  --tie (candidate embedding = tok_embed; default off)\n"
+    "  --seq S (context, default 128)  --batch B (16)  --tie (candidate embedding = tok_embed; default off)\n"
+    "  --alpha A (initial step size)  --step-embed N (step tokens)       (defaults: the recipe's)\n"
     "training (ebt_train_opts; EBT only unless marked):\n"
-    "  --mode detach|truncate|full (default full)  --k-min K (2)  --k-max K (4)\n"
-    "  --alpha-rand R (2)  --noise SIGMA (0.3)  --replay CAP (256)  --replay-frac F (0.25)\n"
-    "  --no-learn-alpha (default: alpha is learned)  --alpha-lr-mult X (1)\n"
+    "  --recipe NAME        default | s1 | s2 | s3 (default: default; `--recipe list` describes them)\n"
+    "  --mode detach|truncate|full  --k-min K  --k-max K  --alpha-rand R  --noise SIGMA\n"
+    "  --replay CAP  --replay-frac F  --learn-alpha | --no-learn-alpha  --alpha-lr-mult X\n"
+    "                       (defaults: the recipe's; each overrides it)\n"
     "  both archs: --lr LR (1e-3)  --min-lr LR (1e-4)  --warmup N (100)  --clip NORM (1)  --wd DECAY (0.01)\n"
     "  --seed S             model init, batches, thinking (default 1)\n";
 
@@ -467,23 +496,46 @@ typedef struct {
     double minutes;
     const char *model_opt;   /* the first model option given (ignored when resuming), or NULL */
     const char *ebt_opt;     /* the first EBT-only option given, or NULL */
+    const recipe *rec;       /* the recipe (--recipe, default "default") */
 } train_args;
 
 static const char *const EBT_ONLY_TRAIN[] = { "--mode", "--k-min", "--k-max", "--alpha-rand", "--noise", "--replay",
-    "--replay-frac", "--no-learn-alpha", "--alpha-lr-mult", "--alpha", "--step-embed", "--tie", "--eval-steps", NULL };
+    "--replay-frac", "--no-learn-alpha", "--learn-alpha", "--alpha-lr-mult", "--alpha", "--step-embed", "--tie",
+    "--eval-steps", "--recipe", NULL };
 static const char *const MODEL_OPTS[] = { "--d", "--layers", "--heads", "--ff", "--alpha", "--step-embed", "--tie",
                                           "--arch", NULL };
 
-/* the recipe's defaults (RECIPE_*) over the library's */
-static void train_defaults(ebt_config *cfg, ebt_train_opts *to)
+/* the recipe's choices over the library's defaults */
+static void train_defaults(const recipe *r, ebt_config *cfg, ebt_train_opts *to)
 {
     *cfg = ebt_config_default();
     *to = ebt_train_default();
     cfg->d_model = RECIPE_D; cfg->n_layers = RECIPE_LAYERS; cfg->n_heads = RECIPE_HEADS;
-    to->mode = RECIPE_MODE; to->k_min = RECIPE_K_MIN; to->k_max = RECIPE_K_MAX;
-    to->alpha_rand = RECIPE_ALPHA_RAND; to->noise = RECIPE_NOISE; to->replay_capacity = RECIPE_REPLAY;
-    to->replay_frac = RECIPE_REPLAY_FRAC; to->lr = RECIPE_LR; to->warmup_steps = RECIPE_WARMUP;
+    cfg->alpha = r->alpha; cfg->n_step_embed = r->step_embed;
+    to->mode = r->mode; to->k_min = r->k_min; to->k_max = r->k_max; to->learn_alpha = r->learn_alpha;
+    to->alpha_lr_mult = r->alpha_lr_mult; to->alpha_rand = r->alpha_rand; to->noise = r->noise;
+    to->replay_capacity = r->replay; to->replay_frac = r->replay_frac;
+    to->lr = RECIPE_LR; to->warmup_steps = RECIPE_WARMUP;
     to->seed = 1;
+}
+
+/* the --recipe named on the command line (before the other options are
+ * parsed over it); NULL after printing why if it is unknown */
+static const recipe *train_recipe(int argc, char **argv)
+{
+    const char *name = "default";
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--recipe=", 9)) name = argv[i] + 9;
+        else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) name = argv[++i];
+    }
+    const recipe *r = recipe_find(name);
+    if (!r) {
+        FILE *f = strcmp(name, "list") ? stderr : stdout;
+        if (f == stderr) fprintf(f, "ebt_lm: unknown recipe '%s'; ", name);
+        fprintf(f, "the recipes:\n");
+        for (int i = 0; i < N_RECIPES; i++) fprintf(f, "  %-8s %s\n", RECIPES[i].name, RECIPES[i].about);
+    }
+    return r;
 }
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
@@ -491,9 +543,13 @@ static int train_parse(int argc, char **argv, train_args *a)
 {
     ebt_config cfg;
     ebt_train_opts to;
-    train_defaults(&cfg, &to);
-    const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL;
-    int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = 0, eval_steps = 0;
+    const recipe *rec = train_recipe(argc, argv);
+    for (int i = 1; !rec && i < argc; i++)
+        if (!strcmp(argv[i], "--recipe=list") || (!strcmp(argv[i], "--recipe") && i + 1 < argc && !strcmp(argv[i + 1], "list"))) return 0;
+    if (!rec) return 2;
+    train_defaults(rec, &cfg, &to);
+    const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL, *recipe_name = NULL;
+    int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = !rec->learn_alpha, learn_alpha = 0, eval_steps = 0;
     long steps = 0, eval_every = -1, save_every = 500, eval_batches = 8;
     double minutes = -1;
     const opt_spec spec[] = {
@@ -513,7 +569,8 @@ static int train_parse(int argc, char **argv, train_args *a)
         {"--min-lr", OPT_DBL, &to.min_lr, 0, 10}, {"--warmup", OPT_LONG, &to.warmup_steps, 0, 1e12},
         {"--no-learn-alpha", OPT_FLAG, &fixed_alpha, 0, 0}, {"--alpha-lr-mult", OPT_DBL, &to.alpha_lr_mult, 0, 1e6},
         {"--clip", OPT_DBL, &to.grad_clip, 0, 1e9}, {"--wd", OPT_DBL, &to.weight_decay, 0, 10},
-        {"--seed", OPT_U64, &to.seed, 0, 0},
+        {"--seed", OPT_U64, &to.seed, 0, 0}, {"--recipe", OPT_STR, &recipe_name, 0, 0},
+        {"--learn-alpha", OPT_FLAG, &learn_alpha, 0, 0},
     };
     unsigned char seen[N_OPTS(spec)];
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE, seen);
@@ -528,7 +585,8 @@ static int train_parse(int argc, char **argv, train_args *a)
         { fprintf(stderr, "ebt_lm: %s applies to EBT models only, not to --arch transformer\n", ebt_only); return 2; }
     if (mode) to.mode = mode[0] == 'f' ? EBT_MODE_FULL : mode[0] == 't' ? EBT_MODE_TRUNCATE : EBT_MODE_DETACH;
     cfg.tie_pred_embed = tie;
-    to.learn_alpha = !fixed_alpha;
+    if (fixed_alpha && learn_alpha) { fprintf(stderr, "ebt_lm: --learn-alpha and --no-learn-alpha together\n"); return 2; }
+    to.learn_alpha = learn_alpha || !fixed_alpha;
     const int seq_set = S > 0;
     if (!seq_set) S = RECIPE_SEQ;
     if (to.k_min > to.k_max) { fprintf(stderr, "ebt_lm: --k-min > --k-max\n"); return 2; }
@@ -540,7 +598,7 @@ static int train_parse(int argc, char **argv, train_args *a)
                        .seq_set = seq_set, .resume = resume, .eval_steps = eval_steps, .steps = steps,
                        .eval_every = eval_every, .save_every = save_every, .eval_batches = eval_batches,
                        .minutes = minutes, .model_opt = opt_first_seen(spec, N_OPTS(spec), seen, MODEL_OPTS),
-                       .ebt_opt = ebt_only };
+                       .ebt_opt = ebt_only, .rec = rec };
     return -1;
 }
 
@@ -559,6 +617,44 @@ typedef struct {
     eval_out ev;
     ebt_train_stats ts;
 } trainer;
+
+/* the effective training options in a line (the recipe with the command line's changes) */
+static void recipe_line(const train_args *a, char *buf, size_t n)
+{
+    const ebt_train_opts *o = &a->to;
+    snprintf(buf, n, "%s k=%d-%d alpha=%.3g%s rand=%.3g noise=%.3g replay=%dx%.2g step_embed=%d",
+             o->mode == EBT_MODE_DETACH ? "detach" : o->mode == EBT_MODE_TRUNCATE ? "truncate" : "full", o->k_min, o->k_max,
+             a->cfg.alpha, o->learn_alpha ? "(learnt)" : "(fixed)", o->alpha_rand, o->noise, o->replay_capacity,
+             o->replay_frac, a->cfg.n_step_embed);
+}
+
+/* a new EBT keeps its recipe and how it should think in its metadata */
+static int train_record_recipe(trainer *T)
+{
+    char line[160], num[32];
+    const recipe *r = T->a.rec;
+    ebt_status st;
+    recipe_line(&T->a, line, sizeof line);
+    line[89] = 0;   /* a metadata value is under 90 bytes */
+    st = ebt_meta_set(T->m, "recipe", r->name);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "recipe.options", line);
+    snprintf(num, sizeof num, "%d", T->a.eval_steps ? T->a.eval_steps : r->think_steps);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "think.steps", num);
+    snprintf(num, sizeof num, "%.6g", r->think_noise);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "think.noise", num);
+    return st == EBT_OK ? 0 : fail("ebt_meta_set", st, T->m, NULL);
+}
+
+/* how a checkpoint's model thinks by default (its think.steps and think.noise metadata) */
+static void think_defaults(const ebt_model *m, int *steps, double *noise)
+{
+    const char *s = ebt_meta_get(m, "think.steps"), *z = ebt_meta_get(m, "think.noise");
+    char *end;
+    long k = s ? strtol(s, &end, 10) : 0;
+    double x = z ? strtod(z, &end) : -1;
+    if (s && k >= 0 && k <= 1000) *steps = (int)k;
+    if (z && x >= 0 && isfinite(x)) *noise = x;
+}
 
 /* the model of a run: the checkpoint (--resume) or a new one; an exit code */
 static int train_model(trainer *T)
@@ -586,7 +682,8 @@ static int train_model(trainer *T)
     char err[256];
     if (ebt_config_check(&a->cfg, err, sizeof err) != EBT_OK) { fprintf(stderr, "ebt_lm: bad model options: %s\n", err); return 2; }
     ebt_status st = ebt_create(&a->cfg, a->to.seed, &T->m);
-    return st == EBT_OK ? 0 : fail("ebt_create", st, NULL, NULL);
+    if (st != EBT_OK) return fail("ebt_create", st, NULL, NULL);
+    return a->cfg.arch == EBT_ARCH_EBT ? train_record_recipe(T) : 0;
 }
 
 /* model, corpus, batch buffers, workspace, validation windows; an exit code */
@@ -605,7 +702,10 @@ static int train_open(trainer *T)
     if (T->is_ebt && (st = ebt_workspace_create(T->m, a->B, a->S, &T->ws)) != EBT_OK)
         return fail("ebt_workspace_create", st, T->m, NULL);
     T->th = ebt_think_default();
-    T->th.steps = a->eval_steps ? a->eval_steps : a->to.k_max;
+    T->th.steps = a->to.k_max;
+    T->th.noise = 0;
+    think_defaults(T->m, &T->th.steps, &T->th.noise);   /* the recipe's (or the checkpoint's) */
+    if (a->eval_steps) T->th.steps = a->eval_steps;
     T->th.seed = EVAL_SEED;
     T->th.init_scale = a->to.init_scale;
     T->w = (windows){T->c.buf + T->c.n_train, T->c.n - T->c.n_train, (int)a->eval_batches, a->B, a->S};
@@ -613,10 +713,15 @@ static int train_open(trainer *T)
     fprintf(stderr, "ebt_lm: %s, %.2fM params (D=%d L=%d H=%d F=%d), S=%d B=%d, corpus %zu bytes "
             "(%zu train, %zu val)", T->is_ebt ? "ebt" : "transformer++", ebt_n_params(T->m) / 1e6,
             cfg->d_model, cfg->n_layers, cfg->n_heads, cfg->d_ff, a->S, a->B, T->c.n, T->c.n_train, T->c.n - T->c.n_train);
-    if (T->is_ebt)
-        fprintf(stderr, ", mode %s, k %d-%d, alpha %.3g", a->to.mode == EBT_MODE_DETACH ? "detach" :
-                a->to.mode == EBT_MODE_TRUNCATE ? "truncate" : "full", a->to.k_min, a->to.k_max, cfg->alpha);
     fputc('\n', stderr);
+    if (T->is_ebt) {
+        char line[160];
+        const char *rname = ebt_meta_get(T->m, "recipe");
+        recipe_line(a, line, sizeof line);
+        fprintf(stderr, "ebt_lm: recipe %s (%s): %s; validation thinks %d steps%s\n", rname ? rname : a->rec->name,
+                rname && strcmp(rname, a->rec->name) ? "from the checkpoint" : a->rec->about, line, T->th.steps,
+                T->th.noise > 0 ? " with noise" : "");
+    }
     return 0;
 }
 
@@ -792,10 +897,10 @@ static const char SAMPLE_USAGE[] =
     "                       thinking step, steps taken, winning start (coloured on a terminal)\n"
     "  --trace-png FILE     heat map of the energy of every generated byte at every thinking step\n"
     "thinking (EBT only):\n"
-    "  --steps K            thinking steps per byte (default 4)\n"
+    "  --steps K            thinking steps per byte (default: the checkpoint's think.steps, else 4)\n"
     "  --restarts R         starts per byte, the lowest final energy wins (default 1)\n"
     "  --step-size A        thinking step size (default 0: the model's alpha)\n"
-    "  --noise SIGMA        Langevin noise while thinking (default 0)\n"
+    "  --noise SIGMA        Langevin noise while thinking (default: the checkpoint's think.noise, else 0)\n"
     "  --init-scale X       spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
     "  --clamp C            limit each entry of a thinking step to [-C, C] (default 0: off)\n"
     "  --threshold E  --tol T  --rel-drop R  --grad-tol G  --keep-best\n"
@@ -804,7 +909,7 @@ static const char SAMPLE_USAGE[] =
     "The text is streamed as it is generated (UTF-8 passed through); bytes/s and the mean\n"
     "final energy follow on stderr.\n";
 
-typedef struct { const char *ckpt, *prompt, *png; int n, trace; ebt_gen_opts g; const char *think_opt; } sample_args;
+typedef struct { const char *ckpt, *prompt, *png; int n, trace, set; ebt_gen_opts g; const char *think_opt; } sample_args;
 
 static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", "--clamp",
     "--threshold", "--tol", "--rel-drop", "--grad-tol", "--keep-best", NULL };
@@ -833,6 +938,7 @@ static int sample_parse(int argc, char **argv, sample_args *a)
     g.think.seed = g.seed ^ 0x7417c0deULL;
     g.think.keep_best = keep;
     *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .png = png, .n = n, .trace = trace, .g = g,
+                        .set = seen[opt_index(spec, N_OPTS(spec), "--steps")] | seen[opt_index(spec, N_OPTS(spec), "--noise")] << 1,
                         .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, THINK_OPTS) };
     return -1;
 }
@@ -1018,9 +1124,17 @@ static int cmd_sample(int argc, char **argv)
     ebt_workspace *ws = NULL;
     if (load_model(a.ckpt, &m)) return 1;
     const ebt_config *cfg = ebt_model_config(m);
-    const int is_ebt = cfg->arch == EBT_ARCH_EBT, K = is_ebt ? a.g.think.steps : 0, n = a.n;
-    int np = (int)strlen(a.prompt), keep;
+    const int is_ebt = cfg->arch == EBT_ARCH_EBT, n = a.n;
+    int np = (int)strlen(a.prompt), keep, K;
     if (!is_ebt && a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, a.ckpt);
+    if (is_ebt) {   /* the checkpoint's way of thinking unless --steps / --noise say otherwise */
+        int k = a.g.think.steps;
+        double z = a.g.think.noise;
+        think_defaults(m, &k, &z);
+        if (!(a.set & 1)) a.g.think.steps = k;
+        if (!(a.set & 2)) a.g.think.noise = z;
+    }
+    K = is_ebt ? a.g.think.steps : 0;
     if (!is_ebt && a.png) { fprintf(stderr, "ebt_lm: --trace-png needs an EBT checkpoint (%s is a transformer++)\n", a.ckpt); ebt_free(m); return 2; }
     sample_log L = { { {0}, 0, stdout }, a.trace, isatty(fileno(stdout)), K, n, 0, 0, NULL, NULL, NULL, NULL, NULL };
     int32_t *pt = malloc(((size_t)np + 1) * sizeof *pt), *gen = malloc((size_t)n * sizeof *gen);

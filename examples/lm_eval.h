@@ -13,14 +13,15 @@ static const char EVAL_USAGE[] =
     "                       (default none; e.g. " OOD_DEFAULT ")\n"
     "  --batches N          validation batches (default 16)\n"
     "  --batch B            windows per batch (default 16)\n"
-    "  --eval-steps K       thinking steps of the restarts and uncertainty tables (default 4)\n"
+    "  --eval-steps K       thinking steps of the restarts and uncertainty tables (default: the\n"
+    "                       checkpoint's think.steps, else 4)\n"
     "  --plot FILE.png      CE against thinking steps and restarts (default none)\n"
     "  --calibration FILE.png  CE by final-energy decile, and the other uncertainty scores (default none)\n"
     "  --compute FILE.png   CE against row evaluations for every stopping rule (default none; the\n"
     "                       table is printed with --compute or --rules)\n"
     "  --rules              print the compute/quality table without a plot (default off)\n"
     "thinking (every table except the compute sweep):\n"
-    "  --noise SIGMA  --init-scale X (1)  --step-size A (0: the model's alpha)  --clamp C (0: off)\n"
+    "  --noise SIGMA (the checkpoint's think.noise, else 0)  --init-scale X (1)  --step-size A (0: the model's alpha)  --clamp C (0: off)\n"
     "  --threshold E  --tol T  --rel-drop R  --grad-tol G  --row-budget N  --keep-best\n"
     "                       (stopping rules; default all off: see ebt.h, ebt_think_opts)\n";
 
@@ -33,12 +34,13 @@ typedef struct {
     int B, eval_steps, rules;
     ebt_think_opts th;       /* the thinking options of the tables */
     const char *think_opt;   /* the first thinking option given, or NULL */
+    int set;                 /* 1: --eval-steps given, 2: --noise given */
 } eval_args;
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int eval_parse(int argc, char **argv, eval_args *a)
 {
-    eval_args e = { "ebt.safetensors", NULL, NULL, NULL, NULL, NULL, NULL, 16, 16, 4, 0, ebt_think_default(), NULL };
+    eval_args e = { "ebt.safetensors", NULL, NULL, NULL, NULL, NULL, NULL, 16, 16, 4, 0, ebt_think_default(), NULL, 0 };
     double budget = 0;
     int keep = 0;
     e.th.seed = EVAL_SEED;
@@ -63,6 +65,7 @@ static int eval_parse(int argc, char **argv, eval_args *a)
     e.th.row_budget = (long long)budget;
     e.th.keep_best = keep;
     e.think_opt = opt_first_seen(spec, N_OPTS(spec), seen, think_opts);
+    e.set = seen[opt_index(spec, N_OPTS(spec), "--eval-steps")] | seen[opt_index(spec, N_OPTS(spec), "--noise")] << 1;
     *a = e;
     return -1;
 }
@@ -561,6 +564,13 @@ static int eval_open(evaluator *E)
     if (E->base && ebt_model_config(E->base)->max_seq_len < E->S) E->S = ebt_model_config(E->base)->max_seq_len;
     if (E->base && ebt_model_config(E->base)->arch != EBT_ARCH_TRANSFORMER)
         fprintf(stderr, "ebt_lm: note: --baseline %s is not a transformer++\n", a->base_path);
+    {   /* the checkpoint's way of thinking unless --eval-steps / --noise say otherwise */
+        int k = E->a.eval_steps;
+        double z = E->a.th.noise;
+        think_defaults(E->m, &k, &z);
+        if (!(a->set & 1)) E->a.eval_steps = k;
+        if (!(a->set & 2)) E->a.th.noise = z;
+    }
     if (!batch_fits(a->B, E->S)) return 2;
     if ((rc = load_corpus(a->data, &E->c, E->S)) != 0) return rc;
     if (a->ood && (rc = load_ood(a->ood, &E->oc, E->S)) != 0) return rc;

@@ -38,7 +38,7 @@ static void check_seed(int argc, char **argv, uint64_t seed)
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) v = argv[++i];
         else if (strchr(argv[i], '=') || !strcmp(argv[i], "--resume") || !strcmp(argv[i], "--tie") ||
                  !strcmp(argv[i], "--no-learn-alpha") || !strcmp(argv[i], "--trace") ||
-                 !strcmp(argv[i], "--keep-best") || !strcmp(argv[i], "--rules")) continue;
+                 !strcmp(argv[i], "--keep-best") || !strcmp(argv[i], "--rules") || !strcmp(argv[i], "--learn-alpha")) continue;
         else i++;  /* every other option takes a value */
     if (!v) return;
     while (v[0] == '0' && v[1]) v++;
