@@ -36,8 +36,14 @@
    - Validation: the same windows every time (a fixed seed), B windows of
      S bytes per batch. EBT: CE = -log p(target) of the answer of
      ebt_think at every position; transformer++: log-softmax of the logits.
+   - Several processes: `make mpi` builds ebt_lm_mpi, whose train runs on
+     every rank of `mpirun -np N build/ebt_lm_mpi train ...`: --batch is
+     the batch of all ranks together, each computes its share (in --accum
+     micro-batches), the gradients are summed in a fixed order, rank 0
+     validates, prints and saves (README, "Beyond one machine: MPI").
 
-   Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
+   Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus,
+   3 (ebt_lm_mpi) a rank stopped answering or MPI failed.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
