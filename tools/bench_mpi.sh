@@ -9,6 +9,7 @@
 # Layouts alternate within each round so that load from other processes
 # spreads over both. "Abatch": config A on one process and one thread at
 # batches 16, 8, 4, 2, 1 (the compute of one rank as the batch is split).
+# "sum": the sum alone (tools/bench_mpi_sum.c) on 2 ranks, A's and B's sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; shift || true
@@ -23,6 +24,11 @@ cfg_B=(--d 384 --layers 6 --heads 6 --ff 384 --seq 256 --batch 8 --steps 6)
 one() { "$@" 2>&1 | sed -n 's/.*: \([0-9.]*\) ms per step (\([0-9.]*\) ms of it summing.*/\1 \2/p'; }
 stats() { sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3g (%.3g-%.3g)", a[int((NR+1)/2)], a[1], a[NR]}'; }
 for c in "${configs[@]}"; do
+    if [ "$c" = sum ]; then
+        mpicc -O2 -fopenmp -o build/bench_mpi_sum tools/bench_mpi_sum.c || exit 1
+        for n in 525575 6395143; do OMP_NUM_THREADS=1 "${mr[@]}" -np 2 build/bench_mpi_sum "$n" 30; done
+        continue
+    fi
     if [ "$c" = Abatch ]; then
         for b in 16 8 4 2 1; do
             t=$(for r in $(seq "$runs"); do OMP_NUM_THREADS=1 one "$bin" train "${ebt[@]}" "${cfg_A[@]}" --batch "$b" | cut -d' ' -f1; done | stats)
