@@ -687,6 +687,9 @@ static int train_open(trainer *T)
         fprintf(stderr, ", %d process%s x %d micro-batch%s", T->comm->size, T->comm->size > 1 ? "es" : "",
                 a->accum, a->accum > 1 ? "es" : "");
     fputc('\n', stderr);
+    if ((long long)T->comm->size * a->accum > a->B)   /* shares of 0 sequences are skipped */
+        fprintf(stderr, "ebt_lm: warning: %d process%s x %d micro-batch%s split a batch of only %d sequences\n",
+                T->comm->size, T->comm->size > 1 ? "es" : "", a->accum, a->accum > 1 ? "es" : "", a->B);
     return 0;
 }
 
