@@ -22,6 +22,8 @@ cfg_A=(--d 128 --layers 4 --heads 4 --ff 128 --seq 128 --batch 16 --steps 12)
 cfg_B=(--d 384 --layers 6 --heads 6 --ff 384 --seq 256 --batch 8 --steps 6)
 # "ms comm" of one run: the ms per step and the ms of it summing
 one() { "$@" 2>&1 | sed -n 's/.*: \([0-9.]*\) ms per step (\([0-9.]*\) ms of it summing.*/\1 \2/p'; }
+# CPU seconds (user + system) of a command
+cpu() { local TIMEFORMAT='%3U %3S'; { time "$@" > /dev/null 2>&1; } 2>&1 | awk '{print $1 + $2}'; }
 stats() { sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3g (%.3g-%.3g)", a[int((NR+1)/2)], a[1], a[NR]}'; }
 for c in "${configs[@]}"; do
     if [ "$c" = sum ]; then
@@ -29,10 +31,14 @@ for c in "${configs[@]}"; do
         for n in 525575 6395143; do OMP_NUM_THREADS=1 "${mr[@]}" -np 2 build/bench_mpi_sum "$n" 30; done
         continue
     fi
-    if [ "$c" = Abatch ]; then
+    if [ "$c" = Abatch ]; then   # wall time, and CPU time: (12 steps - 2 steps) / 10, which load disturbs less
         for b in 16 8 4 2 1; do
-            t=$(for r in $(seq "$runs"); do OMP_NUM_THREADS=1 one "$bin" train "${ebt[@]}" "${cfg_A[@]}" --batch "$b" | cut -d' ' -f1; done | stats)
-            echo "A, batch $b, 1 process x 1 thread: $t ms/step"
+            w=$(for r in $(seq "$runs"); do OMP_NUM_THREADS=1 one "$bin" train "${ebt[@]}" "${cfg_A[@]}" --batch "$b" | cut -d' ' -f1; done | stats)
+            u=$(for r in $(seq "$runs"); do
+                    c12=$(OMP_NUM_THREADS=1 cpu "$bin" train "${ebt[@]}" "${cfg_A[@]}" --batch "$b")
+                    c2=$(OMP_NUM_THREADS=1 cpu "$bin" train "${ebt[@]}" "${cfg_A[@]}" --batch "$b" --steps 2)
+                    echo "($c12 - $c2) * 100" | bc -l; done | stats)
+            echo "A, batch $b, 1 process x 1 thread: $w ms/step wall, $u ms/step CPU"
         done
         continue
     fi
