@@ -113,9 +113,9 @@ resume_check() {
         [ "$("$cdiff" --step "$dir/$1.st")" -eq $((k + 3)) ] && ok "$1: checkpoint of step $k resumed on $on to $((k + 3))"
 }
 
-if fault hang 3 STOP 2 2; then
+if fault hang 3 STOP 2 3; then
     if [ "$fault_rc" -ne 0 ] && grep -q "nothing for .* from rank 2; stopping every rank" "$dir/hang.log"; then
-        ok "rank 2 hung (SIGSTOP): stopped after $fault_secs s (timeout 2 s), exit $fault_rc: $(grep -m1 "nothing for" "$dir/hang.log")"
+        ok "rank 2 hung (SIGSTOP): stopped after $fault_secs s (timeout 3 s), exit $fault_rc: $(grep -m1 "nothing for" "$dir/hang.log")"
     else bad "hung rank: exit $fault_rc after $fault_secs s: $(tail -n 5 "$dir/hang.log" | tr '\n' ' ')"; fi
     resume_check hang 2
 fi
