@@ -139,11 +139,11 @@ $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/l
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
 
 # the MPI test runs when mpicc and mpirun are there (else it says why not)
+MPI_HINT = (apt-get install libopenmpi-dev openmpi-bin)
 MPI_SKIP ?=
 ifeq ($(MPI_SKIP),)
 MPI_SKIP := $(if $(shell command -v $(MPICC) 2>/dev/null),$(if $(shell command -v mpirun 2>/dev/null),,mpirun not found $(MPI_HINT)),$(MPICC) not found $(MPI_HINT))
 endif
-MPI_HINT = (apt-get install libopenmpi-dev openmpi-bin)
 
 test: all $(TESTS) $(BUILD)/minimal_double $(BUILD)/ckpt_diff
 	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
