@@ -50,7 +50,7 @@ INSTALL    ?= install
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
-.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
@@ -108,6 +108,19 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 $(BUILD)/ebt_lm: examples/ebt_lm.c examples/lm_eval.h examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
+# `make mpi`: ebt_lm_mpi, whose train runs on several processes under
+# mpirun (examples/lm_mpi.h; Debian: libopenmpi-dev openmpi-bin). The plain
+# build needs no MPI. MPICC=... picks the wrapper (OMPI_CC=clang for clang).
+MPICC ?= mpicc
+mpi: $(BUILD)/ebt_lm_mpi
+
+$(BUILD)/ebt_lm_mpi: examples/ebt_lm.c examples/lm_mpi.h examples/png.h $(BUILD)/libebt.a
+	$(MPICC) $(CFLAGS) -DEBT_LM_MPI -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
+# compares two checkpoints tensor by tensor (tests/mpi_test.sh)
+$(BUILD)/ckpt_diff: tests/ckpt_diff.c $(BUILD)/libebt.a
+	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+
 # the minimal example again, with the library in double precision
 $(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(TESTLIBS)
@@ -155,19 +168,29 @@ $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h $(BUILD)/libebt.a
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(TESTLIBS)
 
+# the MPI test runs when mpicc and mpirun are there (else it says why not)
+MPI_HINT = (apt-get install libopenmpi-dev openmpi-bin)
+MPI_SKIP ?=
+ifeq ($(MPI_SKIP),)
+MPI_SKIP := $(if $(shell command -v $(MPICC) 2>/dev/null),$(if $(shell command -v mpirun 2>/dev/null),,mpirun not found $(MPI_HINT)),$(MPICC) not found $(MPI_HINT))
+endif
+
 # `make test`: the whole suite with each matrix-product backend (oneDNN in
 # $(BUILD), CBLAS in $(BUILD)-cblas); `make test-suite` runs it once, with GEMM
 test:
 	@$(MAKE) --no-print-directory test-suite GEMM=onednn BUILD=$(BUILD) && \
 	 $(MAKE) --no-print-directory test-suite GEMM=cblas BUILD=$(BUILD)-cblas
 
-test-suite: all $(TESTS) $(BUILD)/minimal_double
+test-suite: all $(TESTS) $(BUILD)/minimal_double $(BUILD)/ckpt_diff
 	@echo "== matrix products: GEMM=$(GEMM)"; fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
 	echo "== minimal example (float, double)"; \
 	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
 	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
 	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
 	echo "== install test"; CC="$(CC)" EXTRA_CFLAGS="$(OPT)" bash tests/install_test.sh || fail=1; \
+	echo "== MPI test"; if [ "$(GEMM)" != onednn ]; then echo "(run with GEMM=onednn only)"; elif [ -z "$(MPI_SKIP)" ]; then \
+	  $(MAKE) --no-print-directory $(BUILD)/ebt_lm_mpi && bash tests/mpi_test.sh $(BUILD) || fail=1; \
+	else echo "skipped: $(MPI_SKIP)"; fi; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
 asan:

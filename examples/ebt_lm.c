@@ -36,8 +36,14 @@
    - Validation: the same windows every time (a fixed seed), B windows of
      S bytes per batch. EBT: CE = -log p(target) of the answer of
      ebt_think at every position; transformer++: log-softmax of the logits.
+   - Several processes: `make mpi` builds ebt_lm_mpi, whose train runs on
+     every rank of `mpirun -np N build/ebt_lm_mpi train ...`: --batch is
+     the batch of all ranks together, each computes its share (in --accum
+     micro-batches), the gradients are summed in a fixed order, rank 0
+     validates, prints and saves (README, "Beyond one machine: MPI").
 
-   Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
+   Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus,
+   3 (ebt_lm_mpi) a rank stopped answering or MPI failed.
 */
 #define _POSIX_C_SOURCE 200809L
 #ifdef EBT_LM_OPENBLAS   /* the library's products run on OpenBLAS (make GEMM=cblas) */
@@ -458,6 +464,41 @@ static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w, co
     return st;
 }
 
+/* ---- processes: train on one or several --------------------------------
+ * `train` can compute each optimiser step on several processes (ranks),
+ * each on its share of the batch; `make mpi` builds ebt_lm_mpi, whose
+ * examples/lm_mpi.h implements this interface with MPI. This build is one
+ * process (rank 0 of 1), for which every call is trivial.
+ *   lm_comm_init(c, &argc, &argv)   0, or an exit code
+ *   lm_comm_sum(c, buf, n, ctl, nctl, wait, ctx)
+ *       buf[n] (reals) and ctl[nctl] (doubles) become their sums over the
+ *       ranks, added in rank order: the same bits on every rank and in
+ *       every run with the same number of ranks. Rank 0 waits up to
+ *       c->timeout seconds for the others, the others c->timeout + wait;
+ *       then every rank is stopped with a message naming ctx (the step)
+ *       and the ranks that did not answer. Returns only on success.
+ *   lm_comm_abort(c, code)          stops every rank (several); returns here (one)
+ *   lm_comm_finalize(c, rc)         the exit code */
+#ifdef EBT_LM_MPI
+#include "lm_mpi.h"
+#else
+typedef struct { int rank, size; double timeout; } lm_comm;
+static void lm_comm_sum(lm_comm *c, ebt_real *buf, size_t n, double *ctl, int nctl, double wait, const char *ctx)
+{
+    (void)c; (void)buf; (void)n; (void)ctl; (void)nctl; (void)wait; (void)ctx;   /* one process: the sum is its own */
+}
+static void lm_comm_abort(lm_comm *c, int code) { (void)c; (void)code; }
+#ifndef EBT_LM_NO_MAIN
+static int lm_comm_init(lm_comm *c, int *argc, char ***argv)
+{
+    (void)argc; (void)argv;
+    c->rank = 0; c->size = 1; c->timeout = 0;
+    return 0;
+}
+static int lm_comm_finalize(lm_comm *c, int rc) { (void)c; return rc; }
+#endif
+#endif
+
 /* ---- train ---------------------------------------------------------------- */
 
 static const char TRAIN_USAGE[] =
@@ -484,7 +525,14 @@ static const char TRAIN_USAGE[] =
     "  --replay CAP  --replay-frac F  --learn-alpha | --no-learn-alpha  --alpha-lr-mult X\n"
     "                       (defaults: the recipe's; each overrides it)\n"
     "  both archs: --lr LR (1e-3)  --min-lr LR (1e-4)  --warmup N (100)  --clip NORM (1)  --wd DECAY (0.01)\n"
-    "  --seed S             model init, batches, thinking (default 1)\n";
+    "  --seed S             model init, batches, thinking (default 1)\n"
+    "processes (ebt_lm_mpi under mpirun: README, \"Beyond one machine: MPI\"):\n"
+    "  --accum M            micro-batches per step (and per process; default 1): the same step\n"
+    "                       (up to float rounding) in less memory\n"
+    "  --mpi-timeout SEC    stop every rank when one has not answered for SEC seconds (default 120)\n"
+    "  --check-sync         compare a hash of the parameters across the ranks at every step\n"
+    "  --fault-nan STEP[:RANK] (testing) the gradient of rank RANK (default 0) is NaN at the first\n"
+    "                       try of step STEP: every rank must refuse it and retry alike\n";
 
 /* train's options, parsed and checked (no i/o) */
 typedef struct {
@@ -494,6 +542,9 @@ typedef struct {
     int B, S, seq_set, resume, eval_steps;
     long steps, eval_every, save_every, eval_batches;
     double minutes;
+    int accum, check_sync, fault_rank;   /* --accum, --check-sync, --fault-nan STEP:RANK */
+    long fault_step;                     /* 0: no fault */
+    double mpi_timeout;
     const char *model_opt;   /* the first model option given (ignored when resuming), or NULL */
     const char *ebt_opt;     /* the first EBT-only option given, or NULL */
     const recipe *rec;       /* the recipe (--recipe, default "default") */
@@ -538,6 +589,22 @@ static const recipe *train_recipe(int argc, char **argv)
     return r;
 }
 
+/* --fault-nan STEP[:RANK]: STEP >= 1, RANK >= 0; 0 if malformed */
+static int parse_fault(const char *v, long *step, int *rank)
+{
+    char *end;
+    long s = strtol(v, &end, 10), r = 0;
+    if (end == v || s < 1 || (*end && *end != ':')) return 0;
+    if (*end == ':') {
+        const char *v2 = end + 1;
+        r = strtol(v2, &end, 10);
+        if (end == v2 || *end || r < 0 || r > 1 << 24) return 0;
+    }
+    *step = s;
+    *rank = (int)r;
+    return 1;
+}
+
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int train_parse(int argc, char **argv, train_args *a)
 {
@@ -551,7 +618,9 @@ static int train_parse(int argc, char **argv, train_args *a)
     const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL, *recipe_name = NULL;
     int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = !rec->learn_alpha, learn_alpha = 0, eval_steps = 0;
     long steps = 0, eval_every = -1, save_every = 500, eval_batches = 8;
-    double minutes = -1;
+    double minutes = -1, mpi_timeout = 120;
+    int accum = 1, check_sync = 0;
+    const char *fault = NULL;
     const opt_spec spec[] = {
         {"--data", OPT_STR, &data, 0, 0}, {"--out", OPT_STR, &out, 0, 0}, {"--arch", OPT_STR, &arch, 0, 0},
         {"--resume", OPT_FLAG, &resume, 0, 0}, {"--minutes", OPT_DBL, &minutes, 1e-3, 1e7},
@@ -571,6 +640,9 @@ static int train_parse(int argc, char **argv, train_args *a)
         {"--clip", OPT_DBL, &to.grad_clip, 0, 1e9}, {"--wd", OPT_DBL, &to.weight_decay, 0, 10},
         {"--seed", OPT_U64, &to.seed, 0, 0}, {"--recipe", OPT_STR, &recipe_name, 0, 0},
         {"--learn-alpha", OPT_FLAG, &learn_alpha, 0, 0},
+        {"--accum", OPT_INT, &accum, 1, 1 << 20},
+        {"--mpi-timeout", OPT_DBL, &mpi_timeout, 0.1, 1e7}, {"--check-sync", OPT_FLAG, &check_sync, 0, 0},
+        {"--fault-nan", OPT_STR, &fault, 0, 0},
     };
     unsigned char seen[N_OPTS(spec)];
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE, seen);
@@ -590,6 +662,9 @@ static int train_parse(int argc, char **argv, train_args *a)
     const int seq_set = S > 0;
     if (!seq_set) S = RECIPE_SEQ;
     if (to.k_min > to.k_max) { fprintf(stderr, "ebt_lm: --k-min > --k-max\n"); return 2; }
+    long fault_step = 0;
+    int fault_rank = 0;
+    if (fault && !parse_fault(fault, &fault_step, &fault_rank)) { fprintf(stderr, "ebt_lm: --fault-nan is STEP or STEP:RANK\n"); return 2; }
     if (minutes < 0 && steps == 0) minutes = 5;
     cfg.d_ff = ff ? ff : cfg.d_model;
     cfg.max_seq_len = S;
@@ -598,7 +673,8 @@ static int train_parse(int argc, char **argv, train_args *a)
                        .seq_set = seq_set, .resume = resume, .eval_steps = eval_steps, .steps = steps,
                        .eval_every = eval_every, .save_every = save_every, .eval_batches = eval_batches,
                        .minutes = minutes, .model_opt = opt_first_seen(spec, N_OPTS(spec), seen, MODEL_OPTS),
-                       .ebt_opt = ebt_only, .rec = rec };
+                       .ebt_opt = ebt_only, .accum = accum, .check_sync = check_sync, .fault_rank = fault_rank,
+                       .fault_step = fault_step, .mpi_timeout = mpi_timeout, .rec = rec };
     return -1;
 }
 
@@ -616,6 +692,13 @@ typedef struct {
     double t0, deadline, train_time, eval_per_batch;
     eval_out ev;
     ebt_train_stats ts;
+    lm_comm *comm;           /* the processes of the run (one unless ebt_lm_mpi) */
+    double *ctl;             /* [CTL_HASH + 2 size] control values of lm_comm_sum */
+    double busy;             /* rank 0's latest estimate of its time between two sums */
+    double save_time;        /* duration of rank 0's last save */
+    double steady_time, steady_comm;   /* step time and its summing time, steps after the first */
+    long steady_n;
+    int stopped;             /* rank 0 ended the run (its time budget) */
 } trainer;
 
 /* the effective training options in a line (the recipe with the command line's changes) */
@@ -656,6 +739,12 @@ static void think_defaults(const ebt_model *m, int *steps, double *noise)
     if (z && x >= 0 && isfinite(x)) *noise = x;
 }
 
+/* What the ranks add to each step's sum besides the gradients: rank 0's
+ * learning-rate progress (time budget), its stop signal and its time
+ * between sums, every rank's non-finite flag and, with --check-sync, its
+ * parameter hash (CTL_HASH + rank) */
+enum { CTL_PROGRESS, CTL_STOP, CTL_NONFINITE, CTL_BUSY, CTL_HASH };
+
 /* the model of a run: the checkpoint (--resume) or a new one; an exit code */
 static int train_model(trainer *T)
 {
@@ -673,10 +762,10 @@ static int train_model(trainer *T)
             fprintf(stderr, "ebt_lm: --seq %d exceeds the checkpoint's max_seq_len %d\n", a->S, mc->max_seq_len);
             return 2;
         }
-        if (a->model_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: the checkpoint fixes the model\n", a->model_opt);
+        if (a->model_opt && T->comm->rank == 0) fprintf(stderr, "ebt_lm: warning: %s is ignored: the checkpoint fixes the model\n", a->model_opt);
         if (!a->seq_set) a->S = mc->max_seq_len;
         a->cfg = *mc;
-        fprintf(stderr, "ebt_lm: resuming %s at step %ld\n", a->out, ebt_train_steps_done(T->m));
+        if (T->comm->rank == 0) fprintf(stderr, "ebt_lm: resuming %s at step %ld\n", a->out, ebt_train_steps_done(T->m));
         return 0;
     }
     char err[256];
@@ -697,9 +786,10 @@ static int train_open(trainer *T)
     if ((rc = load_corpus(a->data, &T->c, a->S)) != 0) return rc;
     T->tok = malloc((size_t)a->B * a->S * sizeof *T->tok);
     T->tgt = malloc((size_t)a->B * a->S * sizeof *T->tgt);
-    if (!T->tok || !T->tgt) { fprintf(stderr, "ebt_lm: out of memory\n"); return 1; }
-    ebt_status st;
-    if (T->is_ebt && (st = ebt_workspace_create(T->m, a->B, a->S, &T->ws)) != EBT_OK)
+    T->ctl = calloc(CTL_HASH + 2 * (size_t)T->comm->size, sizeof *T->ctl);
+    if (!T->tok || !T->tgt || !T->ctl) { fprintf(stderr, "ebt_lm: out of memory\n"); return 1; }
+    ebt_status st;   /* the workspace serves validation, which rank 0 does */
+    if (T->is_ebt && T->comm->rank == 0 && (st = ebt_workspace_create(T->m, a->B, a->S, &T->ws)) != EBT_OK)
         return fail("ebt_workspace_create", st, T->m, NULL);
     T->th = ebt_think_default();
     T->th.steps = a->to.k_max;
@@ -710,10 +800,17 @@ static int train_open(trainer *T)
     T->th.init_scale = a->to.init_scale;
     T->w = (windows){T->c.buf + T->c.n_train, T->c.n - T->c.n_train, (int)a->eval_batches, a->B, a->S};
     const ebt_config *cfg = &a->cfg;
+    if (T->comm->rank != 0) return 0;
     fprintf(stderr, "ebt_lm: %s, %.2fM params (D=%d L=%d H=%d F=%d), S=%d B=%d, corpus %zu bytes "
             "(%zu train, %zu val)", T->is_ebt ? "ebt" : "transformer++", ebt_n_params(T->m) / 1e6,
             cfg->d_model, cfg->n_layers, cfg->n_heads, cfg->d_ff, a->S, a->B, T->c.n, T->c.n_train, T->c.n - T->c.n_train);
+    if (T->comm->size > 1 || a->accum > 1)
+        fprintf(stderr, ", %d process%s x %d micro-batch%s", T->comm->size, T->comm->size > 1 ? "es" : "",
+                a->accum, a->accum > 1 ? "es" : "");
     fputc('\n', stderr);
+    if ((long long)T->comm->size * a->accum > a->B)   /* shares of 0 sequences are skipped */
+        fprintf(stderr, "ebt_lm: warning: %d process%s x %d micro-batch%s split a batch of only %d sequences\n",
+                T->comm->size, T->comm->size > 1 ? "es" : "", a->accum, a->accum > 1 ? "es" : "", a->B);
     if (T->is_ebt) {
         char line[160];
         const char *rname = ebt_meta_get(T->m, "recipe");
@@ -776,24 +873,173 @@ static int train_interim_due(const trainer *T)
     return frac >= 0.25 * (T->interim_done + 1);
 }
 
-/* one optimiser step on the next batch (another batch if it was non-finite); an exit code */
+/* sequences [*first, *first + *n) of n_all: part j of parts (sizes differ by at most one) */
+static void split_range(int n_all, int j, int parts, int *first, int *n)
+{
+    *first = (int)((long long)n_all * j / parts);
+    *n = (int)((long long)n_all * (j + 1) / parts) - *first;
+}
+
+/* This rank's share of the batch in --accum micro-batches, gradients and
+ * sums from zero. Sequence b of the batch is b on every rank (the whole
+ * batch is drawn everywhere), so its randomness does not depend on the
+ * split; each micro-batch weighs its share of the batch. An ebt_status. */
+static ebt_status train_accumulate(trainer *T)
+{
+    const train_args *a = &T->a;
+    int first, n;
+    ebt_status st = EBT_OK;
+    split_range(a->B, T->comm->rank, T->comm->size, &first, &n);
+    ebt_zero_grad(T->m);
+    for (int j = 0; j < a->accum && st == EBT_OK; j++) {
+        int f, k;
+        split_range(n, j, a->accum, &f, &k);
+        f += first;
+        if (k > 0)
+            st = ebt_train_accumulate(T->m, &a->to, T->tok + (size_t)f * a->S, T->tgt + (size_t)f * a->S, k, a->S,
+                                      f, (double)k / a->B, NULL, NULL);
+    }
+    return st;
+}
+
+/* a 48-bit hash of the parameters' bits (exact in a double) */
+static double param_hash(ebt_model *m)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int t = 0; t < ebt_n_tensors(m); t++) {
+        size_t n;
+        const unsigned char *b = (const unsigned char *)ebt_param(m, ebt_tensor_name(m, t), &n);
+        for (size_t i = 0; i < n * sizeof(ebt_real); i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    }
+    return (double)(h >> 16);
+}
+
+/* rank 0's time between two sums beyond its step: a validation of 2
+ * batches and a save, doubled (the others wait that much longer) */
+static double train_busy(const trainer *T)
+{
+    double per_batch = T->eval_per_batch > 0 ? T->eval_per_batch : train_per_step(T);
+    return 2 * (2 * per_batch + T->save_time);
+}
+
+/* this rank's control values for the next sum (see CTL_*) */
+static void train_ctl(trainer *T, int nonfinite, int stop)
+{
+    const lm_comm *c = T->comm;
+    memset(T->ctl, 0, sizeof(double) * (CTL_HASH + (size_t)c->size));
+    if (c->rank == 0) {
+        T->ctl[CTL_PROGRESS] = T->a.to.progress;
+        T->ctl[CTL_STOP] = stop;
+        T->ctl[CTL_BUSY] = train_busy(T);
+    }
+    T->ctl[CTL_NONFINITE] = nonfinite;
+    if (T->a.check_sync && c->size > 1) T->ctl[CTL_HASH + c->rank] = param_hash(T->m);
+}
+
+/* The step's sums over the ranks: the library's buffer (gradients, then
+ * the statistic sums) and the control values; n = 0 sums only these */
+static void train_reduce(trainer *T, size_t n)
+{
+    char ctx[160 + 4096];
+    ebt_real *buf = ebt_train_buffer(T->m, NULL);
+    double t = now_s();
+    if (T->comm->size == 1) return;
+    snprintf(ctx, sizeof ctx, "step %ld (last checkpoint: %s at step %ld)", T->step + 1, T->a.out, T->last_save);
+    lm_comm_sum(T->comm, buf, n, T->ctl, CTL_HASH + T->comm->size, T->busy, ctx);
+    T->steady_comm += T->step > T->step0 ? now_s() - t : 0;
+}
+
+/* --check-sync: every rank's parameter hash (before this step) is rank 0's; an exit code */
+static int train_check_sync(const trainer *T)
+{
+    const double *h = T->ctl + CTL_HASH;
+    for (int r = 1; T->a.check_sync && r < T->comm->size; r++)
+        if (h[r] != h[0]) {
+            if (T->comm->rank == 0)
+                fprintf(stderr, "ebt_lm: before step %ld the parameters of rank %d differ from rank 0's (hash %012llx, not %012llx)\n",
+                        T->step + 1, r, (unsigned long long)h[r], (unsigned long long)h[0]);
+            return 1;
+        }
+    return 0;
+}
+
+/* The first sum: every rank must start from the same model (parameter
+ * hash and step count compared); an exit code, the same on every rank */
+static int train_agree(trainer *T)
+{
+    const int N = T->comm->size;
+    double *h = T->ctl, *s = T->ctl + N;
+    if (N == 1) return 0;
+    memset(T->ctl, 0, sizeof(double) * 2 * (size_t)N);
+    h[T->comm->rank] = param_hash(T->m);
+    s[T->comm->rank] = (double)ebt_train_steps_done(T->m);
+    lm_comm_sum(T->comm, NULL, 0, T->ctl, 2 * N, 0, "start");
+    for (int r = 1; r < N; r++)
+        if (h[r] != h[0] || s[r] != s[0]) {
+            if (T->comm->rank == 0)
+                fprintf(stderr, "ebt_lm: rank %d starts from another model than rank 0 (step %.0f, not %.0f; parameter hash "
+                        "%012llx, not %012llx): every rank needs the same options and, with --resume, the same %s\n",
+                        r, s[r], s[0], (unsigned long long)h[r], (unsigned long long)h[0], T->a.out);
+            return 2;
+        }
+    return 0;
+}
+
+/* rank 0 ends the run on its time budget, which the others cannot know:
+ * one last sum with the stop signal, received instead of their next step's */
+static int train_farewell(trainer *T)
+{
+    size_t n;
+    ebt_train_buffer(T->m, &n);
+    train_ctl(T, 0, 1);
+    train_reduce(T, n);
+    return train_check_sync(T);
+}
+
+/* --check-sync at the end of a run every rank knows has ended (--steps) */
+static int train_final_sync(trainer *T)
+{
+    if (!T->a.check_sync || T->comm->size == 1) return 0;
+    train_ctl(T, 0, 0);
+    train_reduce(T, 0);
+    return train_check_sync(T);
+}
+
+/* One optimiser step on the next batch, on every rank: each accumulates
+ * its share, the sums make every rank's buffer the same bits, so every
+ * rank applies the same update, or refuses the same non-finite step and
+ * retries on the same other batch. An exit code; T->stopped is set (and
+ * nothing done) when the sum brings rank 0's stop signal. */
 static int train_step(trainer *T)
 {
     train_args *a = &T->a;
+    size_t n;
+    ebt_real *buf = ebt_train_buffer(T->m, &n);
     for (int retry = 0;; retry++) {
         double t1 = now_s();
         ebt_status st;
         fill_batch(T->c.buf, T->c.n_train, a->B, a->S, batch_key(a->to.seed, (uint64_t)T->step, (uint64_t)retry), T->tok, T->tgt);
-        if (a->steps <= 0 && T->deadline < HUGE_VAL) {   /* the cosine follows the elapsed time */
+        if (a->steps <= 0 && T->deadline < HUGE_VAL) {   /* the cosine follows the elapsed time (rank 0's) */
             double p = (t1 - T->t0) / (train_end_time(T) - T->t0);
             a->to.progress = p < 0 ? 0 : p > 1 ? 1 : p;
         }
-        st = ebt_train_step(T->m, &a->to, T->tok, T->tgt, a->B, a->S, NULL, &T->ts);
+        if ((st = train_accumulate(T)) != EBT_OK && st != EBT_ERR_NONFINITE) return fail("ebt_train_accumulate", st, T->m, NULL);
+        if (a->fault_step == T->step + 1 && retry == 0 && a->fault_rank == T->comm->rank) buf[0] = NAN;
+        train_ctl(T, st == EBT_ERR_NONFINITE, 0);
+        train_reduce(T, n);
+        if (T->ctl[CTL_STOP] > 0) { T->stopped = 1; return train_check_sync(T); }
+        if (train_check_sync(T)) return 1;
+        a->to.progress = T->ctl[CTL_PROGRESS];
+        T->busy = T->ctl[CTL_BUSY];
+        st = T->ctl[CTL_NONFINITE] > 0 ? EBT_ERR_NONFINITE : ebt_train_apply(T->m, &a->to, &T->ts);
         T->train_time += now_s() - t1;
+        if (T->step > T->step0) { T->steady_time += now_s() - t1; T->steady_n += retry == 0; }
         if (st == EBT_OK) break;
-        if (st != EBT_ERR_NONFINITE || retry == 9) return fail("ebt_train_step", st, T->m, NULL);
-        fprintf(stderr, "%sebt_lm: step %ld was non-finite (nothing changed), trying another batch\n",
-                T->tty ? "\r\033[K" : "", T->step + 1);
+        ebt_zero_grad(T->m);
+        if (st != EBT_ERR_NONFINITE || retry == 9) return fail("ebt_train_apply", st, T->m, NULL);
+        if (T->comm->rank == 0)
+            fprintf(stderr, "%sebt_lm: step %ld was non-finite (nothing changed), trying another batch\n",
+                    T->tty ? "\r\033[K" : "", T->step + 1);
     }
     T->step = ebt_train_steps_done(T->m);
     return 0;
@@ -826,60 +1072,89 @@ static void train_close(trainer *T)
 {
     ebt_workspace_free(T->ws);
     ebt_free(T->m);
-    free(T->tok); free(T->tgt); free(T->c.buf);
+    free(T->tok); free(T->tgt); free(T->c.buf); free(T->ctl);
 }
 
+/* rank 0 writes the checkpoint (atomically); the others keep count */
 static int train_save(trainer *T)
 {
     char err[256] = "";
-    ebt_status st = ebt_save_ex(T->m, T->a.out, err, sizeof err);
+    double t = now_s();
+    ebt_status st = T->comm->rank == 0 ? ebt_save_ex(T->m, T->a.out, err, sizeof err) : EBT_OK;
     if (st != EBT_OK) {
         fprintf(stderr, "%sebt_lm: cannot save %s: %s: %s\n", T->tty ? "\r\033[K" : "", T->a.out, ebt_status_str(st), err);
         return 1;
     }
+    T->save_time = now_s() - t;
     T->last_save = T->step;
     return 0;
 }
 
-static int cmd_train(int argc, char **argv)
+/* Steps until the budget is spent, with interim validations and saves
+ * (rank 0), then the final save and validation; an exit code. Every rank
+ * ends at --steps; only rank 0 sees the time budget end, and tells the
+ * others with its last sum (train_farewell). */
+static int train_loop(trainer *T)
+{
+    const train_args *a = &T->a;
+    const int rank = T->comm->rank;
+    double last_print = -1e9;
+    int rc = 0;
+    for (;;) {
+        double t = now_s();
+        int steps_end = a->steps > 0 && T->step >= a->steps;
+        int at_end = steps_end || T->stopped ||
+                     (rank == 0 && T->deadline < HUGE_VAL && t + train_per_step(T) > train_end_time(T));
+        if (rank == 0 && !at_end && train_interim_due(T)) {
+            long nb = a->eval_batches < 2 ? a->eval_batches : 2;
+            if ((rc = train_validate(T, (int)nb, 0)) != 0) break;
+            T->interim_done++;
+        }
+        if (T->step > T->last_save && (at_end || T->step % a->save_every == 0) && (rc = train_save(T)) != 0) break;
+        if (at_end) {
+            rc = steps_end ? train_final_sync(T) : !T->stopped && T->comm->size > 1 ? train_farewell(T) : 0;
+            if (rc == 0 && rank == 0) rc = train_validate(T, (int)a->eval_batches, 1);
+            break;
+        }
+        if ((rc = train_step(T)) != 0) break;
+        if (rank == 0 && !T->stopped) train_progress(T, &last_print);
+    }
+    return rc;
+}
+
+static int cmd_train(int argc, char **argv, lm_comm *comm)
 {
     trainer T;
     memset(&T, 0, sizeof T);
+    T.comm = comm;
     int rc = train_parse(argc, argv, &T.a);
     if (rc >= 0) return rc;
-    if ((rc = train_open(&T)) != 0) { train_close(&T); return rc; }
+    comm->timeout = T.a.mpi_timeout;
+    if ((rc = train_open(&T)) != 0 || (rc = train_agree(&T)) != 0) {
+        train_close(&T);
+        lm_comm_abort(comm, rc);   /* ranks that opened fine would wait for this one */
+        return rc;
+    }
     train_args *a = &T.a;
-    double last_print = -1e9;
     T.tty = isatty(fileno(stderr));
     T.step0 = T.step = T.last_save = ebt_train_steps_done(T.m);
     T.last_eval = -1;
     T.t0 = now_s();
     T.deadline = a->minutes > 0 ? T.t0 + 60 * a->minutes : HUGE_VAL;
     if (a->steps > 0) a->to.total_steps = a->steps;
-    for (;;) {
-        double t = now_s();
-        int at_end = (a->steps > 0 && T.step >= a->steps) ||
-                     (T.deadline < HUGE_VAL && t + train_per_step(&T) > train_end_time(&T));
-        if (!at_end && train_interim_due(&T)) {
-            long nb = a->eval_batches < 2 ? a->eval_batches : 2;
-            if ((rc = train_validate(&T, (int)nb, 0)) != 0) break;
-            T.interim_done++;
-        }
-        if (T.step > T.last_save && (at_end || T.step % a->save_every == 0) && (rc = train_save(&T)) != 0) break;
-        if (at_end) {
-            rc = train_validate(&T, (int)a->eval_batches, 1);
-            break;
-        }
-        if ((rc = train_step(&T)) != 0) break;
-        train_progress(&T, &last_print);
-    }
-    if (rc == 0) {
+    rc = train_loop(&T);
+    if (rc == 0 && comm->rank == 0) {
         if (T.tty) fputs("\r\033[K", stderr);
+        if (T.steady_n > 0)
+            fprintf(stderr, "ebt_lm: %d process%s x %d micro-batch%s: %.1f ms per step (%.2f ms of it summing across "
+                    "processes; steps after the first)\n", comm->size, comm->size > 1 ? "es" : "", a->accum,
+                    a->accum > 1 ? "es" : "", 1e3 * T.steady_time / T.steady_n, 1e3 * T.steady_comm / T.steady_n);
         printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.3g  -> %s\n",
                T.is_ebt ? "ebt" : "transformer++", T.step, (double)T.step * a->B * a->S / 1e6, now_s() - T.t0,
                T.ev.ce, exp(T.ev.ce), a->out);
     }
     train_close(&T);
+    if (rc != 0) lm_comm_abort(comm, rc);   /* a failure on one rank stops them all */
     return rc;
 }
 
@@ -1233,11 +1508,13 @@ static void print_version(void)
 #endif
 }
 
-int main(int argc, char **argv)
+static int lm_main(int argc, char **argv, lm_comm *comm)
 {
-    static const struct { const char *name; int (*run)(int, char **); const char *usage; } cmds[] = {
-        {"train", cmd_train, TRAIN_USAGE}, {"sample", cmd_sample, SAMPLE_USAGE},
-        {"eval", cmd_eval, EVAL_USAGE}, {"export", cmd_export, EXPORT_USAGE},
+    /* run: one process; run_comm: train, on every process of comm */
+    static const struct { const char *name; int (*run)(int, char **); int (*run_comm)(int, char **, lm_comm *);
+                          const char *usage; } cmds[] = {
+        {"train", NULL, cmd_train, TRAIN_USAGE}, {"sample", cmd_sample, NULL, SAMPLE_USAGE},
+        {"eval", cmd_eval, NULL, EVAL_USAGE}, {"export", cmd_export, NULL, EXPORT_USAGE},
     };
     const int nc = (int)(sizeof cmds / sizeof cmds[0]);
 #ifdef EBT_LM_OPENBLAS
@@ -1253,10 +1530,23 @@ int main(int argc, char **argv)
         fputs(MAIN_USAGE, stdout);
         return 0;
     }
-    for (int i = 0; argc >= 2 && i < nc; i++)
-        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].run(argc - 1, argv + 1);
+    for (int i = 0; argc >= 2 && i < nc; i++) {
+        if (strcmp(argv[1], cmds[i].name)) continue;
+        if (cmds[i].run_comm) return cmds[i].run_comm(argc - 1, argv + 1, comm);
+        if (comm->size == 1) return cmds[i].run(argc - 1, argv + 1);
+        if (comm->rank == 0) fprintf(stderr, "ebt_lm: only train runs on several processes; run %s as one\n", argv[1]);
+        return 2;
+    }
     if (argc >= 2) fprintf(stderr, "ebt_lm: unknown command '%s'\n\n", argv[1]);
     fputs(MAIN_USAGE, stderr);
     return 2;
+}
+
+int main(int argc, char **argv)
+{
+    lm_comm comm;
+    int rc = lm_comm_init(&comm, &argc, &argv);
+    if (rc == 0) rc = lm_main(argc, argv, &comm);
+    return lm_comm_finalize(&comm, rc);
 }
 #endif

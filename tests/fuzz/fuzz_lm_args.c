@@ -38,7 +38,8 @@ static void check_seed(int argc, char **argv, uint64_t seed)
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) v = argv[++i];
         else if (strchr(argv[i], '=') || !strcmp(argv[i], "--resume") || !strcmp(argv[i], "--tie") ||
                  !strcmp(argv[i], "--no-learn-alpha") || !strcmp(argv[i], "--trace") ||
-                 !strcmp(argv[i], "--keep-best") || !strcmp(argv[i], "--rules") || !strcmp(argv[i], "--learn-alpha")) continue;
+                 !strcmp(argv[i], "--keep-best") || !strcmp(argv[i], "--rules") || !strcmp(argv[i], "--learn-alpha") ||
+                 !strcmp(argv[i], "--check-sync")) continue;
         else i++;  /* every other option takes a value */
     if (!v) return;
     while (v[0] == '0' && v[1]) v++;
@@ -59,6 +60,9 @@ static void check_train(int argc, char **argv, const train_args *a)
     if (c->d_ff < 1 || c->d_model < 2 || c->n_heads < 1 || c->n_layers < 1) FAIL("train: model size");
     if (!(a->to.replay_frac >= 0 && a->to.replay_frac <= 1) || a->to.replay_capacity < 0) FAIL("train: replay");
     if (a->save_every < 1 || a->eval_every < -1 || a->eval_batches < 1 || a->eval_steps < 0) FAIL("train: schedule");
+    if (a->accum < 1 || a->accum > (1 << 20) || !(a->mpi_timeout >= 0.1 && a->mpi_timeout <= 1e7) ||
+        (a->check_sync != 0 && a->check_sync != 1) || a->fault_step < 0 || a->fault_rank < 0)
+        FAIL("train: parallel options (accum %d, timeout %g, fault %ld:%d)", a->accum, a->mpi_timeout, a->fault_step, a->fault_rank);
     check_seed(argc, argv, a->to.seed);
     /* the library's own check of the model options must not misbehave */
     err[0] = 0;
