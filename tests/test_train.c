@@ -4,6 +4,7 @@
  * short real training run lowers the loss; a stopped and resumed run gives
  * the same losses bit for bit; a non-finite step is refused and leaves the
  * model and optimiser unchanged. */
+#define _POSIX_C_SOURCE 200809L
 #include "../ebt.h"
 #include "test_util.h"
 #include "ref_vectors.h"
@@ -12,17 +13,18 @@
  * the float64 reference to about 1e-12: the math is exact. The float32
  * build loses more than the energy tests: the thinking chain amplifies
  * rounding (H_pp v entries reach ~1e3 against gradients ~10, and
- * pbar = ybar + H v cancels). Measured in float32 on this project's
- * machine (OpenBLAS Cooperlake kernels): weights up to 8.1e-5, alpha (one
- * scalar summed over every position and step) 1.7e-4. The float bounds,
- * 2e-4 and 5e-4, leave room for other BLAS kernels' rounding; exactness
- * is what the double build checks. */
+ * pbar = ybar + H v cancels), by an amount that depends on the BLAS
+ * kernels. Measured in float32 (weights; alpha, one scalar summed over
+ * every position and step): OpenBLAS SkylakeX kernels 2.5e-5, 4.7e-5;
+ * Haswell 3.1e-5, 5.2e-5; Sandybridge (no FMA) 2.6e-4, 5.2e-4. The float
+ * bounds, 1e-3 and 2e-3, leave a factor 4 over the worst of these;
+ * exactness is what the double build checks. */
 #ifdef EBT_DOUBLE
 #define TOL 1e-9
 #define TOL_ALPHA 1e-9
 #else
-#define TOL 2e-4
-#define TOL_ALPHA 5e-4
+#define TOL 1e-3
+#define TOL_ALPHA 2e-3
 #endif
 
 static void check_train_cfg(const char *cfg)
@@ -50,9 +52,19 @@ static void check_train_cfg(const char *cfg)
         o.k_min = o.k_max = K;
         printf("config %s, mode %s (B=%d S=%d K=%d)\n", cfg, modes[md], B, S, K);
         assert_int_equal(ebt_train_grad(m, &o, tok, tgt, B, S, y0, u, &st), EBT_OK);
-        ebt_real loss = (ebt_real)st.loss;
+        ebt_real loss = (ebt_real)st.loss, ce[2] = { (ebt_real)st.ce_first, (ebt_real)st.ce_last };
+        ebt_real en[2] = { (ebt_real)st.energy_first, (ebt_real)st.energy_last };
+        double ref_ce[2], ref_en[2];
         snprintf(key, sizeof key, "%s.loss", modes[md]);
         ok &= check_close(key, &loss, ref_need(&f, key, 1)->x, 1, TOL);
+        /* the statistics: cross-entropy after step 1 and K, mean energy at p_0 and p_{K-1} */
+        snprintf(key, sizeof key, "%s.ce", modes[md]);
+        r = ref_need(&f, key, (size_t)K); ref_ce[0] = r->x[0]; ref_ce[1] = r->x[K - 1];
+        ok &= check_close("ce_first, ce_last", ce, ref_ce, 2, TOL);
+        snprintf(key, sizeof key, "%s.energy_mean", modes[md]);
+        r = ref_need(&f, key, (size_t)K); ref_en[0] = r->x[0]; ref_en[1] = r->x[K - 1];
+        ok &= check_close("energy_first, energy_last", en, ref_en, 2, TOL);
+        ok &= st.k == K && st.step == 0 && st.alpha == *ebt_param(m, "alpha", NULL);
         for (int t = 0; t < ebt_n_tensors(m); t++) {
             const char *name = ebt_tensor_name(m, t);
             size_t cnt;
@@ -116,6 +128,9 @@ static void check_learns(ebt_arch arch)
     printf("  %s: cross-entropy %.3f -> %.3f nats over 150 steps (alpha %.3f)\n",
            arch == EBT_ARCH_EBT ? "ebt" : "transformer++", first, last, st.alpha);
     assert_true(last < first - 0.5);
+    /* the printed alpha: learnt (moved from its initial 2) for ebt, 0 for transformer++ */
+    if (arch == EBT_ARCH_EBT) assert_true(isfinite(st.alpha) && st.alpha > 0 && fabs(st.alpha - 2) > 1e-3);
+    else assert_true(st.alpha == 0);
     assert_int_equal(ebt_train_steps_done(m), 150);
     ebt_free(m);
 }
@@ -132,7 +147,10 @@ static void check_resume(ebt_arch arch)
     ebt_train_stats st;
     int32_t tok[4 * 16], tgt[4 * 16];
     double a[8], b[8];
+    char dir[256], path[300];
     ebt_model *m = small(arch), *r = NULL;
+    test_tmpdir(dir, sizeof dir, "train");
+    snprintf(path, sizeof path, "%s/resume.safetensors", dir);
     o.k_min = 1; o.k_max = 3; o.alpha_rand = 2; o.noise = 0.1; o.replay_capacity = 6; o.replay_frac = 0.5;
     o.warmup_steps = 2; o.total_steps = 8; o.mode = EBT_MODE_TRUNCATE;
     for (int s = 0; s < 8; s++) {
@@ -147,9 +165,9 @@ static void check_resume(ebt_arch arch)
         assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
         b[s] = st.loss;
     }
-    assert_int_equal(ebt_save(m, "resume_test.safetensors"), EBT_OK);
+    assert_int_equal(ebt_save(m, path), EBT_OK);
     ebt_free(m);
-    assert_int_equal(ebt_load("resume_test.safetensors", &r), EBT_OK);
+    assert_int_equal(ebt_load(path, &r), EBT_OK);
     assert_int_equal(ebt_train_steps_done(r), 4);
     for (int s = 4; s < 8; s++) {
         batch(tok, tgt, 4, 16, (unsigned)s);
@@ -158,7 +176,7 @@ static void check_resume(ebt_arch arch)
     }
     assert_memory_equal(a, b, sizeof a);
     ebt_free(r);
-    remove("resume_test.safetensors");
+    test_rmdir(dir);
 }
 
 static void test_resume_ebt(void **s) { (void)s; check_resume(EBT_ARCH_EBT); }
@@ -174,14 +192,17 @@ static void test_nonfinite_refused(void **state)
     ebt_train_stats st;
     int32_t tok[4 * 16], tgt[4 * 16];
     static ebt_real y0[4 * 16 * 64];
+    char dir[256], path[300];
     (void)state;
+    test_tmpdir(dir, sizeof dir, "train");
+    snprintf(path, sizeof path, "%s/nonfinite.safetensors", dir);
     o.replay_capacity = 8; o.replay_frac = 0.5; o.warmup_steps = 0;
     for (int s = 0; s < 3; s++) {
         batch(tok, tgt, 4, 16, (unsigned)s);
         assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);
     }
-    assert_int_equal(ebt_save(m, "nonfinite_test.safetensors"), EBT_OK);
-    uint64_t before = test_hash_file("nonfinite_test.safetensors");
+    assert_int_equal(ebt_save(m, path), EBT_OK);
+    uint64_t before = test_hash_file(path);
     assert_true(before != 0);   /* the file is there */
     huge = o;
     huge.lr = 1e300; huge.min_lr = 1e300; huge.grad_clip = 0;
@@ -190,13 +211,13 @@ static void test_nonfinite_refused(void **state)
     for (int i = 0; i < 4 * 16 * 64; i++) y0[i] = (ebt_real)test_normal();
     y0[77] = (ebt_real)NAN;   /* poisoned input */
     assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, y0, &st), EBT_ERR_NONFINITE);
-    assert_int_equal(ebt_save(m, "nonfinite_test.safetensors"), EBT_OK);
-    assert_true(test_hash_file("nonfinite_test.safetensors") == before);
+    assert_int_equal(ebt_save(m, path), EBT_OK);
+    assert_true(test_hash_file(path) == before);
     assert_int_equal(ebt_train_steps_done(m), 3);
     assert_int_equal(ebt_train_step(m, &o, tok, tgt, 4, 16, NULL, &st), EBT_OK);   /* training goes on */
     assert_int_equal(ebt_train_steps_done(m), 4);
     ebt_free(m);
-    remove("nonfinite_test.safetensors");
+    test_rmdir(dir);
 }
 #endif
 
