@@ -13,7 +13,7 @@ BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
-           $(BUILD)/test_optim $(BUILD)/test_optim_double
+           $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts
 
 .PHONY: all test asan fuzz bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
