@@ -13,7 +13,8 @@ BUILD   ?= build
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
-           $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts
+           $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
+           $(BUILD)/test_energy $(BUILD)/test_energy_double
 
 .PHONY: all test asan fuzz bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
@@ -50,6 +51,10 @@ $(BUILD)/test_think_double: tests/test_think.c tests/test_util.h ebt.c ebt.h | $
 
 # the optimiser test again, with the library in double precision
 $(BUILD)/test_optim_double: tests/test_optim.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+
+# the energy-call test again, with the library in double precision
+$(BUILD)/test_energy_double: tests/test_energy.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
