@@ -14,7 +14,7 @@ BUILD   ?= build
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
-           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate
+           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
 .PHONY: all test asan fuzz bench clean ref
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
@@ -67,6 +67,10 @@ $(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(
 
 # test_alloc includes ebt.c to replace its allocator (EBT_MALLOC/EBT_REALLOC/EBT_FREE)
 $(BUILD)/test_alloc: tests/test_alloc.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+
+# test_errpaths includes ebt.c to hash the training state and to fail the loader's reads
+$(BUILD)/test_errpaths: tests/test_errpaths.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
 
 # test_threads runs the evaluation calls on several threads at once
