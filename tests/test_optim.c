@@ -152,29 +152,30 @@ typedef struct {
     ebt_arch arch;
     ebt_train_opts o;
     int clipped;      /* the configuration's clipping is active at every step */
+    int alpha_off;    /* learn_alpha is 0 from this step on (after learnt steps: moments exist) */
 } exact_case;
 
 /* one step's checks beyond the parameters: statistics and alpha */
-static void check_step_extras(ebt_model *m, const exact_case *c, long s, const ebt_real *p, const ebt_real *g,
-                              const ebt_real *got, const ebt_train_stats *st)
+static void check_step_extras(ebt_model *m, const exact_case *c, const ebt_train_opts *o, long s, const ebt_real *p,
+                              const ebt_real *g, const ebt_real *got, const ebt_train_stats *st)
 {
     size_t n = ebt_n_params(m);
-    double norm = hand_norm(g, n), lr = hand_lr(&c->o, s);
+    double norm = hand_norm(g, n), lr = hand_lr(o, s);
     assert_true(fabs(st->grad_norm - norm) <= 1e-12 * norm);
     assert_true(fabs(st->lr - lr) <= 1e-15 * lr);
     assert_int_equal(st->step, s + 1);
     assert_int_equal(ebt_train_steps_done(m), s + 1);
-    if (c->o.grad_clip > 0) assert_int_equal(norm > c->o.grad_clip, c->clipped);
+    if (o->grad_clip > 0) assert_int_equal(norm > o->grad_clip, c->clipped);
     if (c->arch != EBT_ARCH_EBT) return;
     assert_true(st->alpha == got[n - 1]);   /* alpha after the step */
-    if (!c->o.learn_alpha) {
+    if (!o->learn_alpha) {
         /* the library reports alpha's gradient as 0 when alpha is not learnt
          * (so it does not enter the clipping norm) and leaves alpha alone */
         assert_true(g[n - 1] == 0);
         assert_true(got[n - 1] == p[n - 1]);
     } else {
         assert_true(g[n - 1] != 0);
-        assert_true(c->o.alpha_lr_mult > 0 ? got[n - 1] != p[n - 1] : got[n - 1] == p[n - 1]);
+        assert_true(o->alpha_lr_mult > 0 ? got[n - 1] != p[n - 1] : got[n - 1] == p[n - 1]);
         if (c->clipped) assert_true(alpha_share(m, g) > 1e-4);   /* the norm visibly includes alpha */
     }
 }
@@ -195,20 +196,22 @@ static void check_exact(const exact_case *c)
     const char *worst = "-";
     for (long s = 0; s < NSTEP; s++) {
         ebt_train_stats gs, st;
+        ebt_train_opts o = c->o;
+        if (s >= c->alpha_off) o.learn_alpha = 0;
         batch(tok, tgt, y0);
         flat(m, 0, p);
-        assert_int_equal(ebt_train_grad(m, &c->o, tok, tgt, B, S, y0, NULL, &gs), EBT_OK);
+        assert_int_equal(ebt_train_grad(m, &o, tok, tgt, B, S, y0, NULL, &gs), EBT_OK);
         flat(m, 1, g);
-        assert_int_equal(ebt_train_step(m, &c->o, tok, tgt, B, S, y0, &st), EBT_OK);
+        assert_int_equal(ebt_train_step(m, &o, tok, tgt, B, S, y0, &st), EBT_OK);
         flat(m, 1, g2);
         assert_memory_equal(g, g2, n * sizeof *g);   /* the step computed the same gradients */
-        hand_step(m, &c->o, &h, p, g, want);
+        hand_step(m, &o, &h, p, g, want);
         flat(m, 0, got);
         worst_ulps = fmax(worst_ulps, max_ulps(m, got, want, &worst));
         if (worst_ulps > ULP_TOL) printf("  %s, step %ld: %.1f ulps (%s)\n", c->what, s, worst_ulps, worst);
         assert_true(worst_ulps <= ULP_TOL);
-        if (c->arch == EBT_ARCH_EBT && c->o.learn_alpha) share = fmax(share, alpha_share(m, g));
-        check_step_extras(m, c, s, p, g, got, &st);
+        if (c->arch == EBT_ARCH_EBT && o.learn_alpha) share = fmax(share, alpha_share(m, g));
+        check_step_extras(m, c, &o, s, p, g, got, &st);
     }
     printf("  %-44s %d steps, %zu parameters: max %.1f ulps (%s)", c->what, NSTEP, n, worst_ulps, worst);
     if (share > 0) printf(", alpha's share of the norm %.1e", share);
@@ -230,7 +233,7 @@ static ebt_train_opts base_opts(ebt_mode mode)
  * order of the clipped gradients, so that the update depends on the scale */
 static void test_exact_clipped(void **state)
 {
-    exact_case c = { "ebt detach, clipped, warm-up + cosine", EBT_ARCH_EBT, base_opts(EBT_MODE_DETACH), 1 };
+    exact_case c = { "ebt detach, clipped, warm-up + cosine", EBT_ARCH_EBT, base_opts(EBT_MODE_DETACH), 1, NSTEP };
     (void)state;
     test_rng_state = 142542;
     c.o.grad_clip = 1e-3; c.o.eps = 1e-5;
@@ -239,13 +242,15 @@ static void test_exact_clipped(void **state)
     check_exact(&c);
 }
 
-/* no clipping; alpha not learnt; other betas; cosine from step 0 */
+/* no clipping; alpha learnt at step 0, not after (its moments are then
+ * non-zero: a zero gradient would still move it); other betas; cosine from
+ * step 0 */
 static void test_exact_fixed_alpha(void **state)
 {
-    exact_case c = { "ebt truncate, no clip, learn_alpha 0", EBT_ARCH_EBT, base_opts(EBT_MODE_TRUNCATE), 0 };
+    exact_case c = { "ebt truncate, no clip, learn_alpha 1, 0, 0", EBT_ARCH_EBT, base_opts(EBT_MODE_TRUNCATE), 0, 1 };
     (void)state;
     test_rng_state = 174218;
-    c.o.grad_clip = 0; c.o.learn_alpha = 0; c.o.weight_decay = 0.2; c.o.lr = 0.02;
+    c.o.grad_clip = 0; c.o.weight_decay = 0.2; c.o.lr = 0.02;
     c.o.warmup_steps = 0; c.o.total_steps = 3; c.o.beta1 = 0.8; c.o.beta2 = 0.95;
     check_exact(&c);
 }
@@ -254,10 +259,11 @@ static void test_exact_fixed_alpha(void **state)
  * the cosine set by the caller's progress after a 1-step warm-up */
 static void test_exact_alpha_lr(void **state)
 {
-    exact_case c = { "ebt full, alpha_lr_mult 3, progress 0.25", EBT_ARCH_EBT, base_opts(EBT_MODE_FULL), 0 };
+    exact_case c = { "ebt full, alpha_lr_mult 3, progress 0.25", EBT_ARCH_EBT, base_opts(EBT_MODE_FULL), 0, NSTEP };
     (void)state;
     test_rng_state = 150461;
-    c.o.grad_clip = 1e6; c.o.alpha_lr_mult = 3; c.o.lr = 0.01; c.o.warmup_steps = 1; c.o.progress = 0.25;
+    c.o.grad_clip = 1e6; c.o.alpha_lr_mult = 3; c.o.lr = 0.01; c.o.min_lr = 0.002; c.o.warmup_steps = 1;
+    c.o.progress = 0.25;
     c.o.weight_decay = 0.05;
     check_exact(&c);
     c.what = "ebt detach, alpha_lr_mult 0"; c.o.mode = EBT_MODE_DETACH; c.o.alpha_lr_mult = 0;
