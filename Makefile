@@ -37,25 +37,29 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 $(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
+# the library in double precision, for the *_double tests
+$(BUILD)/ebt_double.o: ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -c ebt.c -o $@
+
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
 
 # the training test again, with the library in double precision
-$(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+$(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
 
 # the thinking test again, with the library in double precision
-$(BUILD)/test_think_double: tests/test_think.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+$(BUILD)/test_think_double: tests/test_think.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
 
 # the optimiser test again, with the library in double precision
-$(BUILD)/test_optim_double: tests/test_optim.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+$(BUILD)/test_optim_double: tests/test_optim.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
 
 # the energy-call test again, with the library in double precision
-$(BUILD)/test_energy_double: tests/test_energy.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+$(BUILD)/test_energy_double: tests/test_energy.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(BUILD)
