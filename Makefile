@@ -3,21 +3,57 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 CC      ?= cc
 OPT     ?= -O3 -g
-# OpenMP splits the row-wise and attention kernels over threads; `make OMP=`
-# builds without it (a program linking libebt.a then needs -fopenmp too)
+# OpenMP splits the row-wise and attention kernels over threads, so a
+# program linking libebt.a needs -fopenmp too (ebt.pc's Libs.private says
+# so); `make OMP=` builds without it
 OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
-CFLAGS  += $(STD) $(OPT) $(OMP)
-LDLIBS   = -lopenblas -lm
+# no fused multiply-adds, so every vector width gives the same bits; math
+# functions need not set errno (sqrt then vectorises)
+FPFLAGS  = -ffp-contract=off -fno-math-errno
+# the matrix-product backend: oneDNN's dnnl_sgemm (libdnnl-dev; it generates
+# its kernels for the CPU it finds) or CBLAS (OpenBLAS, libopenblas-dev).
+# The double-precision builds of the tests always use OpenBLAS's dgemm.
+GEMM    ?= onednn
+ifeq ($(GEMM),onednn)
+GEMMFLAGS = -DEBT_GEMM_ONEDNN
+GEMMLIBS  = -ldnnl
+else ifeq ($(GEMM),cblas)
+GEMMFLAGS = -DEBT_LM_OPENBLAS
+GEMMLIBS  = -lopenblas
+else
+$(error GEMM must be onednn or cblas, not '$(GEMM)')
+endif
+CFLAGS  += $(STD) $(OPT) $(FPFLAGS) $(OMP) $(GEMMFLAGS)
+LDLIBS   = $(GEMMLIBS) -lm
+# tests also link OpenBLAS: the double builds, and test_threads sets its threads
+TESTLIBS = -lcmocka $(LDLIBS) $(if $(filter onednn,$(GEMM)),-lopenblas)
 BUILD   ?= build
 
+# the version is read from ebt.h (EBT_VERSION_MAJOR/MINOR/PATCH); the shared
+# library is libebt.so.MAJOR.MINOR.PATCH with SONAME libebt.so.MAJOR
+ebt_version_part = $(shell sed -n 's/^\#define EBT_VERSION_$(1)  *\([0-9][0-9]*\).*/\1/p' ebt.h)
+MAJOR   := $(call ebt_version_part,MAJOR)
+VERSION := $(MAJOR).$(call ebt_version_part,MINOR).$(call ebt_version_part,PATCH)
+SONAME   = libebt.so.$(MAJOR)
+ifneq ($(words $(subst ., ,$(VERSION))),3)
+$(error cannot read EBT_VERSION_MAJOR/MINOR/PATCH from ebt.h)
+endif
+
+# `make install`: PREFIX (default /usr/local) and DESTDIR (staging, for packagers)
+PREFIX     ?= /usr/local
+INCLUDEDIR ?= $(PREFIX)/include
+LIBDIR     ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL    ?= install
+
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
            $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
-.PHONY: all test asan fuzz bench clean ref
-all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(EXAMPLES)
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall
+all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -28,8 +64,45 @@ $(BUILD)/ebt.o: ebt.c ebt.h | $(BUILD)
 $(BUILD)/libebt.a: $(BUILD)/ebt.o
 	ar rcs $@ $^
 
-$(BUILD)/libebt.so: $(BUILD)/ebt.o
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+$(BUILD)/libebt.so.$(VERSION): $(BUILD)/ebt.o
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LDLIBS)
+
+# the usual symlinks, so that a program linked with -L$(BUILD) -lebt runs
+# with LD_LIBRARY_PATH=$(BUILD)
+$(BUILD)/$(SONAME) $(BUILD)/libebt.so: $(BUILD)/libebt.so.$(VERSION)
+	ln -sf libebt.so.$(VERSION) $@
+
+# pkg-config file; Libs.private is what a program linking libebt.a needs:
+# the OpenMP flag and LDLIBS the library was built with. The prefix is
+# PREFIX's at `make install` time, so it is written there, not kept.
+define EBT_PC
+prefix=$(PREFIX)
+includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))
+libdir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))
+
+Name: ebt
+Description: Energy-Based Transformers in C (energy, thinking, training)
+Version: $(VERSION)
+Cflags: -I$${includedir}
+Libs: -L$${libdir} -lebt
+Libs.private: $(strip $(OMP) $(LDLIBS))
+endef
+export EBT_PC
+
+install: $(BUILD)/libebt.a $(BUILD)/libebt.so.$(VERSION)
+	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 644 ebt.h $(DESTDIR)$(INCLUDEDIR)/ebt.h
+	$(INSTALL) -m 644 $(BUILD)/libebt.a $(DESTDIR)$(LIBDIR)/libebt.a
+	$(INSTALL) -m 755 $(BUILD)/libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libebt.so.$(VERSION)
+	ln -sf libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libebt.so
+	printf '%s\n' "$$EBT_PC" > $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/ebt.h $(DESTDIR)$(LIBDIR)/libebt.a \
+	      $(DESTDIR)$(LIBDIR)/libebt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	      $(DESTDIR)$(LIBDIR)/libebt.so $(DESTDIR)$(PKGCONFIGDIR)/ebt.pc
 
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
@@ -37,61 +110,82 @@ $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 $(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
-# the library in double precision, for the *_double tests
+# the library in double precision, linked by every double-precision test
 $(BUILD)/ebt_double.o: ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -c ebt.c -o $@
 
+# the minimal example again, with the library in double precision
+$(BUILD)/minimal_double: examples/minimal.c $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
+
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(TESTLIBS)
+
+# finite differences at S = 70, with the library in double precision
+$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
+
+# the PyTorch reference test again, with the library in double precision
+$(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the training test again, with the library in double precision
 $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the thinking test again, with the library in double precision
 $(BUILD)/test_think_double: tests/test_think.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the optimiser test again, with the library in double precision
 $(BUILD)/test_optim_double: tests/test_optim.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the energy-call test again, with the library in double precision
 $(BUILD)/test_energy_double: tests/test_energy.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_badinput includes ebt.c to hash the optimiser state and replay buffer
 $(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_alloc includes ebt.c to replace its allocator (EBT_MALLOC/EBT_REALLOC/EBT_FREE)
 $(BUILD)/test_alloc: tests/test_alloc.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_errpaths includes ebt.c to hash the training state and to fail the loader's reads
 $(BUILD)/test_errpaths: tests/test_errpaths.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_threads runs the evaluation calls on several threads at once
 $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -pthread -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -pthread -o $@ $< $(BUILD)/libebt.a $(TESTLIBS)
 
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(TESTLIBS)
 
-test: all $(TESTS)
-	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
-	$(BUILD)/minimal > /dev/null || fail=1; \
+# `make test`: the whole suite with each matrix-product backend (oneDNN in
+# $(BUILD), CBLAS in $(BUILD)-cblas); `make test-suite` runs it once, with GEMM
+test:
+	@$(MAKE) --no-print-directory test-suite GEMM=onednn BUILD=$(BUILD) && \
+	 $(MAKE) --no-print-directory test-suite GEMM=cblas BUILD=$(BUILD)-cblas
+
+test-suite: all $(TESTS) $(BUILD)/minimal_double
+	@echo "== matrix products: GEMM=$(GEMM)"; fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
+	echo "== minimal example (float, double)"; \
+	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
+	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
 	echo "== example smoke test"; bash tests/example_smoke.sh $(BUILD)/ebt_lm || fail=1; \
+	echo "== install test"; CC="$(CC)" EXTRA_CFLAGS="$(OPT)" bash tests/install_test.sh || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
 asan:
-	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
 
 # `make fuzz`: the libFuzzer harnesses of tests/fuzz (checkpoint loader,
 # safetensors reader, ebt_lm's options and corpus reader) built with clang,
@@ -147,14 +241,16 @@ fuzz: $(FUZZ_BUILD)/make_corpus $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
 	if [ $$fail -ne 0 ]; then echo "FUZZING FOUND A PROBLEM"; fi; exit $$fail
 
 $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS) -ldnnl -lopenblas
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
 
-# regenerate the PyTorch reference vectors (needs python3-torch)
+# regenerate the PyTorch reference vectors (needs python3-torch); the same
+# bytes on every AVX2 machine (the scripts pin their float64 kernels)
 ref:
 	/usr/bin/python3 tests/ref/gen_ref.py
+	/usr/bin/python3 tests/ref/gen_train_ref.py
 
 clean:
-	rm -rf build build-asan $(FUZZ_BUILD)
+	rm -rf build build-cblas build-asan $(FUZZ_BUILD)

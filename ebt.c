@@ -1,4 +1,5 @@
-/* ebt.c - Energy-Based Transformers in C. See ebt.h for the API and docs.
+/* ebt.c - Energy-Based Transformers in C. See ebt.h for the API and docs,
+   docs/model.md for the model it computes.
 
    Dimension legend (used in every shape comment):
      B  batch                      S  predicted positions per sequence
@@ -32,7 +33,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef EBT_NO_BLAS
+/* The matrix-product backend, chosen at build time (make GEMM=onednn|cblas):
+ *   -DEBT_GEMM_ONEDNN  oneDNN's dnnl_sgemm for float32 (it generates its
+ *                      kernels for the CPU it runs on); the double build
+ *                      (-DEBT_DOUBLE) still uses CBLAS's dgemm
+ *   (default)          CBLAS: OpenBLAS or any CBLAS
+ *   -DEBT_NO_BLAS      the naive loops of ebt__gemm (no library) */
+#if defined(EBT_GEMM_ONEDNN) && !defined(EBT_DOUBLE) && !defined(EBT_NO_BLAS)
+#define EBT__ONEDNN 1
+#include <oneapi/dnnl/dnnl.h>
+#elif !defined(EBT_NO_BLAS)
+#define EBT__CBLAS 1
 #include <cblas.h>
 #endif
 
@@ -130,12 +141,117 @@ static void *ebt__grow(void **buf, size_t *cap, size_t bytes)
     return *buf;
 }
 
-static int ebt__all_finite(const ebt_real *x, size_t n)
+/* ======================================================================
+ * SIMD: element-wise kernels written so that the compiler vectorises them
+ * (EBT__SIMD: one clone per x86 vector width, picked at load time) and
+ * gives the same bits at every width: no fused multiply-adds
+ * (-ffp-contract=off), and every reduction in EBT__LANES fixed lanes
+ * (lane l takes elements l, l + LANES, ...) combined in a fixed order.
+ * ====================================================================== */
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && !defined(EBT_NO_CLONES) && \
+    !defined(__clang__) && __GNUC__ >= 8
+#define EBT__SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EBT__SIMD
+#endif
+#define EBT__LANES 16
+
+/* sum_j a_j b_j */
+static inline ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j in double */
+static inline double ebt__dot_d(const ebt_real *a, const ebt_real *b, int n)
+{
+    double acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j c_j */
+static inline ebt_real ebt__dot3(const ebt_real *a, const ebt_real *b, const ebt_real *c, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* max_j a_j (n >= 1; NaN entries are skipped unless all are NaN) */
+static inline ebt_real ebt__max(const ebt_real *a, int n)
+{
+    ebt_real acc[EBT__LANES], m;
+    int j = 0;
+    for (int l = 0; l < EBT__LANES; l++) acc[l] = a[0];
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    for (int l = 0; j + l < n; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    m = acc[0];
+    for (int l = 1; l < EBT__LANES; l++) m = acc[l] > m ? acc[l] : m;
+    return m;
+}
+static inline void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#ifdef EBT_DOUBLE
+static inline double ebt__exp(double x) { return exp(x); }
+#else
+/* exp(x) for float x without calls or branches (vectorisable): x = n ln2 + r,
+ * |r| <= ln2/2, exp(r) by the minimax polynomial of Cephes' expf, 2^n by
+ * the exponent bits. Relative error <= 2 float ulps (2.4e-7) against the
+ * correctly rounded exp on [-87.3, 88.3] (tests/test_kernels.c measures
+ * it); exactly 0 below -87.33 (no denormals), exp(88.376) = 2.4e38 above
+ * 88.376 (callers pass max-subtracted arguments <= 0, or -z in a sigmoid). */
+static inline float ebt__exp(float x)
+{
+    float xc = x > 88.3762626f ? 88.3762626f : x < -87.33654f ? -87.33654f : x;   /* n in [-126, 127] */
+    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round(x / ln2) */
+    float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;      /* x - n ln2, in two parts */
+    float p = 1.9875691500e-4f, sc;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    memcpy(&sc, &bits, sizeof sc);
+    return x < -87.33654f ? 0.0f : p * sc;
+}
+#endif
+
+/* 1 / (1 + exp(-z)) */
+static inline ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + ebt__exp(-z)); }
+
+/* 1 if every x[i] is finite (x - x is 0 for them, NaN for Inf and NaN) */
+EBT__SIMD static int ebt__all_finite(const ebt_real *x, size_t n)
+{
+    ebt_real acc[EBT__LANES] = { 0 };
+    size_t i = 0;
+    for (; i + EBT__LANES <= n; i += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; i + (size_t)l < n; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; l < EBT__LANES; l++)
+        if (acc[l] != 0) return 0;
     return 1;
 }
+
+const char *ebt_version(void) { return EBT_VERSION; }
 
 const char *ebt_status_str(ebt_status s)
 {
@@ -159,23 +275,44 @@ const char *ebt_status_str(ebt_status s)
  * ta/tb = 1 means the stored matrix is transposed.
  * ====================================================================== */
 
+#ifdef EBT__ONEDNN
+/* dnnl_sgemm on the calling thread only: outside an OpenMP parallel region
+ * oneDNN would spread the product over every core, so the calling thread's
+ * thread count is set to 1 for the call and restored (inside ebt's own
+ * parallel loops oneDNN runs single-threaded by itself) */
+static void ebt__dnnl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef _OPENMP
+    int top = !omp_in_parallel(), saved = top ? omp_get_max_threads() : 1;
+    if (saved != 1) omp_set_num_threads(1);
+#endif
+    dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef _OPENMP
+    if (saved != 1) omp_set_num_threads(saved);
+#endif
+}
+#endif
+
 static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
                       const ebt_real *A, int lda, const ebt_real *B, int ldb,
                       ebt_real beta, ebt_real *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
-#ifndef EBT_NO_BLAS
     if (K > 0) {
-#ifdef EBT_DOUBLE
+#if defined(EBT__ONEDNN)
+        ebt__dnnl(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+#elif defined(EBT__CBLAS) && defined(EBT_DOUBLE)
         cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
+        return;
+#elif defined(EBT__CBLAS)
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#endif
         return;
-    }
 #endif
+    }
     /* naive reference (also the K == 0 case) */
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -190,17 +327,50 @@ static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
         }
 }
 
-/* The thread count of a call's kernels: the workspace's count when the
- * BLAS runs single-threaded (then ebt also splits the large products
- * itself), else 0: OpenBLAS threads the products whole and every other
- * kernel stays on the caller's thread, so that two pools of spinning
- * threads never compete for the cores. */
+/* The thread count of a call's kernels: the workspace's count, unless
+ * OpenBLAS threads the products itself (then 0: OpenBLAS runs the products
+ * whole and every other kernel stays on the caller's thread, so that two
+ * pools of spinning threads never compete for the cores). With oneDNN,
+ * ebt always splits the products itself. */
 static int ebt__nt(int threads)
 {
-#if defined(OPENBLAS_VERSION) && defined(_OPENMP)
+#if defined(EBT__CBLAS) && defined(OPENBLAS_VERSION) && defined(_OPENMP)
     if (openblas_get_num_threads() > 1) return 0;
 #endif
     return threads;
+}
+
+const char *ebt_gemm_backend(void)
+{
+#if defined(EBT__ONEDNN)
+    return "onednn";
+#elif defined(EBT__CBLAS)
+    return "cblas";
+#else
+    return "naive";
+#endif
+}
+
+void ebt_gemm_info(char *buf, size_t n)
+{
+    if (!buf || n == 0) return;
+#if defined(EBT__ONEDNN)
+    {
+        const dnnl_version_t *v = dnnl_version();
+        int isa = (int)dnnl_get_effective_cpu_isa();
+        const char *name = isa == dnnl_cpu_isa_avx512_core_amx ? "avx512_core_amx" : isa == dnnl_cpu_isa_avx512_core_bf16 ? "avx512_core_bf16" :
+                           isa == dnnl_cpu_isa_avx512_core_vnni ? "avx512_core_vnni" : isa == dnnl_cpu_isa_avx512_core ? "avx512_core" :
+                           isa == dnnl_cpu_isa_avx2_vnni ? "avx2_vnni" : isa == dnnl_cpu_isa_avx2 ? "avx2" :
+                           isa == dnnl_cpu_isa_avx ? "avx" : "sse41 or other";
+        snprintf(buf, n, "oneDNN %d.%d.%d dnnl_sgemm, ISA %s", v->major, v->minor, v->patch, name);
+    }
+#elif defined(EBT__CBLAS) && defined(OPENBLAS_VERSION)
+    snprintf(buf, n, "CBLAS: OpenBLAS%s(core %s, %d threads)", OPENBLAS_VERSION, openblas_get_corename(), openblas_get_num_threads());
+#elif defined(EBT__CBLAS)
+    snprintf(buf, n, "CBLAS");
+#else
+    snprintf(buf, n, "naive loops (EBT_NO_BLAS)");
+#endif
 }
 
 /* A large product (nt >= 1) split by rows of C into blocks of
@@ -311,6 +481,23 @@ typedef struct {
     ebt__layer_w *layer;  /* [L] */
 } ebt__weights;
 
+/* AdamW state: moments (NULL before the first step) and steps taken */
+typedef struct { ebt_real *m, *v; long step; } ebt__optim;
+
+/* Sequences with their final logits: the replay ring (rows allocated as it
+ * fills, doubling up to cap; next = the row the next push writes) or the
+ * pending sequences of the current step (cap = rows allocated, next unused) */
+typedef struct {
+    int cap, count, next, S, rows;
+    int32_t *tok, *tgt;   /* (rows, S) each, one allocation (tok) */
+    ebt_real *y;          /* (rows, S, V) */
+} ebt__replay;
+
+/* the sums that ebt_train_accumulate adds after the gradients (one buffer
+ * for an allreduce): weight, then weight times loss, ce_first, ce_last,
+ * energy_first, energy_last */
+#define EBT__NSUMS EBT_TRAIN_NSUMS
+
 struct ebt_model {
     ebt_config cfg;
     int nt;
@@ -321,18 +508,13 @@ struct ebt_model {
     ebt_real *rope_cos, *rope_sin; /* (max_seq_len+2, Dh/2) */
     ebt_workspace *ws;    /* the model's own workspace, grown on demand */
     int threads;          /* its thread count (0: default) */
-    /* training state, saved with the model: AdamW moments (NULL before the
-     * first step), steps taken, and the replay buffer of past sequences */
-    ebt_real *opt_m, *opt_v;
-    long opt_step;
-    int rb_cap, rb_count, rb_next, rb_S;
-    int rb_rows;               /* rows allocated: rb_count <= rb_rows <= rb_cap (the ring
-                                  grows as it fills, new or loaded) */
-    int32_t *rb_tok, *rb_tgt;  /* (rb_rows, rb_S) each */
-    ebt_real *rb_y;            /* (rb_rows, rb_S, V) final logits */
-    void *tbuf;                /* training scratch (ebt__grow) */
+    ebt__optim opt;       /* AdamW state (saved with the model) */
+    ebt__replay rb;       /* the replay ring of past sequences (saved) */
+    ebt__replay pend;     /* sequences accumulated since the last optimiser step: the
+                             ring takes them when the step is applied */
+    int train_K;          /* thinking steps of the current optimiser step (0: none drawn) */
+    void *tbuf;           /* training scratch (ebt__grow) */
     size_t tbuf_bytes;
-    int train_K, train_B, train_S; /* shape of the last ebt_train_grad */
     char err[EBT__ERRLEN];
 };
 
@@ -509,10 +691,12 @@ void ebt_free(ebt_model *m)
     EBT_FREE(m->g.layer);
     EBT_FREE(m->rope_cos);
     EBT_FREE(m->rope_sin);
-    EBT_FREE(m->opt_m);
-    EBT_FREE(m->opt_v);
-    EBT_FREE(m->rb_tok);
-    EBT_FREE(m->rb_y);
+    EBT_FREE(m->opt.m);
+    EBT_FREE(m->opt.v);
+    EBT_FREE(m->rb.tok);
+    EBT_FREE(m->rb.y);
+    EBT_FREE(m->pend.tok);
+    EBT_FREE(m->pend.y);
     EBT_FREE(m->tbuf);
     EBT_FREE(m);
 }
@@ -537,7 +721,7 @@ static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char 
     m->nt = ebt__build_table(&m->cfg, m->t, &total);
     m->n_params = total;
     m->params = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
-    m->grads = (ebt_real *)EBT_MALLOC(ebt__mul(total, sizeof(ebt_real), &ovf));
+    m->grads = (ebt_real *)EBT_MALLOC(ebt__mul(total + EBT__NSUMS, sizeof(ebt_real), &ovf));
     m->w.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
     m->g.layer = (ebt__layer_w *)EBT_MALLOC(L * sizeof(ebt__layer_w));
     half = (size_t)(cfg->d_model / cfg->n_heads / 2);
@@ -546,11 +730,12 @@ static ebt_status ebt__alloc_model(const ebt_config *cfg, ebt_model **out, char 
     m->rope_sin = (ebt_real *)EBT_MALLOC(ebt__mul(npos * half, sizeof(ebt_real), &ovf));
     if (ovf || !m->params || !m->grads || !m->w.layer || !m->g.layer || !m->rope_cos || !m->rope_sin) goto nomem;
     memset(m->params, 0, total * sizeof(ebt_real));
-    memset(m->grads, 0, total * sizeof(ebt_real));
+    memset(m->grads, 0, (total + EBT__NSUMS) * sizeof(ebt_real));
     ebt__point(m, m->params, &m->w);
     ebt__point(m, m->grads, &m->g);
     {
-        /* RoPE tables: angles in double, cos/sin rounded once to float (SPEC 1) */
+        /* RoPE tables: angles in double, cos/sin rounded once to float
+         * (docs/model.md section 3.4) */
         int Dh = cfg->d_model / cfg->n_heads;
         for (size_t p = 0; p < npos; p++)
             for (size_t i = 0; i < half; i++) {
@@ -609,7 +794,10 @@ ebt_real *ebt_grad(ebt_model *m, const char *name, size_t *count)
 
 void ebt_zero_grad(ebt_model *m)
 {
-    if (m) memset(m->grads, 0, m->n_params * sizeof(ebt_real));
+    if (!m) return;
+    memset(m->grads, 0, (m->n_params + EBT__NSUMS) * sizeof(ebt_real));
+    m->pend.count = 0;
+    m->train_K = 0;
 }
 
 /* ======================================================================
@@ -661,7 +849,7 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
  * ====================================================================== */
 
 /* y = g * x * r with the cached r (the backward recomputes y with it) */
-static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
@@ -670,87 +858,102 @@ static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *r
     });
 }
 /* y(N,D), rs(N) cached r; x(N,D); g(D) */
-static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
-                             int N, int D, ebt_real eps, int nt)
+EBT__SIMD static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
+                                       int N, int D, ebt_real eps, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
-        ebt_real ss = 0;
-        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
-        rs[n] = 1 / sqrt(ss / D + eps);
+        ebt_real *yr = y + (size_t)n * D, r = 1 / sqrt(ebt__dot(xr, xr, D) / D + eps);
+        rs[n] = r;
+        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     });
-    ebt__rmsnorm_apply(y, x, rs, g, N, D, nt);
 }
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
-static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
-                        int N, int D, int nt)
+EBT__SIMD static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
+                                  int N, int D, int nt)
 {
-    int nb = (D + 15) / 16;
+    int nb = (D + 63) / 64;
     EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-        int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
-        for (int n = 0; n < N; n++)
-            for (int j = j0; j < j1; j++) dg[j] += dy[(size_t)n * D + j] * x[(size_t)n * D + j] * r[n];
+        int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
+        for (int n = 0; n < N; n++) {
+            const ebt_real *dyr = dy + (size_t)n * D, *xr = x + (size_t)n * D;
+            ebt_real rn = r[n];
+            for (int j = j0; j < j1; j++) dg[j] += dyr[j] * xr[j] * rn;
+        }
     });
 }
 /* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
-static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
-                             const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
+                                       const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
-        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
-        for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
-        ebt_real k = r * r * r * cx / D;
+        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], k = r * r * r * ebt__dot3(g, dyr, xr, D) / D;
         for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
     });
     if (dg) ebt__colsum(dg, dy, x, rs, N, D, nt);
 }
 /* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
-static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                             const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                       const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
-        ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
-        for (int j = 0; j < D; j++) xtx += xr[j] * txr[j];
-        ebt_real tr = -r * r * r * xtx / D;
+        ebt_real *tyr = ty + (size_t)n * D, r = rs[n];
+        ebt_real tr = -r * r * r * ebt__dot(xr, txr, D) / D;
         for (int j = 0; j < D; j++) tyr[j] = g[j] * (txr[j] * r + xr[j] * tr);
     });
+}
+/* the three sums of a row of the RMSNorm tangent-of-backward:
+ * x.tx, c.x and tc.x + c.tx with c = g dy, tc = g tdy (tdy may be NULL) */
+static inline void ebt__rms_tbwd_sums(const ebt_real *x, const ebt_real *tx, const ebt_real *dy, const ebt_real *tdy,
+                                      const ebt_real *g, int D, ebt_real out[3])
+{
+    ebt_real a[EBT__LANES] = { 0 }, b[EBT__LANES] = { 0 }, c[EBT__LANES] = { 0 };
+    int j = 0;
+    for (; j + EBT__LANES <= D; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) {
+            a[l] += x[j + l] * tx[j + l];
+            b[l] += g[j + l] * dy[j + l] * x[j + l];
+            c[l] += g[j + l] * dy[j + l] * tx[j + l];
+        }
+    for (int l = 0; j + l < D; l++) {
+        a[l] += x[j + l] * tx[j + l];
+        b[l] += g[j + l] * dy[j + l] * x[j + l];
+        c[l] += g[j + l] * dy[j + l] * tx[j + l];
+    }
+    out[0] = out[1] = out[2] = 0;
+    for (int l = 0; l < EBT__LANES; l++) { out[0] += a[l]; out[1] += b[l]; out[2] += c[l]; }
+    if (tdy) out[2] += ebt__dot3(g, tdy, x, D);
 }
 /* tangent of bwd (tdy may be NULL = 0):
  *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
  *   tdg += tdy x r + dy (tx r + x tr)          (if tdg; trs (N) is scratch for tr) */
-static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
-                              const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                              const ebt_real *g, ebt_real *trs, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
+                                        const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                        const ebt_real *g, ebt_real *trs, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         size_t o = (size_t)n * D;
         const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
-        ebt_real *tdxr = tdx + o, r = rs[n], xtx = 0, cx = 0, tcx = 0;
-        for (int j = 0; j < D; j++) {
-            xtx += xr[j] * txr[j];
-            cx += g[j] * dyr[j] * xr[j];
-            tcx += g[j] * dyr[j] * txr[j] + (tdyr ? g[j] * tdyr[j] * xr[j] : 0);
-        }
-        ebt_real r3 = r * r * r, tr = -r3 * xtx / D;
-        ebt_real kx = (3 * r * r * tr * cx + r3 * tcx) / D, ktx = r3 * cx / D;
+        ebt_real *tdxr = tdx + o, r = rs[n], sums[3];
+        ebt__rms_tbwd_sums(xr, txr, dyr, tdyr, g, D, sums);
+        ebt_real r3 = r * r * r, tr = -r3 * sums[0] / D;
+        ebt_real kx = (3 * r * r * tr * sums[1] + r3 * sums[2]) / D, ktx = r3 * sums[1] / D;
         trs[n] = tr;
-        for (int j = 0; j < D; j++) {
-            ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
-            tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
-        }
+        if (tdyr) for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] + r * g[j] * tdyr[j] - kx * xr[j] - ktx * txr[j];
+        else for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] - kx * xr[j] - ktx * txr[j];
     });
     if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
-        int nb = (D + 15) / 16;
+        int nb = (D + 63) / 64;
         EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-            int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+            int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
             for (int n = 0; n < N; n++) {
                 size_t o = (size_t)n * D;
                 ebt_real r = rs[n], tr = trs[n];
-                for (int j = j0; j < j1; j++)
-                    tdg[j] += (tdy ? tdy[o + j] * x[o + j] * r : 0) + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                if (tdy) for (int j = j0; j < j1; j++) tdg[j] += tdy[o + j] * x[o + j] * r + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                else for (int j = j0; j < j1; j++) tdg[j] += dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
             }
         });
     }
@@ -764,10 +967,11 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
 /* x: N rows, row stride ld, columns [0,D) = H heads of Dh. Row r sits at
  * position pos[r], or (pos NULL) pos0 + r % T (blocks of T rows).
  * inverse=1 applies R^T. */
-static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
-                      const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
+EBT__SIMD static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
+                                const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
 {
     int half = Dh / 2;
+    ebt_real sg = inverse ? -1 : 1;
     EBT__FOR_ROWS(nt, (size_t)N * H * Dh, int r = 0, r < N, r++, {
         int p = pos ? pos[r] : pos0 + r % T;
         ebt_real *row = x + (size_t)r * ld;
@@ -775,7 +979,7 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
         for (int h = 0; h < H; h++) {
             ebt_real *u = row + h * Dh;
             for (int m = 0; m < half; m++) {
-                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
+                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = sg * s[m];
                 u[2 * m] = u0 * c[m] - u1 * sn;
                 u[2 * m + 1] = u0 * sn + u1 * c[m];
             }
@@ -845,19 +1049,48 @@ static int ebt__attn_chunk(const ebt__attn_dims *d, int i0, int *i1)
     return ebt__attn_lim(d, *i1 - 1) + 1;
 }
 
-static ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
+
+/* row helpers of the attention kernels (each a pass over one row of P) */
+/* p[j] = exp(p[j] - mx) for j < n; returns their sum */
+static inline ebt_real ebt__exp_sum(ebt_real *p, int n, ebt_real mx)
 {
-    ebt_real s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; j + l < n; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
     return s;
 }
-static void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+/* t[j] = P[j] (t[j] - m) for j < n */
+static inline void ebt__softmax_jvp(ebt_real *t, const ebt_real *P, ebt_real m, int n)
 {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+    for (int j = 0; j < n; j++) t[j] = P[j] * (t[j] - m);
+}
+/* G[j] -= m; dS[j] = P[j] G[j] for j < n */
+static inline void ebt__softmax_vjp(ebt_real *G, ebt_real *dS, const ebt_real *P, ebt_real m, int n)
+{
+    for (int j = 0; j < n; j++) { G[j] -= m; dS[j] = P[j] * G[j]; }
+}
+/* sum_j tP_j (G_j + mu) + P_j T_j for j < n */
+static inline ebt_real ebt__tmu(const ebt_real *tP, const ebt_real *G, const ebt_real *P, const ebt_real *T, ebt_real mu, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* T[j] = tP[j] G[j] + P[j] (T[j] - tm) for j < n */
+static inline void ebt__softmax_tvjp(ebt_real *T, const ebt_real *tP, const ebt_real *G, const ebt_real *P, ebt_real tm, int n)
+{
+    for (int j = 0; j < n; j++) T[j] = tP[j] * G[j] + P[j] * (T[j] - tm);
 }
 
 /* fwd: o(nq,Dh), P(nq,nk+1) from q(nq,Dh) k,v(nk,Dh) ks,vs(nq,Dh) */
-static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
+EBT__SIMD static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
                           const ebt__attn_dims *d)
 {
@@ -867,13 +1100,13 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
         ebt__gemm(0, 1, i1 - i0, kc, Dh, d->scale, q + (size_t)i0 * d->ld, d->ld, k, d->ld, 0,
                   P + (size_t)i0 * lp, lp);                                    /* P = scale q @ k^T */
         for (int i = i0; i < i1; i++) {
-            ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
+            ebt_real *Pi = P + (size_t)i * lp, mx, sum;
             int lim = ebt__attn_lim(d, i);
             Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
-            mx = d->self ? Pi[nk] : Pi[0];
-            for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
-            for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
-            if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
+            mx = ebt__max(Pi, lim + 1);
+            mx = d->self && Pi[nk] > mx ? Pi[nk] : mx;
+            sum = ebt__exp_sum(Pi, lim + 1, mx);
+            if (d->self) { Pi[nk] = ebt__exp(Pi[nk] - mx); sum += Pi[nk]; }
             for (int j = 0; j <= lim; j++) Pi[j] /= sum;
             for (int j = lim + 1; j < kc; j++) Pi[j] = 0;
             Pi[nk] = d->self ? Pi[nk] / sum : 0;
@@ -888,7 +1121,7 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
 
 /* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
  *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
-static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+EBT__SIMD static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                           const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
                           const ebt_real *k, const ebt_real *v, const ebt_real *ks,
                           const ebt_real *vs, const ebt__attn_dims *d)
@@ -900,12 +1133,11 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
                   tP + (size_t)i0 * lp, lp);                                   /* tA = scale tq @ k^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *tPi = tP + (size_t)i * lp, m = 0;
+            ebt_real *tPi = tP + (size_t)i * lp, m;
             size_t r = (size_t)i * d->ld;
             tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * tPi[j];
-            m += Pi[nk] * tPi[nk];
-            for (int j = 0; j < kc; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+            m = ebt__dot(Pi, tPi, kc) + Pi[nk] * tPi[nk];
+            ebt__softmax_jvp(tPi, Pi, m, kc);
             tPi[nk] = Pi[nk] * (tPi[nk] - m);
         }
         ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, tP + (size_t)i0 * lp, lp, v, d->ld, 0,
@@ -924,7 +1156,7 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
  *   dq += scale (dS k + dS_s ks) ; dks += scale dS_s q ; dvs += P_s do
  *   dk += scale dS^T q (if dk) ; dv += P^T do (if dv)
  * Saves G, dS (nq,nk+1) and mu (nq) for the tangent of bwd. */
-static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
+EBT__SIMD static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
                           ebt_real *G, ebt_real *dS, ebt_real *mu, const ebt_real *dout,
                           const ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
@@ -939,12 +1171,11 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
         ebt__gemm(0, 1, nr, kc, Dh, 1, dout + (size_t)i0 * d->ldo, d->ldo, v, d->ld, 0, G + c0, lp); /* dP = do @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
+            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m;
             Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * Gi[j];
-            m += Pi[nk] * Gi[nk];
+            m = ebt__dot(Pi, Gi, kc) + Pi[nk] * Gi[nk];
             mu[i] = m;
-            for (int j = 0; j < kc; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+            ebt__softmax_vjp(Gi, dSi, Pi, m, kc);
             Gi[nk] -= m;
             dSi[nk] = Pi[nk] * Gi[nk];
         }
@@ -967,7 +1198,7 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
  *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
  *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
  *   tdvs += tP_s do + P_s tdo ; tdk += scale (tdS^T q + dS^T tq) ; tdv += tP^T do + P^T tdo */
-static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
+EBT__SIMD static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
                            ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
                            const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
                            const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
@@ -984,13 +1215,12 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
         ebt__gemm(0, 1, nr, kc, Dh, 1, tdout + o0, d->ldo, v, d->ld, 0, T + c0, lp);   /* tdP = tdo @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
-            ebt_real *Ti = T + (size_t)i * lp, tm = 0;
+            ebt_real *Ti = T + (size_t)i * lp, tm;
             size_t r = (size_t)i * d->ld;
             Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
                                ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
-            for (int j = 0; j < kc; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
-            tm += tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
-            for (int j = 0; j < kc; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
+            tm = ebt__tmu(tPi, Gi, Pi, Ti, mu[i], kc) + tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
+            ebt__softmax_tvjp(Ti, tPi, Gi, Pi, tm, kc);
             Ti[nk] = tPi[nk] * Gi[nk] + Pi[nk] * (Ti[nk] - tm);
         }
         ebt__gemm(0, 0, nr, Dh, kc, d->scale, T + c0, lp, k, d->ld, 1, tdq + q0, d->ld);       /* tdq += scale tdS @ k */
@@ -1021,10 +1251,9 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
  *   silu'' = s (1 - s) (2 + z (1 - 2 s))
  * ====================================================================== */
 
-static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
 
 /* u(N,F) */
-static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1033,7 +1262,7 @@ static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int 
     });
 }
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
-static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1052,7 +1281,7 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
  * dz13 from du (bwd), tdz13 from tdu (tangent of bwd, if tdz13); with
  * want_u, du and tdu are then overwritten with u and tu, which the weight
  * gradients of W2 need (they are not stored by the forward). */
-static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
+EBT__SIMD static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
                             const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
@@ -1377,6 +1606,13 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
     while (b <= B) ws->pgrp[b++] = n;
 }
 
+/* Which parameter gradients a reverse sweep accumulates. */
+typedef enum {
+    EBT__GRAD_NONE = 0,   /* none: the sweep only gives dE/dp (and H v) */
+    EBT__GRAD_FIRST,      /* grads += d(sum w E)/dtheta        (the d terms) */
+    EBT__GRAD_MIXED       /* grads += grad_theta(v . dE/dp)    (the td terms) */
+} ebt__gradmode;
+
 /* ======================================================================
  * BLOCK HALVES shared by both streams.
  *   attention input:  a = rmsnorm(x)*attn_norm ; qkv = a Wqkv^T ; rope(q,k)
@@ -1388,8 +1624,7 @@ static void ebt__pred_rows(ebt_workspace *ws, const int *rows, int n)
  * and add the branch's contribution into it.
  * The reverse of each half runs the backward (d) and, when R->tdh is set,
  * the tangent of the backward (td) together. gmode selects which
- * parameter gradients are accumulated into gw: 0 none, 1 first order
- * (d terms), 2 mixed second order (td terms).
+ * parameter gradients are accumulated into gw (ebt__gradmode).
  * Rows: N rows; RoPE positions pos[r], or pos0 + r % T when pos is NULL.
  * ====================================================================== */
 
@@ -1441,7 +1676,7 @@ static void ebt__attn_out_ffn_tan(const ebt_model *m, const ebt__layer_w *w, ebt
 /* reverse of the FFN half and the Wo projection: on entry R->dh is the
  * cotangent of the block output; on exit it is that of the block input's
  * residual path (dh1 before the attention), and R->dout that of o. */
-static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, ebt__gradmode gmode,
                                   ebt__rev *R, const ebt__acts *A, const ebt__acts *Tg, int N, int nt)
 {
     int D = m->cfg.d_model, F = m->cfg.d_ff, tan = R->tdh != NULL;
@@ -1450,9 +1685,9 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
     ebt__lin_bwd_x(R->du, R->dh, w->w2, N, F, D, nt);                    /* du = dh @ W2 */
     if (tan) ebt__lin_bwd_x(R->tdu, R->tdh, w->w2, N, F, D, nt);         /* tdu = tdh @ W2 */
     ebt__swiglu_rev(R->dz, tan ? R->tdz : NULL, R->du, tan ? R->tdu : NULL, A->z13, tan ? Tg->z13 : NULL,
-                    N, F, gmode != 0, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->w2, R->dh, R->du, N, F, D, nt);   /* dW2 += dh^T u */
-    if (gmode == 2) {
+                    N, F, gmode != EBT__GRAD_NONE, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->w2, R->dh, R->du, N, F, D, nt);   /* dW2 += dh^T u */
+    if (gmode == EBT__GRAD_MIXED) {
         ebt__lin_bwd_w(gw->w2, R->tdh, R->du, N, F, D, nt);              /* tdW2 += tdh^T u */
         ebt__lin_bwd_w(gw->w2, R->dh, R->tdu, N, F, D, nt);              /*       + dh^T tu */
     }
@@ -1460,25 +1695,25 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
     ebt__lin_bwd_x(R->dx, R->dz, w->w13, N, D, 2 * F, nt);               /* df = dz @ W13 */
     /* f and tf are not stored: recomputed into dout and tdout (free until
      * the Wo backward below) */
-    if (gmode) ebt__rmsnorm_apply(R->dout, A->h1, A->rs2, w->ffn_norm, N, D, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->w13, R->dz, R->dout, N, D, 2 * F, nt);
+    if (gmode != EBT__GRAD_NONE) ebt__rmsnorm_apply(R->dout, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->w13, R->dz, R->dout, N, D, 2 * F, nt);
     if (tan) {
         ebt__lin_bwd_x(R->tdx, R->tdz, w->w13, N, D, 2 * F, nt);         /* tdf = tdz @ W13 */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__rmsnorm_tan(R->tdout, Tg->h1, A->h1, A->rs2, w->ffn_norm, N, D, nt);
             ebt__lin_bwd_w(gw->w13, R->tdz, R->dout, N, D, 2 * F, nt);
             ebt__lin_bwd_w(gw->w13, R->dz, R->tdout, N, D, 2 * F, nt);
         }
     }
     /* f = rmsnorm(h1) * ffn_norm ; residual: dh1 = dh + (this) */
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D, nt);
-    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, R->trs, N, D, nt);
+    ebt__rmsnorm_bwd(R->dh, gmode == EBT__GRAD_FIRST ? gw->ffn_norm : NULL, R->dx, A->h1, A->rs2, w->ffn_norm, N, D, nt);
+    if (tan) ebt__rmsnorm_tbwd(R->tdh, gmode == EBT__GRAD_MIXED ? gw->ffn_norm : NULL, R->tdx, R->dx, Tg->h1, A->h1, A->rs2, w->ffn_norm, R->trs, N, D, nt);
     /* h1 = x + o @ Wo^T */
     ebt__lin_bwd_x(R->dout, R->dh, w->wo, N, D, D, nt);                  /* do = dh1 @ Wo */
-    if (gmode == 1) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->wo, R->dh, A->o, N, D, D, nt);
     if (tan) {
         ebt__lin_bwd_x(R->tdout, R->tdh, w->wo, N, D, D, nt);            /* tdo = tdh1 @ Wo */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__lin_bwd_w(gw->wo, R->tdh, A->o, N, D, D, nt);
             ebt__lin_bwd_w(gw->wo, R->dh, Tg->o, N, D, D, nt);
         }
@@ -1488,7 +1723,7 @@ static void ebt__attn_out_ffn_rev(const ebt_model *m, const ebt__layer_w *w, ebt
 /* reverse of the attention input half: from dqkv (and tdqkv), post-RoPE;
  * adds into R->dh (and R->tdh) the cotangent of the layer input. dqkv is
  * rotated back in place. */
-static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, int gmode,
+static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__layer_w *gw, ebt__gradmode gmode,
                              ebt__rev *R, ebt_real *dqkv, ebt_real *tdqkv,
                              const ebt__acts *A, const ebt__acts *Tg, int N, const int *pos, int T, int pos0, int nt)
 {
@@ -1497,19 +1732,19 @@ static void ebt__attn_in_rev(const ebt_model *m, const ebt__layer_w *w, ebt__lay
     ebt__lin_bwd_x(R->dx, dqkv, w->wqkv, N, D, 3 * D, nt);               /* da = dqkv @ Wqkv */
     /* a and ta are not stored: recomputed into dout and tdout (free after
      * the attention backward) */
-    if (gmode) ebt__rmsnorm_apply(R->dout, A->x, A->rs1, w->attn_norm, N, D, nt);
-    if (gmode == 1) ebt__lin_bwd_w(gw->wqkv, dqkv, R->dout, N, D, 3 * D, nt);
+    if (gmode != EBT__GRAD_NONE) ebt__rmsnorm_apply(R->dout, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (gmode == EBT__GRAD_FIRST) ebt__lin_bwd_w(gw->wqkv, dqkv, R->dout, N, D, 3 * D, nt);
     if (tdqkv) {
         ebt__rope_qk(m, tdqkv, N, pos, T, pos0, 1, nt);
         ebt__lin_bwd_x(R->tdx, tdqkv, w->wqkv, N, D, 3 * D, nt);         /* tda = tdqkv @ Wqkv */
-        if (gmode == 2) {
+        if (gmode == EBT__GRAD_MIXED) {
             ebt__rmsnorm_tan(R->tdout, Tg->x, A->x, A->rs1, w->attn_norm, N, D, nt);
             ebt__lin_bwd_w(gw->wqkv, tdqkv, R->dout, N, D, 3 * D, nt);
             ebt__lin_bwd_w(gw->wqkv, dqkv, R->tdout, N, D, 3 * D, nt);
         }
     }
-    ebt__rmsnorm_bwd(R->dh, gmode == 1 ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
-    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == 2 ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, R->trs, N, D, nt);
+    ebt__rmsnorm_bwd(R->dh, gmode == EBT__GRAD_FIRST ? gw->attn_norm : NULL, R->dx, A->x, A->rs1, w->attn_norm, N, D, nt);
+    if (tdqkv) ebt__rmsnorm_tbwd(R->tdh, gmode == EBT__GRAD_MIXED ? gw->attn_norm : NULL, R->tdx, R->dx, Tg->x, A->x, A->rs1, w->attn_norm, R->trs, N, D, nt);
 }
 
 /* ======================================================================
@@ -1585,7 +1820,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
         const ebt__acts *A = &ws->oa[l];
         ebt_real *dqkv = ws->acc + (size_t)l * N * 3 * D;
         if (!(l == L - 1 && c->arch == EBT_ARCH_EBT)) {
-            ebt__attn_out_ffn_rev(m, w, gw, 1, R, A, NULL, N, nt);
+            ebt__attn_out_ffn_rev(m, w, gw, EBT__GRAD_FIRST, R, A, NULL, N, nt);
             EBT__FOR_BLOCKS(nt, (size_t)B * H * So * So, int bh = 0, bh < B * H, bh++, {
                 int b = bh / H, h = bh % H;
                 size_t qo = (size_t)b * So * 3 * D + (size_t)h * d.Dh;
@@ -1596,7 +1831,7 @@ static void ebt__obs_backward(ebt_workspace *ws, ebt_model *gm, const ebt_real *
                               A->P + (size_t)(b * H + h) * So * (So + 1), q, q + D, q + 2 * D, NULL, NULL, &d);
             });
         }
-        ebt__attn_in_rev(m, w, gw, 1, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
+        ebt__attn_in_rev(m, w, gw, EBT__GRAD_FIRST, R, dqkv, NULL, A, NULL, N, NULL, So, 0, nt);
     }
     for (int b = 0; b < B; b++) {
         const ebt_real *row = R->dh + (size_t)b * So * D;
@@ -1681,31 +1916,40 @@ static void ebt__pred_tangent(ebt_workspace *ws, const ebt_real *v)
     ebt__rmsnorm_tan(ws->t_nf, ws->t_hL, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
 }
 
-/* The reverse sweep of the predicted stream, seeded with weight[r] (NULL:
- * ones) on each energy. Outputs (each optional): dp = d(sum w E)/dp;
- * with tangent (after ebt__pred_tangent along v): hv = H_pp v.
- * gm != NULL and gmode 1: grads += d(sum w E)/dtheta (predicted-side terms;
- * the observed-side cotangents are added into ws->acc);
- * gmode 2: the same for the mixed term grad_theta(v . dE/dp). */
-static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int tangent,
-                              const ebt_real *weight, const ebt_real *probs, const ebt_real *v,
-                              ebt_real *dp, ebt_real *hv)
+/* What one reverse sweep of the predicted stream computes (every output
+ * optional): dp = d(sum w E)/dp; with tangent (after ebt__pred_tangent
+ * along v), hv = H_pp v; with gm, parameter gradients into gm's grads by
+ * grad (the predicted-side terms; the observed-side cotangents are added
+ * into ws->acc for ebt__obs_backward). */
+typedef struct {
+    ebt_model *gm;            /* receives parameter gradients, or NULL */
+    ebt__gradmode grad;       /* which ones (NONE without gm) */
+    int tangent;              /* 1: also the tangent of the sweep (needs ebt__pred_tangent) */
+    const ebt_real *weight;   /* (np) seeds of the energies; NULL: ones */
+    const ebt_real *probs;    /* (np,V) the candidates of the forward */
+    const ebt_real *v;        /* (np,V) the tangent direction (tangent only) */
+    ebt_real *dp, *hv;        /* (np,V) outputs, or NULL */
+} ebt__rev_args;
+
+static void ebt__pred_reverse(ebt_workspace *ws, const ebt__rev_args *ra)
 {
     const ebt_model *m = ws->m;
     const ebt_config *c = &m->cfg;
     int D = c->d_model, H = c->n_heads, L = c->n_layers, N = ws->np, nt = ebt__nt(ws->threads);
     ebt__rev R = ws->rp;
-    ebt__weights *g = gm ? &gm->g : NULL;
+    ebt__weights *g = ra->gm ? &ra->gm->g : NULL;
+    ebt__gradmode gmode = g ? ra->grad : EBT__GRAD_NONE;
+    int tangent = ra->tangent;
+    const ebt_real *weight = ra->weight, *probs = ra->probs, *v = ra->v;
     if (!tangent) R.tdh = NULL;
-    if (!g) gmode = 0;
     /* E = rmsnorm(hL) * final_norm . we */
-    ebt__ehead_bwd(R.dx, gmode == 1 ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
-    if (gmode == 2) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
+    ebt__ehead_bwd(R.dx, gmode == EBT__GRAD_FIRST ? g->ehead : NULL, weight, ws->p_nf, m->w.ehead, N, D);
+    if (gmode == EBT__GRAD_MIXED) ebt__ehead_bwd(NULL, g->ehead, weight, ws->t_nf, m->w.ehead, N, D); /* tdwe += dE tnf */
     memset(R.dh, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(R.dh, gmode == 1 ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
+    ebt__rmsnorm_bwd(R.dh, gmode == EBT__GRAD_FIRST ? g->final_norm : NULL, R.dx, ws->p_hL, ws->p_rsf, m->w.final_norm, N, D, nt);
     if (tangent) {
         memset(R.tdh, 0, sizeof(ebt_real) * (size_t)N * D);
-        ebt__rmsnorm_tbwd(R.tdh, gmode == 2 ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
+        ebt__rmsnorm_tbwd(R.tdh, gmode == EBT__GRAD_MIXED ? g->final_norm : NULL, NULL, R.dx, ws->t_hL, ws->p_hL,
                           ws->p_rsf, m->w.final_norm, R.trs, N, D, nt);
     }
     for (int l = L - 1; l >= 0; l--) {
@@ -1723,12 +1967,12 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
             ebt__ascr sc;
             if (pb.d.nq == 0) continue;
             sc = ebt__scr(ws, ebt__tid());
-            ebt__attn_bwd(dq, gmode == 1 ? acc + pb.k : NULL, gmode == 1 ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
+            ebt__attn_bwd(dq, gmode == EBT__GRAD_FIRST ? acc + pb.k : NULL, gmode == EBT__GRAD_FIRST ? acc + pb.k + D : NULL, dq + D, dq + 2 * D,
                           sc.G, sc.dS, sc.mu, R.dout + pb.o, A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             if (tangent) {
                 const ebt_real *tq = Tg->qkv + pb.q;
                 ebt_real *tdq = R.tdqkv + pb.q;
-                ebt__attn_tbwd(tdq, gmode == 2 ? acc + pb.k : NULL, gmode == 2 ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
+                ebt__attn_tbwd(tdq, gmode == EBT__GRAD_MIXED ? acc + pb.k : NULL, gmode == EBT__GRAD_MIXED ? acc + pb.k + D : NULL, tdq + D, tdq + 2 * D,
                                sc.T, sc.G, sc.dS, sc.mu, R.tdout + pb.o, R.dout + pb.o, Tg->P + pb.P, tq, tq + D, tq + 2 * D,
                                A->P + pb.P, q, k, k + D, q + D, q + 2 * D, &pb.d);
             }
@@ -1736,8 +1980,15 @@ static void ebt__pred_reverse(ebt_workspace *ws, ebt_model *gm, int gmode, int t
         ebt__attn_in_rev(m, w, gw, gmode, &R, R.dqkv, tangent ? R.tdqkv : NULL, A, Tg, N, ws->prow_pos, 1, 0, nt);
     }
     /* h0 = p @ Wpe */
-    ebt__pemb_bwd(dp, gmode == 1 ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D, nt);
-    if (tangent) ebt__pemb_tbwd(hv, gmode == 2 ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D, nt);
+    ebt__pemb_bwd(ra->dp, gmode == EBT__GRAD_FIRST ? g->pred : NULL, R.dh, probs, m->w.pred, N, c->vocab_size, D, nt);
+    if (tangent) ebt__pemb_tbwd(ra->hv, gmode == EBT__GRAD_MIXED ? g->pred : NULL, R.tdh, R.dh, probs, v, m->w.pred, N, c->vocab_size, D, nt);
+}
+
+/* dp = dE/dp of the forward at probs (no parameter gradients) */
+static void ebt__pred_dEdp(ebt_workspace *ws, const ebt_real *probs, ebt_real *dp)
+{
+    ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 0, NULL, probs, NULL, dp, NULL };
+    ebt__pred_reverse(ws, &ra);
 }
 
 /* ======================================================================
@@ -1836,7 +2087,7 @@ ebt_status ebt_ws_energy(ebt_workspace *ws, const ebt_real *probs, ebt_real *ene
     if ((st = ebt__check_vec(probs, n, "probs", 1, ws->err, EBT__ERRLEN)) != EBT_OK) return st;
     ebt__pred_forward(ws, probs);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
-    if (grad_probs) ebt__pred_reverse(ws, NULL, 0, 0, NULL, probs, NULL, grad_probs, NULL);
+    if (grad_probs) ebt__pred_dEdp(ws, probs, grad_probs);
     return EBT_OK;
 }
 
@@ -1853,7 +2104,10 @@ ebt_status ebt_ws_hvp(ebt_workspace *ws, const ebt_real *probs, const ebt_real *
     ebt__pred_forward(ws, probs);
     ebt__pred_tangent(ws, v);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)ws->B * ws->S);
-    ebt__pred_reverse(ws, NULL, 0, 1, NULL, probs, v, grad_probs, hv);
+    {
+        ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 1, NULL, probs, v, grad_probs, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
     return EBT_OK;
 }
 
@@ -1939,7 +2193,10 @@ ebt_status ebt_energy_backward(ebt_model *m, const int32_t *tokens, const ebt_re
     ebt__pred_forward(ws, probs);
     if (energy) memcpy(energy, ws->energy, sizeof(ebt_real) * (size_t)B * S);
     ebt__zero_acc(ws);
-    ebt__pred_reverse(ws, m, 1, 0, weight, probs, NULL, NULL, NULL);
+    {
+        ebt__rev_args ra = { m, EBT__GRAD_FIRST, 0, weight, probs, NULL, NULL, NULL };
+        ebt__pred_reverse(ws, &ra);
+    }
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
 }
@@ -1954,16 +2211,19 @@ ebt_status ebt_mixed_backward(ebt_model *m, const int32_t *tokens, const ebt_rea
     ebt__pred_forward(ws, probs);
     ebt__pred_tangent(ws, v);
     ebt__zero_acc(ws);
-    ebt__pred_reverse(ws, m, 2, 1, NULL, probs, v, grad_probs, hv);
+    {
+        ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, probs, v, grad_probs, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
     ebt__obs_backward(ws, m, NULL);
     return EBT_OK;
 }
 
 /* ======================================================================
- * THINKING (SPEC 4): gradient descent on E w.r.t. p, per position, with
- * stopping rules, Langevin noise and several starts. Only the rows still
- * moving are evaluated (ebt__pred_rows); the observed stream is computed
- * once (once per step index for step-token models).
+ * THINKING (docs/model.md section 5): gradient descent on E w.r.t. p, per
+ * position, with stopping rules, Langevin noise and several starts. Only
+ * the rows still moving are evaluated (ebt__pred_rows); the observed stream
+ * is computed once (once per step index for step-token models).
  * ====================================================================== */
 
 ebt_think_opts ebt_think_default(void)
@@ -1983,13 +2243,13 @@ ebt_think_opts ebt_think_default(void)
 }
 
 /* row-wise softmax of y(N,V) into p */
-static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
+EBT__SIMD static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
 {
     EBT__FOR_ROWS(nt, N * (size_t)V, size_t n = 0, n < N, n++, {
         const ebt_real *yr = y + n * V;
-        ebt_real *pr = p + n * V, mx = yr[0], s = 0;
-        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-        for (int j = 0; j < V; j++) { pr[j] = exp(yr[j] - mx); s += pr[j]; }
+        ebt_real *pr = p + n * V, mx = ebt__max(yr, V), s;
+        if (pr != yr) memcpy(pr, yr, sizeof(ebt_real) * V);
+        s = ebt__exp_sum(pr, V, mx);
         for (int j = 0; j < V; j++) pr[j] /= s;
     });
 }
@@ -2029,133 +2289,194 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
     ws->step = k;
 }
 
+/* One thinking call: options, sizes and the scratch (one block kept in
+ * ws->xscr, laid out by ebt__think_begin). Rows r = 0..NP-1 are the
+ * positions thought about ((b, i), or (b, S-1) with last_only); the
+ * moving rows of a step are compacted into pa, ga in row order. */
+typedef struct {
+    ebt_workspace *ws;
+    ebt_think_opts o;
+    ebt_think_result *res;
+    int NP, S, V, K, n_active;
+    size_t nv;                     /* NP * V */
+    ebt__rng rng;                  /* the current start's stream */
+    ebt_real *y;                   /* (NP,V) y_k; once step k is evaluated, the logits it evaluated (noise included) */
+    ebt_real *yeval;               /* (NP,V) the logits last evaluated with finite energy and gradient */
+    ebt_real *pa, *ga;             /* (n,V) p and dE/dp of the moving rows */
+    ebt_real *best_y;              /* (NP,V) the answer of the best start so far */
+    ebt_real *hist, *best_hist;    /* (NP,K+1) E_k of this start, of the best start */
+    ebt_real *best_E, *alpha_i;    /* (NP) */
+    int *rows, *done_k, *best_k, *best_w; /* (NP) */
+    unsigned char *active;         /* (NP) still moving */
+} ebt__thinker;
+
+/* checks the call and lays out the scratch (grown on demand) */
+static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
+{
+    ebt_status st = ebt__ws_ready(ws);
+    size_t nh, bytes, NP;
+    int ovf = 0;
+    ebt_real *mem;
+    if (st != EBT_OK) return st;
+    if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
+    memset(t, 0, sizeof *t);
+    t->ws = ws; t->o = *opts; t->res = res;
+    if ((st = ebt__check_think_opts(&t->o, ws->err)) != EBT_OK) return st;
+    t->S = ws->S; t->V = ws->m->cfg.vocab_size; t->K = t->o.steps;
+    t->NP = ws->B * (t->o.last_only ? 1 : t->S);
+    NP = (size_t)t->NP;
+    t->nv = NP * t->V;
+    if (t->o.init_logits && !ebt__all_finite(t->o.init_logits, t->nv * t->o.restarts)) {
+        ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
+        return EBT_ERR_NONFINITE;
+    }
+    /* 5 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, 4 (NP) ints, NP flags */
+    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
+    bytes = ebt__mul(t->nv, 5 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
+            NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
+    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
+    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
+    t->y = mem; t->yeval = t->y + t->nv; t->pa = t->yeval + t->nv; t->ga = t->pa + t->nv; t->best_y = t->ga + t->nv;
+    t->hist = t->best_y + t->nv; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
+    t->rows = (int *)(void *)(t->alpha_i + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP; t->best_w = t->best_k + NP;
+    t->active = (unsigned char *)(t->best_w + NP);
+    res->rows_evaluated = 0;
+    res->rows_budget = (long long)t->o.restarts * t->NP * (t->K + 1);
+    res->diverged = 0;
+    return EBT_OK;
+}
+
+/* start s: y_0 (given or N(0, init_scale^2)), per-position step sizes, every row moving */
+static void ebt__think_start(ebt__thinker *t, int s)
+{
+    const ebt_think_opts *o = &t->o;
+    double alpha = o->step_size > 0 ? o->step_size : ebt__alpha_eff(t->ws->m);
+    ebt__rng_stream(&t->rng, o->seed, 0x7468696e6bULL, (uint64_t)s);
+    for (size_t i = 0; i < t->nv; i++)
+        t->y[i] = o->init_logits ? o->init_logits[(size_t)s * t->nv + i] : (ebt_real)(o->init_scale * ebt__rng_normal(&t->rng));
+    for (int r = 0; r < t->NP; r++) {
+        double u = o->alpha_rand > 1 ? 1 / o->alpha_rand + ebt__rng_unif(&t->rng) * (o->alpha_rand - 1 / o->alpha_rand) : 1;
+        t->alpha_i[r] = (ebt_real)(alpha * u);
+        t->active[r] = 1;
+        t->done_k[r] = t->K;
+    }
+    t->n_active = t->NP;
+}
+
+/* step k: Langevin noise into the moving rows' logits, their softmax, the
+ * energies and (before the last step) dE/dp; returns the rows evaluated */
+static int ebt__think_eval(ebt__thinker *t, int k)
+{
+    ebt_workspace *ws = t->ws;
+    int n = 0, V = t->V, last = k == t->K;
+    ebt__observe_step(ws, k);   /* step-token models: the step token is k */
+    for (int r = 0; r < t->NP; r++) {
+        ebt_real *yr = t->y + (size_t)r * V;
+        if (!t->active[r]) continue;
+        if (!last && t->o.noise > 0)
+            for (int j = 0; j < V; j++) yr[j] += (ebt_real)(t->o.noise * ebt__rng_normal(&t->rng));
+        ebt__softmax_rows(t->pa + (size_t)n * V, yr, 1, V, 1);
+        t->rows[n++] = t->o.last_only ? (r * t->S + t->S - 1) : r;
+    }
+    ebt__pred_rows(ws, t->rows, n);
+    ebt__pred_forward(ws, t->pa);
+    if (!last) ebt__pred_dEdp(ws, t->pa, t->ga);
+    t->res->rows_evaluated += n;
+    return n;
+}
+
+/* row r leaves the moving set having made `steps` updates */
+static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+{
+    t->active[r] = 0;
+    t->done_k[r] = steps;
+    t->n_active--;
+}
+
+/* after ebt__think_eval(k): per moving row, record E_k, then stop (the
+ * rules, or a non-finite value: back to the last finite state) or update
+ * y_{k+1} = p_k - alpha_i g_k */
+static void ebt__think_scatter(ebt__thinker *t, int k)
+{
+    int V = t->V, K = t->K;
+    for (int r = 0, q = 0; r < t->NP; r++) {
+        ebt_real *yr = t->y + (size_t)r * V, *ye = t->yeval + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
+        const ebt_real *pq = t->pa + (size_t)q * V, *gq = t->ga + (size_t)q * V;
+        ebt_real E;
+        if (!t->active[r]) continue;
+        E = t->ws->energy[q++];
+        if (!isfinite(E) || (k < K && !ebt__all_finite(gq, (size_t)V))) {   /* blew up */
+            if (k > 0) memcpy(yr, ye, sizeof(ebt_real) * V);
+            else hr[0] = (ebt_real)NAN;                                       /* no finite state */
+            t->res->diverged++;
+            ebt__think_stop(t, r, k > 0 ? k - 1 : 0);
+            continue;
+        }
+        hr[k] = E;
+        if (k == K || E <= t->o.energy_threshold || (k >= 1 && fabs((double)E - (double)hr[k - 1]) <= t->o.tol)) {
+            ebt__think_stop(t, r, k);
+            continue;
+        }
+        memcpy(ye, yr, sizeof(ebt_real) * V);
+        for (int j = 0; j < V; j++) yr[j] = pq[j] - t->alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
+        if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at the state of E_k */
+            memcpy(yr, ye, sizeof(ebt_real) * V);
+            t->res->diverged++;
+            ebt__think_stop(t, r, k);
+        }
+    }
+}
+
+/* after start s: the history held after each stop; keep the start whose
+ * final energy is lowest (a finite energy beats NaN) */
+static void ebt__think_keep(ebt__thinker *t, int s)
+{
+    int V = t->V, K = t->K;
+    for (int r = 0; r < t->NP; r++) {
+        ebt_real *h = t->hist + (size_t)r * (K + 1);
+        for (int k = t->done_k[r] + 1; k <= K; k++) h[k] = h[t->done_k[r]];
+        if (s == 0 || h[K] < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(h[K]))) {
+            t->best_E[r] = h[K];
+            t->best_k[r] = t->done_k[r];
+            t->best_w[r] = s;
+            memcpy(t->best_y + (size_t)r * V, t->y + (size_t)r * V, sizeof(ebt_real) * V);
+            memcpy(t->best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
+        }
+    }
+}
+
+/* the result fields the caller asked for */
+static void ebt__think_output(const ebt__thinker *t)
+{
+    ebt_think_result *res = t->res;
+    size_t NP = (size_t)t->NP;
+    if (res->probs) ebt__softmax_rows(res->probs, t->best_y, NP, t->V, 1);
+    if (res->logits) memcpy(res->logits, t->best_y, sizeof(ebt_real) * t->nv);
+    if (res->energy) memcpy(res->energy, t->best_hist, sizeof(ebt_real) * NP * (t->K + 1));
+    if (res->final_energy) memcpy(res->final_energy, t->best_E, sizeof(ebt_real) * NP);
+    if (res->steps_taken) memcpy(res->steps_taken, t->best_k, sizeof(int) * NP);
+    if (res->winner) memcpy(res->winner, t->best_w, sizeof(int) * NP);
+}
+
 /* thinking on the current observation; restore: leave a step-token model's
  * workspace observed at the step it had (generation re-observes anyway) */
 static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res, int restore)
 {
-    const ebt_model *m;
-    ebt_think_opts o;
-    ebt_status st = ebt__ws_ready(ws);
-    int B, S, P, NP, V, K, R, step0;
-    size_t nv;
-    ebt_real *mem, *y, *yprev, *p, *g, *pa, *ga, *alpha_i, *hist, *best_y, *best_hist, *best_E;
-    int *rows, *done_k, *best_k, *best_w;
-    unsigned char *active;
+    ebt__thinker t;
+    ebt_status st = ebt__think_begin(&t, ws, opts, res);
+    int step0 = ws ? ws->step : 0;
     if (st != EBT_OK) return st;
-    if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
-    o = *opts;
-    if ((st = ebt__check_think_opts(&o, ws->err)) != EBT_OK) return st;
-    m = ws->m;
-    B = ws->B; S = ws->S; V = m->cfg.vocab_size; K = o.steps; R = o.restarts;
-    P = o.last_only ? 1 : S;
-    NP = B * P;
-    nv = (size_t)NP * V;
-    if (o.init_logits && !ebt__all_finite(o.init_logits, nv * R)) {
-        ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
-        return EBT_ERR_NONFINITE;
-    }
-    /* scratch: 7 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, ints */
-    {
-        int ovf = 0;
-        size_t nh = ebt__mul((size_t)NP, (size_t)K + 1, &ovf);
-        size_t bytes = ebt__mul(nv, 7 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
-                       (size_t)NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-        mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
-        if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
-        y = mem; yprev = y + nv; p = yprev + nv; g = p + nv; pa = g + nv; ga = pa + nv; best_y = ga + nv;
-        hist = best_y + nv; best_hist = hist + nh; best_E = best_hist + nh; alpha_i = best_E + NP;
-        rows = (int *)(void *)(alpha_i + NP); done_k = rows + NP; best_k = done_k + NP; best_w = best_k + NP;
-        active = (unsigned char *)(best_w + NP);
-    }
-    res->rows_evaluated = 0;
-    res->rows_budget = (long long)R * NP * (K + 1);
-    res->diverged = 0;
-    step0 = ws->step;
-    for (int s = 0; s < R; s++) {
-        ebt__rng rng;
-        double alpha = o.step_size > 0 ? o.step_size : ebt__alpha_eff(m);
-        int n_active = NP;
-        ebt__rng_stream(&rng, o.seed, 0x7468696e6bULL, (uint64_t)s);
-        /* y_0 and per-position step sizes */
-        for (size_t i = 0; i < nv; i++)
-            y[i] = o.init_logits ? o.init_logits[(size_t)s * nv + i] : (ebt_real)(o.init_scale * ebt__rng_normal(&rng));
-        for (int r = 0; r < NP; r++) {
-            double u = o.alpha_rand > 1 ? 1 / o.alpha_rand + ebt__rng_unif(&rng) * (o.alpha_rand - 1 / o.alpha_rand) : 1;
-            alpha_i[r] = (ebt_real)(alpha * u);
-            active[r] = 1;
-            done_k[r] = K;
+    for (int s = 0; s < t.o.restarts; s++) {
+        ebt__think_start(&t, s);
+        for (int k = 0; k <= t.K && t.n_active > 0; k++) {
+            ebt__think_eval(&t, k);
+            ebt__think_scatter(&t, k);
         }
-        for (int k = 0; k <= K && n_active > 0; k++) {
-            int n = 0, last = k == K;
-            ebt__observe_step(ws, k);   /* step-token models: the step token is k */
-            /* gather the moving rows: noise, softmax */
-            for (int r = 0; r < NP; r++) {
-                if (!active[r]) continue;
-                ebt_real *yr = y + (size_t)r * V;
-                memcpy(yprev + (size_t)r * V, yr, sizeof(ebt_real) * V);
-                if (!last && o.noise > 0)
-                    for (int j = 0; j < V; j++) yr[j] += (ebt_real)(o.noise * ebt__rng_normal(&rng));
-                ebt__softmax_rows(pa + (size_t)n * V, yr, 1, V, 1);
-                rows[n++] = o.last_only ? (r * S + S - 1) : r;
-            }
-            ebt__pred_rows(ws, rows, n);
-            ebt__pred_forward(ws, pa);
-            if (!last) ebt__pred_reverse(ws, NULL, 0, 0, NULL, pa, NULL, ga, NULL);
-            res->rows_evaluated += n;
-            /* scatter: record, stop or update */
-            for (int r = 0, q = 0; r < NP; r++) {
-                if (!active[r]) continue;
-                ebt_real E = ws->energy[q], *yr = y + (size_t)r * V, *pq = pa + (size_t)q * V, *gq = ga + (size_t)q * V;
-                int finite = isfinite(E) && (last || ebt__all_finite(gq, (size_t)V));
-                q++;
-                if (!finite) {   /* blew up: keep the last finite state */
-                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
-                    active[r] = 0;
-                    done_k[r] = k > 0 ? k - 1 : 0;
-                    if (k == 0) hist[(size_t)r * (K + 1)] = NAN;
-                    res->diverged++;
-                    n_active--;
-                    continue;
-                }
-                hist[(size_t)r * (K + 1) + k] = E;
-                if (last || E <= o.energy_threshold ||
-                    (k >= 1 && fabs((double)E - (double)hist[(size_t)r * (K + 1) + k - 1]) <= o.tol)) {
-                    active[r] = 0;
-                    done_k[r] = k;
-                    n_active--;
-                    continue;
-                }
-                for (int j = 0; j < V; j++) yr[j] = pq[j] - alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
-                if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at y_k */
-                    memcpy(yr, yprev + (size_t)r * V, sizeof(ebt_real) * V);
-                    active[r] = 0;
-                    done_k[r] = k;
-                    res->diverged++;
-                    n_active--;
-                }
-            }
-        }
-        /* fill the history after each stop, then keep the lower final energy */
-        for (int r = 0; r < NP; r++) {
-            ebt_real *h = hist + (size_t)r * (K + 1);
-            for (int k = done_k[r] + 1; k <= K; k++) h[k] = h[done_k[r]];
-            if (s == 0 || h[K] < best_E[r]) {
-                best_E[r] = h[K];
-                best_k[r] = done_k[r];
-                best_w[r] = s;
-                memcpy(best_y + (size_t)r * V, y + (size_t)r * V, sizeof(ebt_real) * V);
-                memcpy(best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
-            }
-        }
+        ebt__think_keep(&t, s);
     }
     if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
-    if (res->probs) ebt__softmax_rows(res->probs, best_y, (size_t)NP, V, 1);
-    if (res->logits) memcpy(res->logits, best_y, sizeof(ebt_real) * nv);
-    if (res->energy) memcpy(res->energy, best_hist, sizeof(ebt_real) * (size_t)NP * (K + 1));
-    if (res->final_energy) memcpy(res->final_energy, best_E, sizeof(ebt_real) * NP);
-    if (res->steps_taken) memcpy(res->steps_taken, best_k, sizeof(int) * NP);
-    if (res->winner) memcpy(res->winner, best_w, sizeof(int) * NP);
+    ebt__think_output(&t);
     return EBT_OK;
 }
 
@@ -2199,23 +2520,28 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
  * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
 /* one row: the cross-entropy, and lr = w (softmax - onehot) / N (lr may be yr;
  * the exponentials are kept in lr between the two passes) */
-static double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
+static inline double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
 {
-    double mx = yr[0], s = 0, ce;
-    for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-    ce = mx - yr[t];
+    ebt_real mx = ebt__max(yr, V), acc[EBT__LANES] = { 0 }, sum = 0, a;
+    double ce = (double)mx - yr[t];
     if (!lr) {
-        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-        return ce + log(s);
+        int j = 0;
+        for (; j + EBT__LANES <= V; j += EBT__LANES)
+            for (int l = 0; l < EBT__LANES; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; j + l < V; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; l < EBT__LANES; l++) sum += acc[l];
+        return ce + log((double)sum);
     }
-    for (int j = 0; j < V; j++) { double e = exp(yr[j] - mx); s += e; lr[j] = (ebt_real)e; }
-    for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * lr[j] / s / N);
+    if (lr != yr) memcpy(lr, yr, sizeof(ebt_real) * V);
+    sum = ebt__exp_sum(lr, V, mx);
+    a = (ebt_real)(w / ((double)sum * N));
+    for (int j = 0; j < V; j++) lr[j] *= a;
     lr[t] -= (ebt_real)(w / N);
-    return ce + log(s);
+    return ce + log((double)sum);
 }
 /* rowbuf (N doubles) lets the rows run on nt threads; the sum stays in row order */
-static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
-                           double *rowbuf, int nt)
+EBT__SIMD static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
+                                     double *rowbuf, int nt)
 {
     double total = 0;
     if (!rowbuf) {
@@ -2264,28 +2590,35 @@ ebt_status ebt_lm_logits(ebt_model *m, const int32_t *tokens, int B, int S, ebt_
     return EBT_OK;
 }
 
-ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
-                           int B, int S, ebt_real *loss)
+/* grads += weight * d(mean CE)/dtheta of transformer++; *loss = the mean CE */
+static ebt_status ebt__lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                                   double weight, ebt_real *loss)
 {
     ebt_status st;
     ebt_workspace *ws;
-    int N, V, D;
+    int N, V, D, nt;
     double total;
-    if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
     if ((st = ebt__lm_forward(m, tokens, B, S)) != EBT_OK) return st;  /* checks B, S and tokens */
     if ((st = ebt__check_ids(targets, (size_t)B * S, m->cfg.vocab_size, "target", m->err, EBT__ERRLEN)) != EBT_OK) return st;
     ws = m->ws;
-    N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model;
-    total = ebt__ce_rows(ws->logits, targets, N, V, 1.0, ws->logits, NULL, 1);  /* logits become dlogits */
+    N = B * S; V = m->cfg.vocab_size; D = m->cfg.d_model; nt = ebt__nt(ws->threads);
+    total = ebt__ce_rows(ws->logits, targets, N, V, weight, ws->logits, NULL, 1);  /* logits become dlogits */
     if (!isfinite(total)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
     *loss = (ebt_real)total;
-    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, ebt__nt(ws->threads));       /* dlm_head += dlogits^T nf */
-    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V, ebt__nt(ws->threads));      /* dnf = dlogits @ lm_head */
+    ebt__lin_bwd_w(m->g.lm_head, ws->logits, ws->o_nf, N, D, V, nt);       /* dlm_head += dlogits^T nf */
+    ebt__lin_bwd_x(ws->ro.dx, ws->logits, m->w.lm_head, N, D, V, nt);      /* dnf = dlogits @ lm_head */
     memset(ws->ro.dout, 0, sizeof(ebt_real) * (size_t)N * D);
-    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D, ebt__nt(ws->threads));
+    ebt__rmsnorm_bwd(ws->ro.dout, m->g.final_norm, ws->ro.dx, ws->o_hL, ws->o_rsf, m->w.final_norm, N, D, nt);
     ebt__zero_acc(ws);
     ebt__obs_backward(ws, m, ws->ro.dout);
     return EBT_OK;
+}
+
+ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const int32_t *targets,
+                           int B, int S, ebt_real *loss)
+{
+    if (m && (!targets || !loss)) { ebt__seterr(m->err, EBT__ERRLEN, "targets or loss is NULL"); return EBT_ERR_ARG; }
+    return m ? ebt__lm_backward(m, tokens, targets, B, S, 1.0, loss) : EBT_ERR_ARG;
 }
 
 /* ======================================================================
@@ -2301,6 +2634,8 @@ ebt_gen_opts ebt_gen_default(void)
     o.temperature = 1;
     o.top_p = 1;
     o.seed = 0x9e3779b9;
+    o.on_token = NULL;
+    o.user = NULL;
     return o;
 }
 
@@ -2351,65 +2686,93 @@ static int ebt__sample(const ebt_real *q, int V, double temp, double top_p, ebt_
     return pr[n - 1].i;
 }
 
-ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
-                        int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy, ebt_real *probs)
+/* the next token's distribution q[V] (thinking, or the transformer++
+ * logits) with its report in *t (energies: K+1 reals of scratch) */
+static ebt_status ebt__gen_next(ebt_workspace *ws, const ebt_gen_opts *o, int pos, ebt_real *q,
+                                ebt_real *energies, ebt_gen_token *t)
 {
-    ebt_gen_opts o;
-    ebt_status st = EBT_OK;
-    ebt__rng rng;
-    int V, maxS, start, len, ebt, cache;
-    int32_t *ctx;
-    ebt_real *q;
-    ebt__pair *pr;
-    if (!ws) return EBT_ERR_ARG;
+    ebt_think_result r;
+    ebt_think_opts th = o->think;
+    t->probs = q;
+    t->energy = (ebt_real)NAN;
+    t->energies = NULL;
+    t->steps = t->steps_taken = t->winner = 0;
+    if (ws->m->cfg.arch != EBT_ARCH_EBT) {
+        ebt__lm_last_logits(ws, q);
+        ebt__softmax_rows(q, q, 1, ws->m->cfg.vocab_size, 1);
+        return EBT_OK;
+    }
+    memset(&r, 0, sizeof r);
+    r.probs = q;
+    r.final_energy = &t->energy;
+    r.energy = energies;
+    r.steps_taken = &t->steps_taken;
+    r.winner = &t->winner;
+    th.seed = o->think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)pos;
+    t->energies = energies;
+    t->steps = th.steps;
+    return ebt__think(ws, &th, &r, 0);
+}
+
+/* checks ebt_generate's arguments; o gets the options as generation uses them */
+static ebt_status ebt__check_gen(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                                 int n_new, const ebt_gen_opts *opts, const int32_t *out, ebt_gen_opts *o)
+{
+    ebt_status st;
     ws->err[0] = 0;
     if (!m || m != ws->m) { ebt__seterr(ws->err, EBT__ERRLEN, "model is NULL or not the workspace's"); return m ? EBT_ERR_STATE : EBT_ERR_ARG; }
     if (!opts) { ebt__seterr(ws->err, EBT__ERRLEN, "opts is NULL"); return EBT_ERR_ARG; }
-    o = *opts;
+    *o = *opts;
     if (!prompt || n_prompt < 1 || n_new < 0 || (n_new > 0 && !out) || n_new > INT32_MAX - n_prompt) {
         ebt__seterr(ws->err, EBT__ERRLEN, "need a prompt of >= 1 tokens, n_new >= 0 and out");
         return EBT_ERR_ARG;
     }
-    if (!isfinite(o.temperature) || o.temperature < 0 || !(o.top_p > 0 && o.top_p <= 1) ||
-        (o.no_cache != 0 && o.no_cache != 1)) {
+    if (!isfinite(o->temperature) || o->temperature < 0 || !(o->top_p > 0 && o->top_p <= 1) ||
+        (o->no_cache != 0 && o->no_cache != 1)) {
         ebt__seterr(ws->err, EBT__ERRLEN, "temperature must be finite and >= 0, top_p in (0, 1], no_cache 0 or 1");
         return EBT_ERR_ARG;
     }
-    o.think.last_only = 1;
-    o.think.init_logits = NULL;
-    if ((st = ebt__check_think_opts(&o.think, ws->err)) != EBT_OK) return st;
+    o->think.last_only = 1;
+    o->think.init_logits = NULL;
+    if ((st = ebt__check_think_opts(&o->think, ws->err)) != EBT_OK) return st;
+    return ebt__check_ids(prompt, (size_t)n_prompt, m->cfg.vocab_size, "prompt token", ws->err, EBT__ERRLEN);
+}
+
+ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *prompt, int n_prompt,
+                        int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy, ebt_real *probs)
+{
+    ebt_gen_opts o;
+    ebt_status st;
+    ebt__rng rng;
+    int V, maxS, start, len, cache;
+    int32_t *ctx;
+    ebt_real *q, *hist;
+    ebt__pair *pr;
+    if (!ws) return EBT_ERR_ARG;
+    if ((st = ebt__check_gen(ws, m, prompt, n_prompt, n_new, opts, out, &o)) != EBT_OK) return st;
     V = m->cfg.vocab_size;
-    if ((st = ebt__check_ids(prompt, (size_t)n_prompt, V, "prompt token", ws->err, EBT__ERRLEN)) != EBT_OK) return st;
-    ebt = m->cfg.arch == EBT_ARCH_EBT;
     cache = !o.no_cache && m->cfg.n_step_embed == 0;
     maxS = ws->max_S;
-    ctx = (int32_t *)EBT_MALLOC(sizeof(int32_t) * ((size_t)n_prompt + n_new) + (sizeof(ebt_real) + sizeof(ebt__pair)) * (size_t)V + 16);
+    /* scratch: the context, V sampling pairs, q[V] and the energies of one thinking (K+1) */
+    ctx = (int32_t *)EBT_MALLOC(sizeof(int32_t) * ((size_t)n_prompt + n_new) + sizeof(ebt__pair) * (size_t)V +
+                                sizeof(ebt_real) * ((size_t)V + o.think.steps + 1) + 16);
     if (!ctx) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory"); return EBT_ERR_NOMEM; }
     pr = (ebt__pair *)(void *)(((uintptr_t)(ctx + n_prompt + n_new) + 15) & ~(uintptr_t)15);
     q = (ebt_real *)(void *)(pr + V);
+    hist = q + V;
     memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);
     ebt__rng_stream(&rng, o.seed, 0x73616d706c65ULL, 0);
     start = n_prompt > maxS ? n_prompt - maxS : 0;
     len = n_prompt - start;
     ebt__observe(ws, ctx + start, 1, len, 0);
     for (int t = 0; t < n_new; t++) {
-        ebt_real e = (ebt_real)NAN;
-        if (ebt) {
-            ebt_think_result r;
-            ebt_think_opts th = o.think;
-            memset(&r, 0, sizeof r);
-            r.probs = q;
-            r.final_energy = &e;
-            th.seed = o.think.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(n_prompt + t);
-            if ((st = ebt__think(ws, &th, &r, 0)) != EBT_OK) break;
-        } else {
-            ebt__lm_last_logits(ws, q);
-            ebt__softmax_rows(q, q, 1, V, 1);
-        }
-        if (energy) energy[t] = e;
+        ebt_gen_token tk;
+        if ((st = ebt__gen_next(ws, &o, n_prompt + t, q, hist, &tk)) != EBT_OK) break;
+        if (energy) energy[t] = tk.energy;
         if (probs) memcpy(probs + (size_t)t * V, q, sizeof(ebt_real) * V);
-        out[t] = ctx[n_prompt + t] = ebt__sample(q, V, o.temperature, o.top_p, &rng, pr);
-        if (t == n_new - 1) break;
+        out[t] = ctx[n_prompt + t] = tk.token = ebt__sample(q, V, o.temperature, o.top_p, &rng, pr);
+        tk.index = t;
+        if ((o.on_token && o.on_token(o.user, &tk)) || t == n_new - 1) break;
         if (len + 1 > maxS) {            /* window full: keep the newest half */
             len = maxS / 2 > 0 ? maxS / 2 : 1;
             start = n_prompt + t + 1 - len;
@@ -2427,10 +2790,11 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
 }
 
 /* ======================================================================
- * TRAINING (SPEC 5): think K steps from y_0, cross-entropy of the
- * thoughts, gradients by the modes detach / truncate / full (second order
- * through ebt__pred_reverse with tangents: the mixed term and H_pp v),
- * AdamW with clipping and a warm-up + cosine schedule; replay buffer.
+ * TRAINING (docs/model.md sections 6, 7): think K steps from y_0,
+ * cross-entropy of the thoughts, gradients by the modes detach / truncate /
+ * full (second order through ebt__pred_reverse with tangents: the mixed
+ * term and H_pp v), AdamW with clipping and a warm-up + cosine schedule;
+ * replay buffer.
  * ====================================================================== */
 
 ebt_train_opts ebt_train_default(void)
@@ -2457,7 +2821,17 @@ ebt_train_opts ebt_train_default(void)
     return o;
 }
 
-long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt_step : 0; }
+long ebt_train_steps_done(const ebt_model *m) { return m ? m->opt.step : 0; }
+
+void ebt_train_reset(ebt_model *m)
+{
+    if (!m) return;
+    EBT_FREE(m->opt.m); EBT_FREE(m->opt.v); EBT_FREE(m->rb.y); EBT_FREE(m->rb.tok);
+    m->opt.m = m->opt.v = m->rb.y = NULL;
+    m->rb.tok = m->rb.tgt = NULL;
+    m->opt.step = 0;
+    m->rb.cap = m->rb.count = m->rb.next = m->rb.S = m->rb.rows = 0;
+}
 
 static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
 {
@@ -2483,51 +2857,76 @@ static ebt_status ebt__check_train_opts(const ebt_train_opts *o, char *err)
 #undef EBT__BAD
 }
 
-/* The training scratch (one block, m->tbuf): a row buffer (N doubles), y_0..y_K, p_0..p_{K-1},
- * g_0..g_{K-1}, ybar, hv, v, each (N,V); u (N); a copy of the gradients
- * (restored if the step fails after they were overwritten); the batch's
- * tokens and targets (N each). Both ebt_train_grad and the replay push
- * address it. */
+/* The training scratch of one ebt_train_accumulate (one block, m->tbuf): a
+ * row buffer (N doubles), y_0..y_K, p_0..p_{K-1}, g_0..g_{K-1}, ybar, hv,
+ * v, each (N,V); u (N); a copy of the gradients and sums (restored if the
+ * call fails after they changed); the micro-batch's tokens and targets. */
 typedef struct { ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave; double *rowbuf; int32_t *tok, *tgt; } ebt__tscratch;
 
-static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t np, int *ovf)
+static size_t ebt__tscratch_size(int K, size_t N, size_t nv, size_t ng, int *ovf)
 {
-    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + np + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real) +
+    return ebt__mul(nv, 3 * (size_t)K + 4, ovf) + N + ng + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real) +
            (2 * N * sizeof(int32_t) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
 }
 
-static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t np)
+static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv, size_t ng)
 {
     ebt__tscratch t;
     t.rowbuf = (double *)(void *)buf;   /* first: aligned for doubles */
     t.ys = buf + (N * sizeof(double) + sizeof(ebt_real) - 1) / sizeof(ebt_real);
     t.ps = t.ys + (K + 1) * nv; t.gs = t.ps + K * nv; t.ybar = t.gs + K * nv;
     t.hv = t.ybar + nv; t.vv = t.hv + nv; t.u = t.vv + nv; t.gsave = t.u + N;
-    t.tok = (int32_t *)(void *)(t.gsave + np); t.tgt = t.tok + N;
+    t.tok = (int32_t *)(void *)(t.gsave + ng); t.tgt = t.tok + N;
     return t;
 }
 
 /* galpha += d/dalpha of -alpha_i g_k . ybar = -sum_n u_n (ybar_n . g_n) */
-static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
-                            double *rowbuf, int nt)
+EBT__SIMD static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
+                                      double *rowbuf, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        double dot = 0;
-        for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
-        rowbuf[n] = dot;
+        rowbuf[n] = ebt__dot_d(ybar + (size_t)n * V, gk + (size_t)n * V, V);
     });
     for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
 }
 
-/* y(N,V) = add + scale N(0,1), row n from its own stream (seed, n), so rows
- * can be drawn on nt threads with the same numbers */
-static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, int N, int V, int nt)
+/* y(N,V) = add + scale N(0,1); row n from its own stream (seed, row0 + n),
+ * so rows can be drawn on nt threads, and in any split of the batch, with
+ * the same numbers */
+static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uint64_t seed, long row0, int N, int V, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
         ebt__rng r;
         ebt_real *yr = y + (size_t)n * V;
-        ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)n);
+        ebt__rng_stream(&r, seed, 0x726f7773ULL, (uint64_t)(row0 + n));
         for (int j = 0; j < V; j++) yr[j] = (add ? add[(size_t)n * V + j] : 0) + (ebt_real)(scale * ebt__rng_normal(&r));
+    });
+}
+
+/* y(N,V) = add + (a u_n) x, row by row (add may be NULL: 0) */
+EBT__SIMD static void ebt__scale_rows(ebt_real *y, const ebt_real *add, const ebt_real *x, const ebt_real *u, double a,
+                                      int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real an = (ebt_real)(a * u[n]), *yr = y + (size_t)n * V;
+        const ebt_real *xr = x + (size_t)n * V;
+        if (add) for (int j = 0; j < V; j++) yr[j] = add[(size_t)n * V + j] + an * xr[j];
+        else for (int j = 0; j < V; j++) yr[j] = an * xr[j];
+    });
+}
+
+/* one thinking step back through the softmax: pbar = ybar (+ hv when
+ * second); ybar = softmax'(y_k)^T pbar = p (pbar - p.pbar), row by row */
+EBT__SIMD static void ebt__softmax_back_rows(ebt_real *ybar, const ebt_real *p, const ebt_real *hv, int second,
+                                             int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real *yb = ybar + (size_t)n * V;
+        const ebt_real *pr = p + (size_t)n * V;
+        ebt_real dot;
+        if (second) for (int j = 0; j < V; j++) yb[j] += hv[(size_t)n * V + j];
+        dot = (ebt_real)ebt__dot_d(pr, yb, V);
+        for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - dot);
     });
 }
 
@@ -2539,13 +2938,11 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
                             double alpha_eff, double *galpha, double *rowbuf)
 {
     int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
+    ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
     ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
-    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        ebt_real a = (ebt_real)(-alpha_eff * u[n]);
-        for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
-    });
+    ebt__scale_rows(vv, NULL, ybar, u, -alpha_eff, N, V, nt);   /* v = -alpha_i ybar */
     ebt__pred_tangent(ws, vv);
-    ebt__pred_reverse(ws, m, 2, 1, NULL, pk, vv, NULL, hv);
+    ebt__pred_reverse(ws, &ra);
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
         ebt__obs_backward(ws, m, NULL);
         ebt__zero_acc(ws);
@@ -2571,164 +2968,298 @@ static ebt_status ebt__check_train(ebt_model *m, const ebt_train_opts *opts, con
     return ebt__check_vec(alpha_mult, N, "alpha_mult", 0, m->err, EBT__ERRLEN);
 }
 
-/* ebt_train_grad after ebt__check_train */
-static ebt_status ebt__train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
-                                  const int32_t *targets, int B, int S, const ebt_real *init_logits,
-                                  const ebt_real *alpha_mult, ebt_train_stats *stats)
+/* The randomness of the current optimiser step: K, drawn per step, and the
+ * seeds of the per-sequence streams (y_0, step sizes, replay picks, noise) */
+typedef struct { int K; uint64_t y0, u, rep, noise; } ebt__train_draw;
+
+static ebt__train_draw ebt__draw_step(const ebt_model *m, const ebt_train_opts *o)
 {
-    ebt_status st;
-    ebt_train_stats ts;
-    ebt_workspace *ws;
+    ebt__train_draw d;
     ebt__rng rng;
-    int V, N, K, ebt, nrep = 0, step_model, early, nt;
+    uint64_t k;
+    ebt__rng_stream(&rng, o->seed, 0x747261696eULL, (uint64_t)m->opt.step);
+    k = ebt__rng_u64(&rng);
+    d.K = o->k_min + (o->k_max > o->k_min ? (int)(k % (uint64_t)(o->k_max - o->k_min + 1)) : 0);
+    d.y0 = ebt__rng_u64(&rng); d.u = ebt__rng_u64(&rng); d.rep = ebt__rng_u64(&rng); d.noise = ebt__rng_u64(&rng);
+    return d;
+}
+
+/* the seed of the Langevin noise of thinking step k */
+static uint64_t ebt__noise_seed(const ebt__train_draw *d, int k)
+{
+    uint64_t x = d->noise + (uint64_t)k * 0x632be59bd9b4e019ULL;
+    return ebt__splitmix(&x);
+}
+
+/* Grows what a micro-batch of B x S needs (the model's workspace, the
+ * training scratch for K steps, the pending replay rows) without changing
+ * the model; EBT_ERR_NOMEM if it cannot */
+static ebt_status ebt__train_reserve(ebt_model *m, const ebt_train_opts *o, int B, int S, int K)
+{
+    size_t N = (size_t)B * S, nv = N * m->cfg.vocab_size, n;
+    int ovf = 0, V = m->cfg.vocab_size;
+    ebt_status st = ebt__model_ws(m, B, S);
+    if (st != EBT_OK || m->cfg.arch != EBT_ARCH_EBT) return st;
+    n = ebt__tscratch_size(K, N, nv, m->n_params + EBT__NSUMS, &ovf);
+    if (ovf || n > SIZE_MAX / sizeof(ebt_real) || !ebt__grow(&m->tbuf, &m->tbuf_bytes, n * sizeof(ebt_real))) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch");
+        return EBT_ERR_NOMEM;
+    }
+    if (o->replay_capacity > 0 && (m->pend.count + B > m->pend.rows || m->pend.S != S)) {   /* pending rows for the ring */
+        /* pending rows of another S are dropped: ebt_train_accumulate refuses
+         * them before this, ebt_train_step/grad start the step afresh */
+        int keep = m->pend.S == S ? m->pend.count : 0, have = m->pend.S == S ? m->pend.rows : 0;
+        int rows = keep + B > 2 * have ? keep + B : 2 * have;
+        ebt_real *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)rows, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+        int32_t *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)rows * 2, (size_t)S * sizeof(int32_t), &ovf));
+        if (ovf || !y || !t) {
+            EBT_FREE(y); EBT_FREE(t);
+            ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the pending replay sequences");
+            return EBT_ERR_NOMEM;
+        }
+        if (keep) {
+            memcpy(y, m->pend.y, sizeof(ebt_real) * (size_t)keep * S * V);
+            memcpy(t, m->pend.tok, sizeof(int32_t) * (size_t)keep * S);
+            memcpy(t + (size_t)rows * S, m->pend.tgt, sizeof(int32_t) * (size_t)keep * S);
+        }
+        m->pend.count = keep;
+        EBT_FREE(m->pend.y); EBT_FREE(m->pend.tok);
+        m->pend.y = y; m->pend.tok = t; m->pend.tgt = t + (size_t)rows * S; m->pend.rows = rows; m->pend.S = S;
+    }
+    return EBT_OK;
+}
+
+/* One ebt_train_accumulate on arch ebt: sizes, scratch and the running sums */
+typedef struct {
+    ebt_model *m;
+    const ebt_train_opts *o;
+    ebt_workspace *ws;
+    ebt__train_draw d;
+    ebt__tscratch t;
+    int B, S, V, N, K, nt;
     size_t nv;
-    double alpha_eff, galpha = 0, e_first = 0, e_last = 0, ce_first = 0, ce_last = 0, loss;
-    ebt_real *ys, *ps, *gs, *ybar, *hv, *vv, *u, *gsave;
-    double *rowbuf;
-    int32_t *btok, *btgt;
-    V = m->cfg.vocab_size;
-    N = B * S;
-    nv = (size_t)N * V;
-    memset(&ts, 0, sizeof ts);
-    ebt = m->cfg.arch == EBT_ARCH_EBT;
-    if (!ebt) {
-        ebt_real l;
-        if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;  /* allocate before the gradients change */
-        ebt_zero_grad(m);
-        if ((st = ebt_lm_backward(m, tokens, targets, B, S, &l)) != EBT_OK) { ebt_zero_grad(m); return st; }
-        ts.loss = ts.ce_first = ts.ce_last = l;
-        ts.step = m->opt_step;
-        if (stats) *stats = ts;
-        return EBT_OK;
-    }
-    if ((st = ebt__model_ws(m, B, S)) != EBT_OK) return st;
-    ws = m->ws;
-    nt = ebt__nt(ws->threads);
-    ebt__rng_stream(&rng, opts->seed, 0x747261696eULL, (uint64_t)m->opt_step);
-    K = opts->k_min + (opts->k_max > opts->k_min ? (int)(ebt__rng_u64(&rng) % (uint64_t)(opts->k_max - opts->k_min + 1)) : 0);
-    {
-        int ovf = 0;
-        size_t n = ebt__tscratch_size(K, (size_t)N, nv, m->n_params, &ovf);
-        ebt__tscratch t;
-        ebt_real *buf = ovf || n > SIZE_MAX / sizeof(ebt_real) ? NULL
-                      : (ebt_real *)ebt__grow(&m->tbuf, &m->tbuf_bytes, n * sizeof(ebt_real));
-        if (!buf) { ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the training scratch"); return EBT_ERR_NOMEM; }
-        t = ebt__tscratch_at(buf, K, (size_t)N, nv, m->n_params);
-        ys = t.ys; ps = t.ps; gs = t.gs; ybar = t.ybar; hv = t.hv; vv = t.vv; u = t.u; gsave = t.gsave; btok = t.tok; btgt = t.tgt;
-        rowbuf = t.rowbuf;
-    }
-    m->train_K = K;
-    m->train_B = B;
-    m->train_S = S;
-    memcpy(btok, tokens, sizeof(int32_t) * (size_t)N);
-    memcpy(btgt, targets, sizeof(int32_t) * (size_t)N);
-    if (init_logits) memcpy(ys, init_logits, sizeof(ebt_real) * nv);
-    else ebt__normal_rows(ys, NULL, opts->init_scale, ebt__rng_u64(&rng), N, V, nt);
-    /* replay: the last sequences of the batch continue past ones from their final logits */
-    if (opts->replay_capacity > 0 && opts->replay_frac > 0 && m->rb_count > 0 && m->rb_S == S) {
-        nrep = (int)(opts->replay_frac * B + 0.5);
-        nrep = nrep < m->rb_count ? nrep : m->rb_count;
+    long first_seq;
+    double weight, alpha_eff, galpha, loss, ce_first, ce_last, e_first, e_last;
+} ebt__trainer;
+
+/* setup: the batch (with replayed sequences), y_0, step sizes, the observation */
+static void ebt__train_setup(ebt__trainer *T, const int32_t *tokens, const int32_t *targets, const ebt_real *init_logits,
+                             const ebt_real *alpha_mult)
+{
+    ebt_model *m = T->m;
+    const ebt_train_opts *o = T->o;
+    int B = T->B, S = T->S, V = T->V, nrep = 0;
+    long row0 = T->first_seq * S;
+    memcpy(T->t.tok, tokens, sizeof(int32_t) * (size_t)T->N);
+    memcpy(T->t.tgt, targets, sizeof(int32_t) * (size_t)T->N);
+    if (init_logits) memcpy(T->t.ys, init_logits, sizeof(ebt_real) * T->nv);
+    else ebt__normal_rows(T->t.ys, NULL, o->init_scale, T->d.y0, row0, T->N, V, T->nt);
+    /* replay: the last sequences of the micro-batch continue past ones from their final logits */
+    if (o->replay_capacity > 0 && o->replay_frac > 0 && m->rb.count > 0 && m->rb.S == S) {
+        nrep = (int)(o->replay_frac * B + 0.5);
+        nrep = nrep < m->rb.count ? nrep : m->rb.count;
         for (int i = 0; i < nrep; i++) {
-            int e = (int)(ebt__rng_u64(&rng) % (uint64_t)m->rb_count), b = B - nrep + i;
-            memcpy(btok + (size_t)b * S, m->rb_tok + (size_t)e * S, sizeof(int32_t) * S);
-            memcpy(btgt + (size_t)b * S, m->rb_tgt + (size_t)e * S, sizeof(int32_t) * S);
-            memcpy(ys + (size_t)b * S * V, m->rb_y + (size_t)e * S * V, sizeof(ebt_real) * S * V);
+            int b = B - nrep + i, e;
+            ebt__rng r;
+            ebt__rng_stream(&r, T->d.rep, 0x7265706cULL, (uint64_t)(T->first_seq + b));
+            e = (int)(ebt__rng_u64(&r) % (uint64_t)m->rb.count);
+            memcpy(T->t.tok + (size_t)b * S, m->rb.tok + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(T->t.tgt + (size_t)b * S, m->rb.tgt + (size_t)e * S, sizeof(int32_t) * S);
+            memcpy(T->t.ys + (size_t)b * S * V, m->rb.y + (size_t)e * S * V, sizeof(ebt_real) * S * V);
         }
     }
-    alpha_eff = ebt__alpha_eff(m);
-    for (int n = 0; n < N; n++) {
-        double r = opts->alpha_rand;
-        u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rng) * (r - 1 / r) : 1);
+    for (int n = 0; n < T->N; n++) {
+        double r = o->alpha_rand;
+        ebt__rng rr;
+        if (!alpha_mult && r > 1) ebt__rng_stream(&rr, T->d.u, 0x616c7068ULL, (uint64_t)(row0 + n));
+        T->t.u[n] = alpha_mult ? alpha_mult[n] : (ebt_real)(r > 1 ? 1 / r + ebt__rng_unif(&rr) * (r - 1 / r) : 1);
     }
-    step_model = m->cfg.n_step_embed > 0;
-    /* Detach mode differentiates each step on its own (p_k is a constant):
-     * its mixed term is taken right after the step, while the step's
-     * activations are still in the workspace. The other modes need the
-     * cotangents of later steps first and run a backward pass over the
-     * steps afterwards, re-running the forward of all but the last. */
-    early = opts->mode == EBT_MODE_DETACH;
-    ebt__observe(ws, btok, B, S, 0);
-    if (early) {
-        memcpy(gsave, m->grads, sizeof(ebt_real) * m->n_params);
-        ebt_zero_grad(m);
-        ebt__zero_acc(ws);
-    }
-    loss = 0;
-    /* forward: y_{k+1} = p_k - alpha_i g_k */
+    ebt__observe(T->ws, T->t.tok, B, S, 0);
+}
+
+/* detach mode differentiates each step on its own (p_k is a constant), so
+ * its mixed term is taken right after the step, while the step's
+ * activations are still in the workspace; the other modes run the backward
+ * over the steps afterwards */
+static int ebt__train_early(const ebt__trainer *T) { return T->o->mode == EBT_MODE_DETACH; }
+
+/* forward: y_{k+1} = p_k - alpha_i g_k for k < K, the cross-entropies, and
+ * (detach) each step's second-order term; EBT_ERR_NONFINITE (message set) if
+ * an energy, gradient or the loss is not finite */
+static ebt_status ebt__train_forward(ebt__trainer *T)
+{
+    const ebt_train_opts *o = T->o;
+    ebt__tscratch *t = &T->t;
+    int N = T->N, V = T->V, K = T->K, nt = T->nt, early = ebt__train_early(T);
+    size_t nv = T->nv;
     for (int k = 0; k < K; k++) {
-        ebt_real *yk = ys + k * nv, *pk = ps + k * nv, *gk = gs + k * nv, *y1 = ys + (k + 1) * nv;
+        ebt_real *yk = t->ys + k * nv, *pk = t->ps + k * nv, *gk = t->gs + k * nv, *y1 = t->ys + (k + 1) * nv;
         double esum = 0, ce;
-        if (opts->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
-            ebt__normal_rows(hv, yk, opts->noise, ebt__rng_u64(&rng), N, V, nt);
-            ebt__softmax_rows(pk, hv, (size_t)N, V, nt);
+        if (o->noise > 0) {   /* Langevin: p_k = softmax(y_k + sigma N(0,1)); y_k itself stays */
+            ebt__normal_rows(t->hv, yk, o->noise, ebt__noise_seed(&T->d, k), T->first_seq * T->S, N, V, nt);
+            ebt__softmax_rows(pk, t->hv, (size_t)N, V, nt);
         } else {
             ebt__softmax_rows(pk, yk, (size_t)N, V, nt);
         }
-        ebt__observe_step(ws, k);
-        ebt__pred_forward(ws, pk);
-        ebt__pred_reverse(ws, NULL, 0, 0, NULL, pk, NULL, gk, NULL);
-        for (int n = 0; n < N; n++) esum += ws->energy[n];
+        ebt__observe_step(T->ws, k);
+        ebt__pred_forward(T->ws, pk);
+        ebt__pred_dEdp(T->ws, pk, gk);
+        for (int n = 0; n < N; n++) esum += T->ws->energy[n];
         if (!isfinite(esum) || !ebt__all_finite(gk, nv)) {
-            ebt__seterr(m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
-            goto fail;
+            ebt__seterr(T->m->err, EBT__ERRLEN, "energy or its gradient is not finite at thinking step %d", k);
+            return EBT_ERR_NONFINITE;
         }
-        if (k == 0) e_first = esum / N;
-        e_last = esum / N;
-        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real a = (ebt_real)(alpha_eff * u[n]);
-            for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
-        });
+        if (k == 0) T->e_first = esum / N;
+        T->e_last = esum / N;
+        ebt__scale_rows(y1, pk, gk, t->u, -T->alpha_eff, N, V, nt);   /* y_{k+1} = p_k - alpha_i g_k */
         /* loss: mean over steps (detach, full) or the last step (truncate) */
-        ce = ebt__ce_rows(y1, btgt, N, V, 1.0 / K, early ? ybar : NULL, rowbuf, nt);
-        if (k == 0) ce_first = ce;
-        ce_last = ce;
-        loss += opts->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
-        if (!isfinite(loss)) { ebt__seterr(m->err, EBT__ERRLEN, "loss is not finite"); goto fail; }
-        if (early) ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
+        ce = ebt__ce_rows(y1, t->tgt, N, V, T->weight / K, early ? t->ybar : NULL, t->rowbuf, nt);
+        if (k == 0) T->ce_first = ce;
+        T->ce_last = ce;
+        T->loss += o->mode == EBT_MODE_TRUNCATE ? (k == K - 1 ? ce : 0) : ce / K;
+        if (!isfinite(T->loss)) { ebt__seterr(T->m->err, EBT__ERRLEN, "loss is not finite"); return EBT_ERR_NONFINITE; }
+        if (early) ebt__mixed_step(T->ws, T->m, pk, gk, t->ybar, t->vv, t->hv, t->u, T->alpha_eff, &T->galpha, t->rowbuf);
     }
-    if (!early) {   /* backward through the steps; ybar = d loss/d y_{k+1} */
-        ebt_zero_grad(m);
-        ebt__ce_rows(ys + K * nv, btgt, N, V, opts->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K, ybar, rowbuf, nt);
-        ebt__zero_acc(ws);
-        for (int k = K - 1; k >= 0; k--) {
-            ebt_real *pk = ps + k * nv, *gk = gs + k * nv;
-            int second = opts->mode != EBT_MODE_TRUNCATE || k == K - 1;
-            if (second) {
-                ebt__observe_step(ws, k);
-                if (k < K - 1) ebt__pred_forward(ws, pk);  /* step K-1's activations are still in ws */
-                ebt__mixed_step(ws, m, pk, gk, ybar, vv, hv, u, alpha_eff, &galpha, rowbuf);
-            } else {
-                ebt__alpha_grad(ybar, gk, u, N, V, &galpha, rowbuf, nt);
-            }
-            /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-            EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-                ebt_real *yb = ybar + (size_t)n * V;
-                const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
-                double dot = 0;
-                for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
-                for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-            });
-            if (k >= 1 && opts->mode == EBT_MODE_FULL) {
-                ebt__ce_rows(ys + k * nv, btgt, N, V, 1.0 / K, vv, rowbuf, nt);
-                for (size_t i = 0; i < nv; i++) ybar[i] += vv[i];
-            }
+    return EBT_OK;
+}
+
+/* backward through the steps (truncate, full); ybar = d loss / d y_{k+1} */
+static void ebt__train_backward(ebt__trainer *T)
+{
+    const ebt_train_opts *o = T->o;
+    ebt__tscratch *t = &T->t;
+    int N = T->N, V = T->V, K = T->K, nt = T->nt;
+    size_t nv = T->nv;
+    ebt__ce_rows(t->ys + K * nv, t->tgt, N, V, T->weight * (o->mode == EBT_MODE_TRUNCATE ? 1.0 : 1.0 / K), t->ybar, t->rowbuf, nt);
+    ebt__zero_acc(T->ws);
+    for (int k = K - 1; k >= 0; k--) {
+        ebt_real *pk = t->ps + k * nv, *gk = t->gs + k * nv, *ybar = t->ybar;
+        const ebt_real *hv = t->hv;
+        int second = o->mode != EBT_MODE_TRUNCATE || k == K - 1;
+        if (second) {
+            ebt__observe_step(T->ws, k);
+            if (k < K - 1) ebt__pred_forward(T->ws, pk);  /* step K-1's activations are still in ws */
+            ebt__mixed_step(T->ws, T->m, pk, gk, ybar, t->vv, t->hv, t->u, T->alpha_eff, &T->galpha, t->rowbuf);
+        } else {
+            ebt__alpha_grad(ybar, gk, t->u, N, V, &T->galpha, t->rowbuf, nt);
+        }
+        /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
+        ebt__softmax_back_rows(ybar, pk, hv, second, N, V, nt);
+        if (k >= 1 && o->mode == EBT_MODE_FULL) {
+            ebt__ce_rows(t->ys + k * nv, t->tgt, N, V, T->weight / K, t->vv, t->rowbuf, nt);
+            for (size_t i = 0; i < nv; i++) ybar[i] += t->vv[i];
         }
     }
-    if (!step_model) ebt__obs_backward(ws, m, NULL);
-    m->g.alpha[0] = (opts->learn_alpha && m->w.alpha[0] > 1e-4) ? (ebt_real)galpha : 0;
-    ts.loss = loss;
-    ts.ce_first = ce_first;
-    ts.ce_last = ce_last;
-    ts.energy_first = e_first;
-    ts.energy_last = e_last;
-    ts.k = K;
-    ts.alpha = m->w.alpha[0];
-    ts.step = m->opt_step;
-    if (stats) *stats = ts;
+}
+
+/* the micro-batch's sequences and final logits join the pending replay rows */
+static void ebt__pend_push(ebt_model *m, const ebt__trainer *T)
+{
+    ebt__replay *p = &m->pend;
+    size_t sv = (size_t)T->S * T->V;
+    if (T->o->replay_capacity <= 0) return;
+    memcpy(p->tok + (size_t)p->count * T->S, T->t.tok, sizeof(int32_t) * (size_t)T->N);
+    memcpy(p->tgt + (size_t)p->count * T->S, T->t.tgt, sizeof(int32_t) * (size_t)T->N);
+    memcpy(p->y + (size_t)p->count * sv, T->t.ys + (size_t)T->K * T->nv, sizeof(ebt_real) * T->nv);
+    p->S = T->S;
+    p->count += T->B;
+}
+
+/* weight * (1, loss, ce_first, ce_last, energy_first, energy_last) into the sums */
+static void ebt__add_sums(ebt_model *m, double w, double loss, double ce1, double ce2, double e1, double e2)
+{
+    ebt_real *s = m->grads + m->n_params;
+    s[0] += (ebt_real)w; s[1] += (ebt_real)(w * loss); s[2] += (ebt_real)(w * ce1);
+    s[3] += (ebt_real)(w * ce2); s[4] += (ebt_real)(w * e1); s[5] += (ebt_real)(w * e2);
+}
+
+/* ebt_train_accumulate on arch ebt, after the checks and ebt__train_reserve */
+static ebt_status ebt__accumulate_ebt(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens, const int32_t *targets,
+                                      int B, int S, long first_seq, double weight, const ebt_real *init_logits,
+                                      const ebt_real *alpha_mult)
+{
+    ebt__trainer T;
+    ebt_status st;
+    size_t ng = m->n_params + EBT__NSUMS;
+    memset(&T, 0, sizeof T);
+    T.m = m; T.o = opts; T.ws = m->ws; T.d = ebt__draw_step(m, opts);
+    T.B = B; T.S = S; T.V = m->cfg.vocab_size; T.N = B * S; T.K = T.d.K; T.nt = ebt__nt(T.ws->threads);
+    T.nv = (size_t)T.N * T.V; T.first_seq = first_seq; T.weight = weight; T.alpha_eff = ebt__alpha_eff(m);
+    T.t = ebt__tscratch_at((ebt_real *)m->tbuf, T.K, (size_t)T.N, T.nv, ng);
+    ebt__train_setup(&T, tokens, targets, init_logits, alpha_mult);
+    if (ebt__train_early(&T)) {   /* gradients change during the forward: keep a copy */
+        memcpy(T.t.gsave, m->grads, sizeof(ebt_real) * ng);
+        ebt__zero_acc(T.ws);
+    }
+    if ((st = ebt__train_forward(&T)) != EBT_OK) {
+        if (ebt__train_early(&T)) memcpy(m->grads, T.t.gsave, sizeof(ebt_real) * ng);
+        return st;
+    }
+    if (!ebt__train_early(&T)) ebt__train_backward(&T);
+    if (m->cfg.n_step_embed == 0) ebt__obs_backward(T.ws, m, NULL);
+    if (opts->learn_alpha && m->w.alpha[0] > 1e-4) m->g.alpha[0] += (ebt_real)T.galpha;
+    ebt__add_sums(m, weight, T.loss, T.ce_first, T.ce_last, T.e_first, T.e_last);
+    ebt__pend_push(m, &T);
+    m->train_K = T.K;
     return EBT_OK;
-fail:
-    if (early) memcpy(m->grads, gsave, sizeof(ebt_real) * m->n_params);
-    return EBT_ERR_NONFINITE;
+}
+
+/* the checks of ebt_train_accumulate beyond ebt__check_train */
+static ebt_status ebt__check_accumulate(ebt_model *m, const ebt_train_opts *o, int S, long first_seq, double weight)
+{
+    if (!(weight > 0) || !isfinite(weight) || first_seq < 0 || first_seq > (LONG_MAX >> 24)) {
+        ebt__seterr(m->err, EBT__ERRLEN, "weight must be finite and > 0, first_seq in [0, 2^39)");
+        return EBT_ERR_ARG;
+    }
+    if (o->replay_capacity > 0 && m->pend.count > 0 && m->pend.S != S) {
+        ebt__seterr(m->err, EBT__ERRLEN, "S=%d differs from the step's earlier micro-batches (%d) while the replay buffer is on", S, m->pend.S);
+        return EBT_ERR_ARG;
+    }
+    return EBT_OK;
+}
+
+/* after every check and ebt__train_reserve: the gradients of either arch */
+static ebt_status ebt__accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens, const int32_t *targets,
+                                  int B, int S, long first_seq, double weight, const ebt_real *init_logits,
+                                  const ebt_real *alpha_mult)
+{
+    ebt_real loss;
+    ebt_status st;
+    if (m->cfg.arch == EBT_ARCH_EBT)
+        return ebt__accumulate_ebt(m, opts, tokens, targets, B, S, first_seq, weight, init_logits, alpha_mult);
+    if ((st = ebt__lm_backward(m, tokens, targets, B, S, weight, &loss)) != EBT_OK) return st;
+    ebt__add_sums(m, weight, loss, loss, loss, 0, 0);
+    m->train_K = 0;
+    return EBT_OK;
+}
+
+ebt_status ebt_train_accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                const int32_t *targets, int B, int S, long first_seq, double weight,
+                                const ebt_real *init_logits, const ebt_real *alpha_mult)
+{
+    ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, alpha_mult);
+    if (st != EBT_OK || (st = ebt__check_accumulate(m, opts, S, first_seq, weight)) != EBT_OK) return st;
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    return ebt__accumulate(m, opts, tokens, targets, B, S, first_seq, weight, init_logits, alpha_mult);
+}
+
+ebt_real *ebt_train_buffer(ebt_model *m, size_t *count)
+{
+    if (count) *count = m ? m->n_params + EBT__NSUMS : 0;
+    return m ? m->grads : NULL;
+}
+
+/* stats from the sums (means over the accumulated weight) */
+static void ebt__sums_stats(const ebt_model *m, ebt_train_stats *ts)
+{
+    const ebt_real *s = m->grads + m->n_params;
+    double w = s[0] > 0 ? s[0] : 1;
+    memset(ts, 0, sizeof *ts);
+    ts->loss = s[1] / w; ts->ce_first = s[2] / w; ts->ce_last = s[3] / w;
+    ts->energy_first = s[4] / w; ts->energy_last = s[5] / w;
+    ts->k = m->train_K;
+    ts->alpha = m->cfg.arch == EBT_ARCH_EBT ? m->w.alpha[0] : 0;
+    ts->step = m->opt.step;
 }
 
 ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
@@ -2736,12 +3267,18 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
                           const ebt_real *alpha_mult, ebt_train_stats *stats)
 {
     ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, alpha_mult);
-    return st != EBT_OK ? st : ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, alpha_mult, stats);
+    if (st != EBT_OK) return st;
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    ebt_zero_grad(m);
+    st = ebt__accumulate(m, opts, tokens, targets, B, S, 0, 1.0, init_logits, alpha_mult);
+    if (st != EBT_OK) { ebt_zero_grad(m); return st; }
+    if (stats) ebt__sums_stats(m, stats);
+    return EBT_OK;
 }
 
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
  * checks that the update stays finite (returns 1 if not), apply 1 writes it */
-static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
+EBT__SIMD static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
                       const ebt_train_opts *o, double tlr, double wd, double b1t, double b2t, int apply, int nt)
 {
     int bad = 0;
@@ -2782,118 +3319,99 @@ static double ebt__lr_at(const ebt_train_opts *o, long t)
 /* 1 if the current replay ring is the options' (capacity and length S) */
 static int ebt__replay_same(const ebt_model *m, const ebt_train_opts *o, int S)
 {
-    return m->rb_y && m->rb_cap == o->replay_capacity && m->rb_S == S;
+    return m->rb.y && m->rb.cap == o->replay_capacity && m->rb.S == S;
 }
 
-/* The replay ring holds only the rows it has filled and grows (doubling, up
- * to its capacity) as a push of B more sequences needs them; a ring of
- * another capacity or length S starts again, empty. Into *y, *t (*rows
- * rows) the buffer this step needs, if it needs a new one (else NULL);
- * nothing is installed yet. */
-static ebt_status ebt__replay_alloc(const ebt_model *m, const ebt_train_opts *o, int B, int S, ebt_real **y,
-                                    int32_t **t, int *rows)
+/* What an optimiser step allocates before anything changes: the AdamW
+ * moments of a first step, and the replay ring grown (or renewed) for the
+ * pending sequences. The ring holds only the rows it has filled and grows
+ * (doubling, up to its capacity); a ring of another capacity or length S
+ * starts again, empty. */
+typedef struct { ebt_real *om, *ov, *ry; int32_t *rt; int rrows; } ebt__step_alloc;
+
+static void ebt__step_alloc_free(ebt__step_alloc *a)
+{
+    EBT_FREE(a->om); EBT_FREE(a->ov); EBT_FREE(a->ry); EBT_FREE(a->rt);
+    memset(a, 0, sizeof *a);
+}
+
+static ebt_status ebt__step_allocate(const ebt_model *m, const ebt_train_opts *o, int npend, int S, ebt__step_alloc *a)
 {
     int V = m->cfg.vocab_size, ovf = 0, cap = o->replay_capacity, same = ebt__replay_same(m, o, S);
-    int have = same ? m->rb_rows : 0, count = same ? m->rb_count : 0;
-    int need = count + B < cap ? count + B : cap, r;
-    *y = NULL; *t = NULL; *rows = 0;
-    if (cap <= 0 || m->cfg.arch != EBT_ARCH_EBT || (same && need <= have)) return EBT_OK;
-    r = need > 2 * have ? need : 2 * have < cap ? 2 * have : cap;
-    *y = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
-    *t = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
-    if (ovf || !*y || !*t) { EBT_FREE(*y); EBT_FREE(*t); *y = NULL; *t = NULL; return EBT_ERR_NOMEM; }
-    if (have) {   /* keep the filled rows */
-        memcpy(*y, m->rb_y, sizeof(ebt_real) * (size_t)have * S * V);
-        memcpy(*t, m->rb_tok, sizeof(int32_t) * (size_t)have * S);
-        memcpy(*t + (size_t)r * S, m->rb_tgt, sizeof(int32_t) * (size_t)have * S);
+    int have = same ? m->rb.rows : 0, count = same ? m->rb.count : 0;
+    int need = count + npend < cap ? count + npend : cap, r;
+    size_t np = m->n_params;
+    memset(a, 0, sizeof *a);
+    if (!m->opt.m) {
+        a->om = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        a->ov = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
+        if (!a->om || !a->ov) goto nomem;
+        memset(a->om, 0, np * sizeof(ebt_real));
+        memset(a->ov, 0, np * sizeof(ebt_real));
     }
-    *rows = r;
+    if (cap <= 0 || npend <= 0 || m->cfg.arch != EBT_ARCH_EBT || (same && need <= have)) return EBT_OK;
+    r = need > 2 * have ? need : 2 * have < cap ? 2 * have : cap;
+    a->ry = (ebt_real *)EBT_MALLOC(ebt__mul(ebt__mul((size_t)r, (size_t)S * V, &ovf), sizeof(ebt_real), &ovf));
+    a->rt = (int32_t *)EBT_MALLOC(ebt__mul((size_t)r * 2, (size_t)S * sizeof(int32_t), &ovf));
+    if (ovf || !a->ry || !a->rt) goto nomem;
+    if (have) {   /* keep the filled rows */
+        memcpy(a->ry, m->rb.y, sizeof(ebt_real) * (size_t)have * S * V);
+        memcpy(a->rt, m->rb.tok, sizeof(int32_t) * (size_t)have * S);
+        memcpy(a->rt + (size_t)r * S, m->rb.tgt, sizeof(int32_t) * (size_t)have * S);
+    }
+    a->rrows = r;
     return EBT_OK;
+nomem:
+    ebt__step_alloc_free(a);
+    return EBT_ERR_NOMEM;
 }
 
-/* replaces the replay buffer by the one ebt__replay_alloc made (if any):
- * a new one starts empty, a grown one keeps its ring */
-static void ebt__replay_install(ebt_model *m, const ebt_train_opts *o, int S, ebt_real *y, int32_t *t, int rows)
+/* installs what ebt__step_allocate made (the step happens): new moments, a
+ * new ring (starting empty) or a grown one (keeping its ring order) */
+static void ebt__step_install(ebt_model *m, const ebt_train_opts *o, int S, ebt__step_alloc *a)
 {
-    if (!y) return;
-    if (!ebt__replay_same(m, o, S)) { m->rb_cap = o->replay_capacity; m->rb_S = S; m->rb_count = 0; m->rb_next = 0; }
-    EBT_FREE(m->rb_y); EBT_FREE(m->rb_tok);
-    m->rb_y = y; m->rb_tok = t; m->rb_tgt = t + (size_t)rows * S; m->rb_rows = rows;
+    if (a->om) { m->opt.m = a->om; m->opt.v = a->ov; }
+    if (a->ry) {
+        if (!ebt__replay_same(m, o, S)) { m->rb.cap = o->replay_capacity; m->rb.S = S; m->rb.count = 0; m->rb.next = 0; }
+        EBT_FREE(m->rb.y); EBT_FREE(m->rb.tok);
+        m->rb.y = a->ry; m->rb.tok = a->rt; m->rb.tgt = a->rt + (size_t)a->rrows * S; m->rb.rows = a->rrows;
+    }
+    memset(a, 0, sizeof *a);
 }
 
-/* stores the last batch's sequences and final logits in the replay ring */
+/* the pending sequences into the replay ring */
 static void ebt__replay_push(ebt_model *m, const ebt_train_opts *o)
 {
-    int B = m->train_B, S = m->train_S, V = m->cfg.vocab_size, K = m->train_K;
-    size_t nv = (size_t)B * S * V;
-    ebt__tscratch t;
-    const ebt_real *yK;
-    const int32_t *btok, *btgt;
-    /* (transformer++ has no training scratch: return before addressing it) */
-    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT) return;
-    t = ebt__tscratch_at((ebt_real *)m->tbuf, K, (size_t)B * S, nv, m->n_params);
-    yK = t.ys + (size_t)K * nv;
-    btok = t.tok; btgt = t.tgt;
-    for (int b = 0; b < B; b++) {
-        int e = m->rb_next;
-        memcpy(m->rb_tok + (size_t)e * S, btok + (size_t)b * S, sizeof(int32_t) * S);
-        memcpy(m->rb_tgt + (size_t)e * S, btgt + (size_t)b * S, sizeof(int32_t) * S);
-        memcpy(m->rb_y + (size_t)e * S * V, yK + (size_t)b * S * V, sizeof(ebt_real) * S * V);
-        m->rb_next = (e + 1) % m->rb_cap;
-        if (m->rb_count < m->rb_cap) m->rb_count++;
+    int S = m->pend.S, V = m->cfg.vocab_size;
+    if (o->replay_capacity <= 0 || m->cfg.arch != EBT_ARCH_EBT || !m->rb.y) return;
+    for (int b = 0; b < m->pend.count; b++) {
+        int e = m->rb.next;
+        memcpy(m->rb.tok + (size_t)e * S, m->pend.tok + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb.tgt + (size_t)e * S, m->pend.tgt + (size_t)b * S, sizeof(int32_t) * S);
+        memcpy(m->rb.y + (size_t)e * S * V, m->pend.y + (size_t)b * S * V, sizeof(ebt_real) * S * V);
+        m->rb.next = (e + 1) % m->rb.cap;
+        if (m->rb.count < m->rb.cap) m->rb.count++;
     }
 }
 
-ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
-                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
-                          ebt_train_stats *stats)
+/* ebt_train_apply with its allocations made: clip, AdamW (pass 0 checks
+ * that the update stays finite, pass 1 applies it), replay push */
+static ebt_status ebt__apply(ebt_model *m, const ebt_train_opts *opts, ebt__step_alloc *al, ebt_train_stats *stats)
 {
     ebt_train_stats ts;
-    ebt_status st;
     double norm2 = 0, scale = 1, lr, b1t, b2t;
-    size_t np;
-    ebt_real *om = NULL, *ov = NULL, *ry = NULL, *M, *Vs;
-    int32_t *rt = NULL;
-    int nt;
-    int rrows = 0;
-    if ((st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, NULL)) != EBT_OK) return st;
-    np = m->n_params;
-    /* Everything the step allocates (optimiser state, a re-sized replay
-     * buffer) is allocated before anything changes and installed only when
-     * the update is applied: on EBT_ERR_NOMEM the model is as it was,
-     * gradients included. */
-    if (!m->opt_m) {
-        om = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        ov = (ebt_real *)EBT_MALLOC(np * sizeof(ebt_real));
-        if (!om || !ov) goto nomem;
-        memset(om, 0, np * sizeof(ebt_real));
-        memset(ov, 0, np * sizeof(ebt_real));
-    }
-    if (ebt__replay_alloc(m, opts, B, S, &ry, &rt, &rrows) != EBT_OK) goto nomem;
-    st = ebt__train_grad(m, opts, tokens, targets, B, S, init_logits, NULL, &ts);
-    if (st != EBT_OK) goto fail;   /* ebt_train_grad failed before touching the gradients */
-    nt = ebt__nt(m->ws->threads);
-    for (size_t i = 0; i < np; i++) norm2 += (double)m->grads[i] * m->grads[i];
-    if (!isfinite(norm2)) {
-        ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused");
-        ebt_zero_grad(m);
-        st = EBT_ERR_NONFINITE;
-        goto fail;
-    }
+    int nt = ebt__nt(m->ws ? m->ws->threads : m->threads);
+    ebt__sums_stats(m, &ts);
+    for (size_t i = 0; i < m->n_params; i++) norm2 += (double)m->grads[i] * m->grads[i];
+    if (!isfinite(norm2)) { ebt__seterr(m->err, EBT__ERRLEN, "gradients are not finite; step refused"); goto refuse; }
     ts.grad_norm = sqrt(norm2);
     if (opts->grad_clip > 0 && ts.grad_norm > opts->grad_clip) scale = opts->grad_clip / ts.grad_norm;
-    M = om ? om : m->opt_m;
-    Vs = ov ? ov : m->opt_v;
-    lr = ebt__lr_at(opts, m->opt_step);
-    b1t = 1 - pow(opts->beta1, (double)(m->opt_step + 1));
-    b2t = 1 - pow(opts->beta2, (double)(m->opt_step + 1));
-    /* pass 0 checks that the update stays finite, pass 1 applies it */
+    lr = ebt__lr_at(opts, m->opt.step);
+    b1t = 1 - pow(opts->beta1, (double)(m->opt.step + 1));
+    b2t = 1 - pow(opts->beta2, (double)(m->opt.step + 1));
     for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {   /* the step happens: install the new optimiser state / replay buffer */
-            if (om) { m->opt_m = om; m->opt_v = ov; om = ov = NULL; }
-            ebt__replay_install(m, opts, S, ry, rt, rrows);
-            ry = NULL; rt = NULL;
-        }
+        ebt_real *M = al->om ? al->om : m->opt.m, *Vs = al->ov ? al->ov : m->opt.v;
+        if (pass == 1) ebt__step_install(m, opts, m->pend.S, al);   /* the step happens */
         for (int t = 0; t < m->nt; t++) {
             const ebt__tensor *T = &m->t[t];
             int is_alpha = m->cfg.arch == EBT_ARCH_EBT && m->params + T->off == m->w.alpha;
@@ -2901,25 +3419,59 @@ ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_
             if (is_alpha && !opts->learn_alpha) continue;
             if (ebt__adamw(m, M, Vs, T->off, T->off + T->count, scale, opts, tlr, wd, b1t, b2t, pass, nt)) {
                 ebt__seterr(m->err, EBT__ERRLEN, "the update of %s is not finite; step refused", T->name);
-                ebt_zero_grad(m);
-                st = EBT_ERR_NONFINITE;
-                goto fail;
+                goto refuse;
             }
         }
     }
-    m->opt_step++;
+    m->opt.step++;
     ebt__replay_push(m, opts);
+    m->pend.count = 0;
     ts.lr = lr;
     ts.alpha = m->cfg.arch == EBT_ARCH_EBT ? m->w.alpha[0] : 0;
-    ts.step = m->opt_step;
+    ts.step = m->opt.step;
     if (stats) *stats = ts;
     return EBT_OK;
-nomem:
-    ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
-    st = EBT_ERR_NOMEM;
-fail:
-    EBT_FREE(om); EBT_FREE(ov); EBT_FREE(ry); EBT_FREE(rt);
-    return st;
+refuse:
+    ebt__step_alloc_free(al);
+    ebt_zero_grad(m);
+    return EBT_ERR_NONFINITE;
+}
+
+ebt_status ebt_train_apply(ebt_model *m, const ebt_train_opts *opts, ebt_train_stats *stats)
+{
+    ebt__step_alloc al;
+    ebt_status st;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if ((st = ebt__check_train_opts(opts, m->err)) != EBT_OK) return st;
+    if (ebt__step_allocate(m, opts, m->pend.count, m->pend.S, &al) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
+        return EBT_ERR_NOMEM;
+    }
+    return ebt__apply(m, opts, &al, stats);
+}
+
+ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                          const int32_t *targets, int B, int S, const ebt_real *init_logits,
+                          ebt_train_stats *stats)
+{
+    ebt__step_alloc al;
+    ebt_status st = ebt__check_train(m, opts, tokens, targets, B, S, init_logits, NULL);
+    if (st != EBT_OK) return st;
+    /* everything the step allocates, before anything changes: on
+     * EBT_ERR_NOMEM the model is as it was, gradients included */
+    if ((st = ebt__train_reserve(m, opts, B, S, ebt__draw_step(m, opts).K)) != EBT_OK) return st;
+    if (ebt__step_allocate(m, opts, opts->replay_capacity > 0 ? B : 0, S, &al) != EBT_OK) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory for the optimiser state or the replay buffer");
+        return EBT_ERR_NOMEM;
+    }
+    ebt_zero_grad(m);
+    if ((st = ebt__accumulate(m, opts, tokens, targets, B, S, 0, 1.0, init_logits, NULL)) != EBT_OK) {
+        ebt__step_alloc_free(&al);
+        ebt_zero_grad(m);
+        return st;
+    }
+    return ebt__apply(m, opts, &al, stats);
 }
 
 /* ======================================================================
@@ -3572,9 +4124,10 @@ fail_notmp:
 }
 
 /* ======================================================================
- * CHECKPOINT: SPEC 7 on top of the safetensors reader/writer above.
- * Everything is validated (metadata, the full tensor set and shapes, data
- * ranges inside the file) before the model is allocated.
+ * CHECKPOINT: docs/model.md section 9 on top of the safetensors
+ * reader/writer above. Everything is validated (metadata, the full tensor
+ * set and shapes, data ranges inside the file) before the model is
+ * allocated.
  * ====================================================================== */
 
 /* strict decimal integer in [lo, hi] */
@@ -3717,12 +4270,12 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         errno = 0;
         step = s ? strtol(s, &end, 10) : -1;
         if (!s || errno || *end || step < 0 || step == LONG_MAX) { ebt__seterr(err, errlen, "metadata optim.step = %s: expected an integer in [0, LONG_MAX)", s ? s : "(missing)"); return EBT_ERR_FORMAT; }
-        m->opt_m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
-        m->opt_v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
-        if (!m->opt_m || !m->opt_v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        m->opt.m = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        m->opt.v = (ebt_real *)EBT_MALLOC(m->n_params * sizeof(ebt_real));
+        if (!m->opt.m || !m->opt.v) { ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
         for (int i = 0; i < m->nt && st == EBT_OK; i++)
             for (int w = 0; w < 2 && st == EBT_OK; w++) {
-                ebt_real *dst = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                ebt_real *dst = (w ? m->opt.v : m->opt.m) + m->t[i].off;
                 snprintf(nm, sizeof nm, "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
                 st = ebt__st_read_tensor(f, h, ebt__st_find(h, nm), dst, m->t[i].count, err, errlen);
                 if (st == EBT_OK && !ebt__all_finite(dst, m->t[i].count)) { ebt__seterr(err, errlen, "tensor %s contains NaN or Inf", nm); st = EBT_ERR_FORMAT; }
@@ -3730,7 +4283,7 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
                     if (dst[k] < 0) { ebt__seterr(err, errlen, "tensor %s has a negative second moment", nm); st = EBT_ERR_FORMAT; }
             }
         if (st != EBT_OK) return st;
-        m->opt_step = step;
+        m->opt.step = step;
     }
     if (rt || rg || rl) {
         int cap, next, cnt, S;
@@ -3750,26 +4303,26 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
             return EBT_ERR_FORMAT;
         }
         n = (size_t)cnt * S;   /* the filled rows only (bounded by the file); the ring grows as it fills */
-        m->rb_y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
-        m->rb_tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
+        m->rb.y = (ebt_real *)EBT_MALLOC(n * V * sizeof(ebt_real));
+        m->rb.tok = (int32_t *)EBT_MALLOC(2 * n * sizeof(int32_t));
         tmp = (ebt_real *)EBT_MALLOC(2 * n * sizeof(ebt_real));
-        if (!m->rb_y || !m->rb_tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
-        m->rb_tgt = m->rb_tok + n;
+        if (!m->rb.y || !m->rb.tok || !tmp) { EBT_FREE(tmp); ebt__seterr(err, errlen, "out of memory"); return EBT_ERR_NOMEM; }
+        m->rb.tgt = m->rb.tok + n;
         st = ebt__st_read_tensor(f, h, rt, tmp, n, err, errlen);
         if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rg, tmp + n, n, err, errlen);
-        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb_y, n * V, err, errlen);
+        if (st == EBT_OK) st = ebt__st_read_tensor(f, h, rl, m->rb.y, n * V, err, errlen);
         for (size_t i = 0; st == EBT_OK && i < 2 * n; i++) {
             if (!(tmp[i] >= 0 && tmp[i] < V && tmp[i] == (ebt_real)(int32_t)tmp[i])) {
                 ebt__seterr(err, errlen, "replay buffer token %g is not an id in [0, %d)", (double)tmp[i], V);
                 st = EBT_ERR_FORMAT;
             } else {
-                (i < n ? m->rb_tok : m->rb_tgt)[i % n] = (int32_t)tmp[i];
+                (i < n ? m->rb.tok : m->rb.tgt)[i % n] = (int32_t)tmp[i];
             }
         }
-        if (st == EBT_OK && !ebt__all_finite(m->rb_y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
+        if (st == EBT_OK && !ebt__all_finite(m->rb.y, n * V)) { ebt__seterr(err, errlen, "replay logits contain NaN or Inf"); st = EBT_ERR_FORMAT; }
         EBT_FREE(tmp);
         if (st != EBT_OK) return st;
-        m->rb_cap = cap; m->rb_rows = m->rb_count = cnt; m->rb_next = next; m->rb_S = S;
+        m->rb.cap = cap; m->rb.rows = m->rb.count = cnt; m->rb.next = next; m->rb.S = S;
     }
     return EBT_OK;
 }
@@ -3867,21 +4420,21 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
         kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
     }
-    /* optimiser state (SPEC 7 names) and the replay buffer */
-    if (m->opt_m) {
-        snprintf(vals[10], sizeof vals[10], "%ld", m->opt_step);
+    /* optimiser state and the replay buffer (docs/model.md section 9.3) */
+    if (m->opt.m) {
+        snprintf(vals[10], sizeof vals[10], "%ld", m->opt.step);
         kv[nkv++] = "optim.step"; kv[nkv++] = vals[10];
     }
-    if (m->rb_count > 0) {
-        snprintf(vals[11], sizeof vals[11], "%d", m->rb_cap);
+    if (m->rb.count > 0) {
+        snprintf(vals[11], sizeof vals[11], "%d", m->rb.cap);
         kv[nkv++] = "optim.replay.capacity"; kv[nkv++] = vals[11];
-        snprintf(vals[12], sizeof vals[12], "%d", m->rb_next);
+        snprintf(vals[12], sizeof vals[12], "%d", m->rb.next);
         kv[nkv++] = "optim.replay.next"; kv[nkv++] = vals[12];
     }
     o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
     names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);
-    if (m->rb_count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb_count * m->rb_S);
-    if (!o || !names || (m->rb_count > 0 && !rtok)) {
+    if (m->rb.count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb.count * m->rb.S);
+    if (!o || !names || (m->rb.count > 0 && !rtok)) {
         EBT_FREE(o); EBT_FREE(names); EBT_FREE(rtok);
         ebt__seterr(err, errlen, "out of memory");
         return EBT_ERR_NOMEM;
@@ -3893,28 +4446,28 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         o[i].shape[0] = m->t[i].shape[0];
         o[i].shape[1] = m->t[i].shape[1];
         o[i].data = m->params + m->t[i].off;
-        if (m->opt_m) {
+        if (m->opt.m) {
             for (int w = 0; w < 2; w++) {
                 o[no] = o[i];
                 snprintf(names[2 * i + w], sizeof names[0], "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
                 o[no].name = names[2 * i + w];
-                o[no].data = (w ? m->opt_v : m->opt_m) + m->t[i].off;
+                o[no].data = (w ? m->opt.v : m->opt.m) + m->t[i].off;
                 no++;
             }
         }
     }
-    if (m->rb_count > 0) {
-        size_t n = (size_t)m->rb_count * m->rb_S;
+    if (m->rb.count > 0) {
+        size_t n = (size_t)m->rb.count * m->rb.S;
         static const char *rn[3] = { "optim.replay.tokens", "optim.replay.targets", "optim.replay.logits" };
-        for (size_t i = 0; i < n; i++) { rtok[i] = (ebt_real)m->rb_tok[i]; rtok[n + i] = (ebt_real)m->rb_tgt[i]; }
+        for (size_t i = 0; i < n; i++) { rtok[i] = (ebt_real)m->rb.tok[i]; rtok[n + i] = (ebt_real)m->rb.tgt[i]; }
         for (int w = 0; w < 3; w++) {
             memset(&o[no], 0, sizeof o[no]);
             o[no].name = rn[w];
             o[no].ndim = w == 2 ? 3 : 2;
-            o[no].shape[0] = m->rb_count;
-            o[no].shape[1] = m->rb_S;
+            o[no].shape[0] = m->rb.count;
+            o[no].shape[1] = m->rb.S;
             o[no].shape[2] = c->vocab_size;
-            o[no].data = w == 2 ? m->rb_y : rtok + (size_t)w * n;
+            o[no].data = w == 2 ? m->rb.y : rtok + (size_t)w * n;
             no++;
         }
     }

@@ -4,7 +4,7 @@
    next-token distribution p with one scalar energy E(x, p); low means the
    candidate fits. Instead of predicting in one pass, the model "thinks":
    gradient descent on E with respect to p. This library implements the
-   energy function of SPEC.md (Llama-2 blocks, two-stream attention, energy
+   energy function of docs/model.md (Llama-2 blocks, two-stream attention, energy
    head) with exact analytic first derivatives (dE/dp, dE/dtheta) and second
    derivatives (Hessian-vector products H_pp v and the mixed term
    grad_theta(v . dE/dp)) computed by forward-mode tangents through the
@@ -13,22 +13,38 @@
    blocks.
 
    BUILD
-     cc -O2 -c ebt.c            (links with -lopenblas -lm)
-     or #include "ebt.c" in exactly one translation unit of your program.
+     cc -O2 -fopenmp -c ebt.c
+     cc -fopenmp prog.c ebt.o -lopenblas -lm
+     ebt.o built with -fopenmp calls the OpenMP runtime, so the link needs
+     -fopenmp too (without OpenMP, drop it from both lines). Or #include
+     "ebt.c" in exactly one translation unit of your program. After
+     `make install` (see README.md, "Install and link"):
+       cc prog.c $(pkg-config --cflags --libs ebt)               libebt.so
+       cc prog.c $(pkg-config --static --cflags --libs ebt | sed 's/-lebt/-l:libebt.a/')
+     The second links libebt.a (plain -lebt would take libebt.so) and the
+     Libs.private it needs: -fopenmp -lopenblas -lm for the default build.
      -DEBT_DOUBLE switches the scalar type ebt_real from float to double
      (used by the finite-difference tests; checkpoints stay float32).
 
-   USAGE (also compiled as examples/minimal.c)
+   USAGE (shortened; compiled, with every status checked, as examples/minimal.c)
 
      #include "ebt.h"
-     ebt_config cfg = ebt_config_default();           // V=256 D=128 L=4 H=4
-     ebt_model *m;
+     ebt_config cfg = ebt_config_default();         // V=256 D=128 L=4 H=4
+     ebt_model *m, *m2;  ebt_workspace *ws;
      if (ebt_create(&cfg, 42, &m) != EBT_OK) return 1;
-     int32_t tokens[3] = {'a', 'b', 'c'};
-     float probs[3 * 256], energy[3], grad[3 * 256];
-     for (int i = 0; i < 3 * 256; i++) probs[i] = 1.0f / 256;
-     ebt_energy(m, tokens, probs, 1, 3, 0, energy, grad); // E and dE/dp
-     ebt_free(m);
+     if (ebt_workspace_create(m, 1, S, &ws) != EBT_OK) return 1;  // 1 x S tokens
+     ebt_think_opts opts = ebt_think_default();
+     opts.steps = 3; opts.restarts = 2;             // keep the lower-energy start
+     ebt_think_result res = {0};
+     res.probs = probs;                             // ebt_real [S*V]: the answers p
+     res.final_energy = energy;                     // ebt_real [S]
+     res.steps_taken = steps;                       // int [S]
+     ebt_status st = ebt_think(ws, m, tokens, 1, S, &opts, &res);
+     if (st != EBT_OK) fprintf(stderr, "%s: %s\n", ebt_status_str(st), ebt_ws_last_error(ws));
+     ebt_save(m, "model.safetensors");              // atomic
+     ebt_load("model.safetensors", &m2);
+     ebt_energy(m2, tokens, probs, 1, S, 0, e2, NULL);  // == ebt_energy(m, ...)
+     ebt_workspace_free(ws); ebt_free(m); ebt_free(m2);
 
    CONVENTIONS
    - Shapes are row-major; B batch, S sequence length (predicted positions),
@@ -103,6 +119,19 @@ extern "C" {
 #define EBT_API extern
 #endif
 
+/* Version of this header (the Makefile reads it from here). ebt_version()
+ * returns the version the library was built as: compare the two to catch a
+ * program compiled against one release and run with another. The shared
+ * library's SONAME is libebt.so.<MAJOR>. */
+#define EBT_VERSION_MAJOR 0
+#define EBT_VERSION_MINOR 2
+#define EBT_VERSION_PATCH 0
+#define EBT__STR_(x) #x
+#define EBT__STR(x) EBT__STR_(x)
+#define EBT_VERSION EBT__STR(EBT_VERSION_MAJOR) "." EBT__STR(EBT_VERSION_MINOR) "." \
+                    EBT__STR(EBT_VERSION_PATCH)               /* "0.2.0" */
+EBT_API const char *ebt_version(void);
+
 #ifdef EBT_DOUBLE
 typedef double ebt_real;
 #else
@@ -124,9 +153,15 @@ typedef enum {
 
 EBT_API const char *ebt_status_str(ebt_status s);
 
+/* The matrix-product backend this library was built with: "onednn",
+ * "cblas" or "naive" (make GEMM=...), and a description of it (version,
+ * kernel, threads) written into buf[n]. */
+EBT_API const char *ebt_gemm_backend(void);
+EBT_API void ebt_gemm_info(char *buf, size_t n);
+
 typedef enum { EBT_ARCH_EBT = 0, EBT_ARCH_TRANSFORMER = 1 } ebt_arch;
 
-/* The blueprint of a model (checkpoint metadata, SPEC section 7). */
+/* The blueprint of a model (checkpoint metadata, docs/model.md section 9.2). */
 typedef struct {
     ebt_arch arch;       /* EBT_ARCH_EBT or EBT_ARCH_TRANSFORMER ("transformer++") */
     int vocab_size;      /* V */
@@ -143,8 +178,8 @@ typedef struct {
 } ebt_config;
 
 /* V=256 D=128 L=4 H=4 F=128 max_seq_len=256, no step embedding, untied,
- * alpha=5 (SPEC 2: the published 500 was tuned for V=50277; a probe at V=256
- * trained best near 5). */
+ * alpha=5 (docs/model.md section 10: the published 500 was tuned for
+ * V=50277; a probe at V=256 trained best near 5). */
 EBT_API ebt_config ebt_config_default(void);
 
 /* Checks a config; EBT_OK or EBT_ERR_ARG with a message in err. */
@@ -153,11 +188,12 @@ EBT_API ebt_status ebt_config_check(const ebt_config *cfg, char *err, size_t err
 typedef struct ebt_model ebt_model;
 typedef struct ebt_workspace ebt_workspace;
 
-/* A new model initialised as in SPEC 2 from a seeded RNG (same seed, same
- * weights on every machine). *out is NULL on failure. */
+/* A new model initialised as in docs/model.md section 2 from a seeded RNG
+ * (same seed, same weights on every machine). *out is NULL on failure. */
 EBT_API ebt_status ebt_create(const ebt_config *cfg, uint64_t seed, ebt_model **out);
-/* Loads a checkpoint (SPEC 7). The file is validated before anything sized
- * by it is allocated. ebt_load_ex also writes a message into err. */
+/* Loads a checkpoint (docs/model.md section 9). The file is validated
+ * before anything sized by it is allocated. ebt_load_ex also writes a
+ * message into err. */
 EBT_API ebt_status ebt_load(const char *path, ebt_model **out);
 EBT_API ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errlen);
 /* Saves atomically: writes a temporary file in the same directory, flushes,
@@ -169,7 +205,7 @@ EBT_API void ebt_free(ebt_model *m);
 EBT_API const ebt_config *ebt_model_config(const ebt_model *m);
 EBT_API const char *ebt_last_error(const ebt_model *m);   /* "" if none */
 
-/* Parameters and gradients by checkpoint name (SPEC 2), e.g.
+/* Parameters and gradients by checkpoint name (docs/model.md section 2), e.g.
  * "layers.0.attn.wq.weight"; *count gets the number of elements. NULL if
  * the name is unknown for this model. Gradients accumulate (llm.c style)
  * until ebt_zero_grad. */
@@ -243,7 +279,7 @@ EBT_API ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const in
                                    int B, int S, ebt_real *loss);
 
 
-/* ---- Thinking (SPEC 4) --------------------------------------------------
+/* ---- Thinking (docs/model.md section 5) --------------------------------
  * Gradient descent on the energy w.r.t. the candidate distribution, from
  * random or given logits: y <- y + sigma N(0,1); p = softmax(y);
  * y <- p - alpha_i dE/dp. A budget of K steps is K updates and K+1
@@ -314,12 +350,32 @@ EBT_API ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, 
  * a KV cache: each new token costs its own rows only. When the sequence
  * reaches the workspace's max_S, the oldest half is dropped and the rest
  * re-observed. */
+/* What ebt_generate reports about each new token (ebt_gen_opts.on_token).
+ * The pointers are valid only during the callback. */
+typedef struct {
+    int index;               /* position among the new tokens, 0.. */
+    int32_t token;           /* the token chosen */
+    const ebt_real *probs;   /* [V] the distribution it was sampled from (before temperature/top-p) */
+    ebt_real energy;         /* final energy of its thinking (NaN for transformer++) */
+    const ebt_real *energies;/* [steps+1] E_k of the winning start, k = 0..steps (NULL for transformer++) */
+    int steps;               /* the thinking budget K (0 for transformer++) */
+    int steps_taken;         /* updates the winning start made */
+    int winner;              /* index of the winning start */
+} ebt_gen_token;
+
+/* Called after each token is chosen; a nonzero return stops generation
+ * there (ebt_generate then returns EBT_OK; later entries of out are not
+ * written). */
+typedef int (*ebt_gen_callback)(void *user, const ebt_gen_token *tok);
+
 typedef struct {
     ebt_think_opts think;    /* thinking per token (last_only is implied) */
     double temperature;      /* 0 = argmax (default 1) */
     double top_p;            /* nucleus sampling, 1 = off (default 1) */
     uint64_t seed;           /* sampling randomness */
     int no_cache;            /* 1: re-run the whole prefix per token (for tests/benchmarks); 0 or 1 */
+    ebt_gen_callback on_token; /* NULL, or called after each token (streaming, tracing) */
+    void *user;              /* passed to on_token */
 } ebt_gen_opts;
 
 /* Options are required (start from ebt_gen_default()). */
@@ -335,7 +391,7 @@ EBT_API ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int
                                 int n_new, const ebt_gen_opts *opts, int32_t *out, ebt_real *energy,
                                 ebt_real *probs);
 
-/* ---- Training (SPEC 5) --------------------------------------------------
+/* ---- Training (docs/model.md sections 6, 7) ----------------------------
  * One step on a batch: tokens[B*S] are the inputs x_0..x_{S-1} of each
  * sequence, targets[B*S] the tokens each position must predict (usually
  * x_1..x_S). For arch ebt the model thinks K steps from y_0 and the loss is
@@ -389,22 +445,75 @@ typedef struct {
     long step;               /* optimiser steps taken so far (after this one) */
 } ebt_train_stats;
 
-/* Zeroes the gradients and computes them (SPEC 5) without updating
- * anything. init_logits [B*S*V] and alpha_mult [B*S] (per-position step
- * multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may be NULL: then they
- * are drawn as the options say. Deterministic given both and noise 0,
- * k_min == k_max, replay off. stats may be NULL. */
+/* Zeroes the gradients and computes them (docs/model.md section 6) without
+ * updating anything: ebt_zero_grad, then ebt_train_accumulate with
+ * first_seq 0 and weight 1. init_logits [B*S*V] and alpha_mult [B*S]
+ * (per-position step multipliers u_i, alpha_i = max(alpha,1e-4) u_i) may
+ * be NULL: then they are drawn as the options say. Deterministic given both
+ * and noise 0, k_min == k_max, replay off. stats may be NULL. */
 EBT_API ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
                                   const int32_t *targets, int B, int S, const ebt_real *init_logits,
                                   const ebt_real *alpha_mult, ebt_train_stats *stats);
-/* ebt_train_grad, then (if the loss and every gradient are finite) clipping
- * and one AdamW update. A non-finite step returns EBT_ERR_NONFINITE and
- * leaves parameters, optimiser state and replay buffer unchanged. */
+/* One optimiser step on one batch: ebt_zero_grad, ebt_train_accumulate
+ * (first_seq 0, weight 1), ebt_train_apply, bit for bit. A non-finite step
+ * returns EBT_ERR_NONFINITE and leaves parameters, optimiser state and
+ * replay buffer unchanged. Everything the step allocates is allocated
+ * before anything changes. */
 EBT_API ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
                                   const int32_t *targets, int B, int S, const ebt_real *init_logits,
                                   ebt_train_stats *stats);
+
+/* ---- Training in parts: gradient accumulation, data parallelism ---------
+ * An optimiser step over a global batch of G sequences may be computed in
+ * micro-batches, on one process or many:
+ *
+ *   ebt_zero_grad(m);
+ *   for each micro-batch (sequences first_seq .. first_seq+B-1 of the G):
+ *       ebt_train_accumulate(m, &o, tok, tgt, B, S, first_seq, (double)B / G, NULL, NULL);
+ *   (data parallel: sum ebt_train_buffer(m, &n) over the processes, e.g. one
+ *    MPI_Allreduce of n floats, in a fixed order)
+ *   ebt_train_apply(m, &o, &stats);
+ *
+ * The randomness of a sequence (y_0, its step sizes, its Langevin noise)
+ * derives from (seed, optimiser step, first_seq + b) and the number of
+ * thinking steps from (seed, optimiser step), so the split does not change
+ * what is computed; only the order of floating-point sums does. The replay
+ * buffer is per model (per process): each micro-batch replays its own last
+ * round(replay_frac * B) sequences from it, and ebt_train_apply pushes the
+ * sequences this model accumulated. */
+
+/* The statistic sums ebt_train_accumulate adds behind the gradients. */
+#define EBT_TRAIN_NSUMS 6
+/* Adds weight * d(loss of this micro-batch)/dtheta to the gradients (alpha's
+ * included) and weight * (1, loss, ce_first, ce_last, energy_first,
+ * energy_last) to the sums behind them. weight > 0 is the micro-batch's
+ * share of the step's loss (B / G for a mean over the global batch);
+ * first_seq >= 0 its first sequence's index in the global batch. On any
+ * failure the gradients, the sums and the pending replay sequences are as
+ * they were. init_logits / alpha_mult as in ebt_train_grad. */
+EBT_API ebt_status ebt_train_accumulate(ebt_model *m, const ebt_train_opts *opts, const int32_t *tokens,
+                                        const int32_t *targets, int B, int S, long first_seq, double weight,
+                                        const ebt_real *init_logits, const ebt_real *alpha_mult);
+/* The gradients of every tensor in checkpoint order (ebt_tensor_name),
+ * then the EBT_TRAIN_NSUMS sums: one contiguous array of *count =
+ * ebt_n_params(m) + EBT_TRAIN_NSUMS reals, owned by the model (valid until
+ * ebt_free), written by the ebt_train_* and ebt_*_backward calls, zeroed by
+ * ebt_zero_grad. */
+EBT_API ebt_real *ebt_train_buffer(ebt_model *m, size_t *count);
+/* The optimiser step on the gradients as they stand: clipping by their
+ * global norm (alpha's included), AdamW with warm-up and cosine schedule,
+ * then the replay ring takes the sequences accumulated since ebt_zero_grad.
+ * stats (may be NULL) gets the means of the sums, the norm, lr and alpha.
+ * Non-finite gradients or a non-finite update return EBT_ERR_NONFINITE,
+ * change nothing but zero the gradients, and drop the pending sequences. */
+EBT_API ebt_status ebt_train_apply(ebt_model *m, const ebt_train_opts *opts, ebt_train_stats *stats);
+
 /* Optimiser steps taken (0 for a new model). */
 EBT_API long ebt_train_steps_done(const ebt_model *m);
+/* Forgets the training state: AdamW moments, the step count and the replay
+ * buffer (e.g. to share the weights alone, or to fine-tune afresh); the
+ * weights stay. A later ebt_save writes the weights only. */
+EBT_API void ebt_train_reset(ebt_model *m);
 
 #ifdef __cplusplus
 }

@@ -8,14 +8,14 @@
      ebt_lm eval   [options]   CE vs thinking steps / restarts (+ PNG plot)
      ebt_lm <command> --help   options of a command
 
-   EXAMPLES (from /work/main, after building build/ebt_lm)
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --minutes 20
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --minutes 20 \
+   EXAMPLES (from the repository root, after building build/ebt_lm)
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20 \
          --arch transformer --out transformer.safetensors
      ./build/ebt_lm eval --ckpt ebt.safetensors --baseline transformer.safetensors \
-         --data ../shared/data/tinyshakespeare.txt --plot thinking.png
+         --data data/tinyshakespeare.txt --plot thinking.png
      ./build/ebt_lm sample --ckpt ebt.safetensors --prompt "ROMEO:"
-     ./build/ebt_lm train --data ../shared/data/tinyshakespeare.txt --steps 5000 --resume
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --steps 5000 --resume
 
    NOTES
    - Corpus: --data FILE, or else every regular file of
@@ -40,7 +40,9 @@
    Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
 */
 #define _POSIX_C_SOURCE 200809L
+#ifdef EBT_LM_OPENBLAS   /* the library's products run on OpenBLAS (make GEMM=cblas) */
 #include <cblas.h>
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -163,43 +165,79 @@ static int load_model(const char *path, ebt_model **m)
 
 /* ---- options: one table per command --------------------------------- */
 
-typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_LONG, OPT_DBL, OPT_U64 } opt_kind;
+typedef enum { OPT_FLAG, OPT_STR, OPT_TEXT, OPT_INT, OPT_LONG, OPT_DBL, OPT_U64 } opt_kind;   /* STR non-empty, TEXT any */
 typedef struct { const char *name; opt_kind kind; void *dst; double lo, hi; } opt_spec;
 
-/* Parses argv[1..] against o[n] (numbers must lie in [lo, hi]; a flag sets
- * its int to 1). Returns -1 when all is well, else the exit code: 0 after
- * --help (usage on stdout), 2 for a bad option (usage on stderr). */
-static int parse_opts(int argc, char **argv, const opt_spec *o, int n, const char *usage)
+/* the value v (text) of option o stored into its destination; 0 if invalid */
+static int opt_store(const opt_spec *o, const char *v)
 {
+    char *end = (char *)v;
+    int str = o->kind == OPT_STR || o->kind == OPT_TEXT;
+    double x = str ? 0 : strtod(v, &end);
+    int ok = (str && (*v || o->kind == OPT_TEXT)) ||
+             (end != v && !*end && x >= o->lo && x <= o->hi && (o->kind == OPT_DBL || x == floor(x)));
+    unsigned long long u = 0;
+    if (o->kind == OPT_U64) {   /* digits only, and no silent clamping to ULLONG_MAX */
+        errno = 0;
+        u = strtoull(v, NULL, 10);
+        ok = *v && !v[strspn(v, "0123456789")] && errno != ERANGE;
+    }
+    if (!ok) return 0;
+    if (str) *(const char **)o->dst = v;
+    else if (o->kind == OPT_INT) *(int *)o->dst = (int)x;
+    else if (o->kind == OPT_LONG) *(long *)o->dst = (long)x;
+    else if (o->kind == OPT_DBL) *(double *)o->dst = x;
+    else *(uint64_t *)o->dst = (uint64_t)u;
+    return 1;
+}
+
+/* Parses argv[1..] against o[n]: `--name value` or `--name=value`; numbers
+ * must lie in [lo, hi]; a flag sets its int to 1 (`--flag=0|1` too).
+ * seen[k] (if seen) is set for every option given. Returns -1 when all is
+ * well, else the exit code: 0 after --help (usage on stdout), 2 for a bad
+ * option (usage on stderr). */
+static int parse_opts(int argc, char **argv, const opt_spec *o, int n, const char *usage, unsigned char *seen)
+{
+    if (seen) memset(seen, 0, (size_t)n);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *a = argv[i], *eq = strchr(a, '='), *v;
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 0; }
-        while (k < n && strcmp(a, o[k].name)) k++;
+        while (k < n && (strlen(o[k].name) != len || strncmp(a, o[k].name, len))) k++;
+        v = eq ? eq + 1 : o[k < n ? k : 0].kind == OPT_FLAG ? NULL : i + 1 < argc ? argv[i + 1] : NULL;
         if (k == n || (o[k].kind != OPT_FLAG && !v)) {
             fprintf(stderr, "ebt_lm: unknown or incomplete option '%s'\n\n%s", a, usage);
             return 2;
         }
-        if (o[k].kind == OPT_FLAG) { *(int *)o[k].dst = 1; continue; }
-        i++;
-        char *end = (char *)v;
-        double x = o[k].kind == OPT_STR ? 0 : strtod(v, &end);
-        int ok = o[k].kind == OPT_STR ||
-                 (end != v && !*end && x >= o[k].lo && x <= o[k].hi && (o[k].kind == OPT_DBL || x == floor(x)));
-        unsigned long long u = 0;
-        if (o[k].kind == OPT_U64) {   /* digits only, and no silent clamping to ULLONG_MAX */
-            errno = 0;
-            u = strtoull(v, NULL, 10);
-            ok = *v && !v[strspn(v, "0123456789")] && errno != ERANGE;
+        if (seen) seen[k] = 1;
+        if (o[k].kind == OPT_FLAG) {
+            if (v && strcmp(v, "0") && strcmp(v, "1")) { fprintf(stderr, "ebt_lm: %s takes no value (or =0, =1)\n\n%s", o[k].name, usage); return 2; }
+            *(int *)o[k].dst = !v || *v == '1';
+            continue;
         }
-        if (!ok) { fprintf(stderr, "ebt_lm: invalid value '%s' for %s\n\n%s", v, a, usage); return 2; }
-        if (o[k].kind == OPT_STR) *(const char **)o[k].dst = v;
-        else if (o[k].kind == OPT_INT) *(int *)o[k].dst = (int)x;
-        else if (o[k].kind == OPT_LONG) *(long *)o[k].dst = (long)x;
-        else if (o[k].kind == OPT_DBL) *(double *)o[k].dst = x;
-        else *(uint64_t *)o[k].dst = (uint64_t)u;
+        if (!eq) i++;
+        if (!opt_store(&o[k], v)) { fprintf(stderr, "ebt_lm: invalid value '%s' for %s\n\n%s", v, o[k].name, usage); return 2; }
     }
     return -1;
+}
+
+/* index of option name in o[n] (it must be there) */
+static int opt_index(const opt_spec *o, int n, const char *name)
+{
+    for (int k = 0; k < n; k++)
+        if (!strcmp(o[k].name, name)) return k;
+    return -1;
+}
+
+/* the first of the names (a NULL-terminated list) given on the command line, or NULL */
+static const char *opt_first_seen(const opt_spec *o, int n, const unsigned char *seen, const char *const *names)
+{
+    for (; *names; names++) {
+        int k = opt_index(o, n, *names);
+        if (k >= 0 && seen[k]) return *names;
+    }
+    return NULL;
 }
 
 #define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -208,6 +246,7 @@ static int parse_opts(int argc, char **argv, const opt_spec *o, int n, const cha
 
 typedef struct { unsigned char *buf; size_t n, cap, n_train; } corpus;  /* val = buf[n_train, n) */
 
+/* appends the bytes of path; -1 with errno set on failure */
 static int append_file(corpus *c, const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -217,15 +256,42 @@ static int append_file(corpus *c, const char *path)
         if (c->cap - c->n < 65536) {
             size_t cap = c->cap ? 2 * c->cap : 1 << 20;
             unsigned char *nb = realloc(c->buf, cap);
-            if (!nb) { fclose(f); return -1; }
+            if (!nb) { fclose(f); errno = ENOMEM; return -1; }
             c->buf = nb; c->cap = cap;
         }
         k = fread(c->buf + c->n, 1, c->cap - c->n, f);
         c->n += k;
     } while (k > 0);
-    int bad = ferror(f);
+    int bad = ferror(f), e = errno;
     fclose(f);
+    if (bad) errno = e ? e : EIO;
     return bad ? -1 : 0;
+}
+
+/* length of the valid UTF-8 sequence at s[0..n) (1 for ASCII), or 0 */
+static int utf8_len(const unsigned char *s, size_t n)
+{
+    int len = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2 : s[0] >= 0xE0 && s[0] <= 0xEF ? 3 :
+              s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
+    if (!len || (size_t)len > n) return 0;
+    for (int i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||   /* overlong, surrogates */
+        (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F)) return 0;
+    return len;
+}
+
+/* fraction of buf[n] that is text: printable ASCII, tab/newline/CR, valid UTF-8 */
+static double text_fraction(const unsigned char *buf, size_t n)
+{
+    size_t ok = 0;
+    for (size_t i = 0; i < n;) {
+        int len = utf8_len(buf + i, n - i);
+        if (len > 1 || (len == 1 && (buf[i] >= 32 || buf[i] == '\n' || buf[i] == '\t' || buf[i] == '\r') && buf[i] != 127))
+            ok += (size_t)len;
+        i += len ? (size_t)len : 1;
+    }
+    return n ? (double)ok / (double)n : 1;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -238,7 +304,11 @@ static int load_corpus(const char *path, corpus *c, int S)
 {
     memset(c, 0, sizeof *c);
     if (path) {
-        if (append_file(c, path) != 0) { fprintf(stderr, "ebt_lm: cannot read %s\n", path); return 1; }
+        if (append_file(c, path) != 0) {
+            fprintf(stderr, "ebt_lm: cannot read %s: %s\n", path, strerror(errno));
+            free(c->buf); c->buf = NULL;
+            return 1;
+        }
     } else {
         DIR *d = opendir(FORTUNE_DIR);
         if (!d) {
@@ -267,7 +337,7 @@ static int load_corpus(const char *path, corpus *c, int S)
             struct stat sb;
             snprintf(path_buf, sizeof path_buf, "%s/%s", FORTUNE_DIR, names[i] ? names[i] : "");
             if (!bad && names[i] && stat(path_buf, &sb) == 0 && S_ISREG(sb.st_mode) && append_file(c, path_buf) != 0) {
-                fprintf(stderr, "ebt_lm: cannot read %s\n", path_buf);
+                fprintf(stderr, "ebt_lm: cannot read %s: %s\n", path_buf, strerror(errno));
                 bad = 1;
             }
             free(names[i]);
@@ -275,6 +345,10 @@ static int load_corpus(const char *path, corpus *c, int S)
         free(names);
         if (bad) { free(c->buf); c->buf = NULL; return 1; }
     }
+    double tf = text_fraction(c->buf, c->n);
+    if (tf < 0.95)
+        fprintf(stderr, "ebt_lm: warning: %s is mostly not text (%.0f%% of its bytes are printable ASCII or UTF-8)\n",
+                path ? path : FORTUNE_DIR, 100 * tf);
     c->n_train = c->n / 10 * 9 + c->n % 10 * 9 / 10;
     if (c->n_train <= (size_t)S + 1 || c->n - c->n_train <= (size_t)S + 1) {
         fprintf(stderr, "ebt_lm: corpus too small (%zu bytes) for windows of %d bytes\n", c->n, S + 1);
@@ -338,27 +412,29 @@ static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w,
 /* ---- train ---------------------------------------------------------------- */
 
 static const char TRAIN_USAGE[] =
-    "usage: ebt_lm train [options]\n"
+    "usage: ebt_lm train [options]      (--opt value or --opt=value)\n"
     "corpus and budget:\n"
-    "  --data FILE        text corpus (default: the fortunes in " FORTUNE_DIR ")\n"
-    "  --minutes M        wall-clock limit (default 5; none if only --steps is given)\n"
-    "  --steps N          total optimiser steps, also the end of the cosine schedule\n"
-    "  --out FILE         checkpoint (default ebt.safetensors / transformer.safetensors)\n"
-    "  --resume           continue from --out if it exists (weights, optimiser, replay)\n"
-    "  --save-every N     checkpoint every N steps (default 500) and at the end\n"
-    "  --eval-every N     validation every N steps (default 200; 0 = only at the end)\n"
-    "  --eval-batches N   validation batches of B windows (default 8)\n"
-    "  --eval-steps K     thinking steps for validation (default --k-max)\n"
+    "  --data FILE          text corpus (default: the fortunes in " FORTUNE_DIR ")\n"
+    "  --minutes M          wall-clock budget, final validation included (default 5; none if only\n"
+    "                       --steps is given); the cosine schedule follows the elapsed time\n"
+    "  --steps N            total optimiser steps (default: none); the cosine schedule ends there\n"
+    "  --out FILE           checkpoint (default ebt.safetensors, or transformer.safetensors)\n"
+    "  --resume             continue from --out if it exists (weights, optimiser, replay)\n"
+    "  --save-every N       checkpoint every N steps (default 500) and at the end\n"
+    "  --eval-every N       validation every N steps (default -1: four times per run; 0: only at the end)\n"
+    "  --eval-batches N     batches of B windows for the final validation (default 8; interim ones use 2)\n"
+    "  --eval-steps K       thinking steps for validation (default --k-max)\n"
     "model (ignored with --resume when the checkpoint exists):\n"
-    "  --arch ebt|transformer   (default ebt)\n"
-    "  --d D (128)  --layers L (4)  --heads H (4)  --ff F (default D)\n"
-    "  --seq S (context, 128)  --batch B (16)  --alpha A (initial step size)\n"
-    "  --step-embed N (step tokens, default 0)  --tie (candidate embedding = tok_embed)\n"
-    "training (ebt_train_opts):\n"
-    "  --mode detach|truncate|full (full)  --k-min K (2)  --k-max K (4)\n"
+    "  --arch ebt|transformer (default ebt)\n"
+    "  --d D (default 128)  --layers L (4)  --heads H (4)  --ff F (default D)\n"
+    "  --seq S (context, default 128)  --batch B (16)  --alpha A (initial step size, default 5)\n"
+    "  --step-embed N (step tokens, default 0)  --tie (candidate embedding = tok_embed; default off)\n"
+    "training (ebt_train_opts; EBT only unless marked):\n"
+    "  --mode detach|truncate|full (default full)  --k-min K (2)  --k-max K (4)\n"
     "  --alpha-rand R (2)  --noise SIGMA (0.3)  --replay CAP (256)  --replay-frac F (0.25)\n"
-    "  --lr LR (1e-3)  --min-lr LR  --warmup N (100)  --no-learn-alpha  --alpha-lr-mult X\n"
-    "  --clip NORM  --wd DECAY  --seed S (model init, batches, thinking; default 1)\n";
+    "  --no-learn-alpha (default: alpha is learned)  --alpha-lr-mult X (1)\n"
+    "  both archs: --lr LR (1e-3)  --min-lr LR (1e-4)  --warmup N (100)  --clip NORM (1)  --wd DECAY (0.01)\n"
+    "  --seed S             model init, batches, thinking (default 1)\n";
 
 /* train's options, parsed and checked (no i/o) */
 typedef struct {
@@ -368,27 +444,42 @@ typedef struct {
     int B, S, seq_set, resume, eval_steps;
     long steps, eval_every, save_every, eval_batches;
     double minutes;
+    const char *model_opt;   /* the first model option given (ignored when resuming), or NULL */
+    const char *ebt_opt;     /* the first EBT-only option given, or NULL */
 } train_args;
+
+static const char *const EBT_ONLY_TRAIN[] = { "--mode", "--k-min", "--k-max", "--alpha-rand", "--noise", "--replay",
+    "--replay-frac", "--no-learn-alpha", "--alpha-lr-mult", "--alpha", "--step-embed", "--tie", "--eval-steps", NULL };
+static const char *const MODEL_OPTS[] = { "--d", "--layers", "--heads", "--ff", "--alpha", "--step-embed", "--tie",
+                                          "--arch", NULL };
+
+/* the recipe's defaults (RECIPE_*) over the library's */
+static void train_defaults(ebt_config *cfg, ebt_train_opts *to)
+{
+    *cfg = ebt_config_default();
+    *to = ebt_train_default();
+    cfg->d_model = RECIPE_D; cfg->n_layers = RECIPE_LAYERS; cfg->n_heads = RECIPE_HEADS;
+    to->mode = RECIPE_MODE; to->k_min = RECIPE_K_MIN; to->k_max = RECIPE_K_MAX;
+    to->alpha_rand = RECIPE_ALPHA_RAND; to->noise = RECIPE_NOISE; to->replay_capacity = RECIPE_REPLAY;
+    to->replay_frac = RECIPE_REPLAY_FRAC; to->lr = RECIPE_LR; to->warmup_steps = RECIPE_WARMUP;
+    to->seed = 1;
+}
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int train_parse(int argc, char **argv, train_args *a)
 {
-    ebt_config cfg = ebt_config_default();
-    ebt_train_opts to = ebt_train_default();
-    cfg.d_model = RECIPE_D; cfg.n_layers = RECIPE_LAYERS; cfg.n_heads = RECIPE_HEADS;
-    to.mode = RECIPE_MODE; to.k_min = RECIPE_K_MIN; to.k_max = RECIPE_K_MAX;
-    to.alpha_rand = RECIPE_ALPHA_RAND; to.noise = RECIPE_NOISE; to.replay_capacity = RECIPE_REPLAY;
-    to.replay_frac = RECIPE_REPLAY_FRAC; to.lr = RECIPE_LR; to.warmup_steps = RECIPE_WARMUP;
-    to.seed = 1;
+    ebt_config cfg;
+    ebt_train_opts to;
+    train_defaults(&cfg, &to);
     const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL;
     int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = 0, eval_steps = 0;
-    long steps = 0, eval_every = 200, save_every = 500, eval_batches = 8;
+    long steps = 0, eval_every = -1, save_every = 500, eval_batches = 8;
     double minutes = -1;
     const opt_spec spec[] = {
         {"--data", OPT_STR, &data, 0, 0}, {"--out", OPT_STR, &out, 0, 0}, {"--arch", OPT_STR, &arch, 0, 0},
         {"--resume", OPT_FLAG, &resume, 0, 0}, {"--minutes", OPT_DBL, &minutes, 1e-3, 1e7},
         {"--steps", OPT_LONG, &steps, 1, 1e12}, {"--save-every", OPT_LONG, &save_every, 1, 1e12},
-        {"--eval-every", OPT_LONG, &eval_every, 0, 1e12}, {"--eval-batches", OPT_LONG, &eval_batches, 1, 1e6},
+        {"--eval-every", OPT_LONG, &eval_every, -1, 1e12}, {"--eval-batches", OPT_LONG, &eval_batches, 1, 1e6},
         {"--eval-steps", OPT_INT, &eval_steps, 1, 1000}, {"--d", OPT_INT, &cfg.d_model, 2, 65536},
         {"--layers", OPT_INT, &cfg.n_layers, 1, 1024}, {"--heads", OPT_INT, &cfg.n_heads, 1, 65536},
         {"--ff", OPT_INT, &ff, 1, 1 << 20}, {"--seq", OPT_INT, &S, 1, 1 << 20},
@@ -403,13 +494,17 @@ static int train_parse(int argc, char **argv, train_args *a)
         {"--clip", OPT_DBL, &to.grad_clip, 0, 1e9}, {"--wd", OPT_DBL, &to.weight_decay, 0, 10},
         {"--seed", OPT_U64, &to.seed, 0, 0},
     };
-    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE);
+    unsigned char seen[N_OPTS(spec)];
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE, seen);
     if (rc >= 0) return rc;
     if (arch && strcmp(arch, "ebt") && strcmp(arch, "transformer") && strcmp(arch, "transformer++"))
         { fprintf(stderr, "ebt_lm: --arch is ebt or transformer\n"); return 2; }
     if (mode && strcmp(mode, "detach") && strcmp(mode, "truncate") && strcmp(mode, "full"))
         { fprintf(stderr, "ebt_lm: --mode is detach, truncate or full\n"); return 2; }
     cfg.arch = arch && strcmp(arch, "ebt") ? EBT_ARCH_TRANSFORMER : EBT_ARCH_EBT;
+    const char *ebt_only = opt_first_seen(spec, N_OPTS(spec), seen, EBT_ONLY_TRAIN);
+    if (cfg.arch == EBT_ARCH_TRANSFORMER && ebt_only)
+        { fprintf(stderr, "ebt_lm: %s applies to EBT models only, not to --arch transformer\n", ebt_only); return 2; }
     if (mode) to.mode = mode[0] == 'f' ? EBT_MODE_FULL : mode[0] == 't' ? EBT_MODE_TRUNCATE : EBT_MODE_DETACH;
     cfg.tie_pred_embed = tie;
     to.learn_alpha = !fixed_alpha;
@@ -423,213 +518,465 @@ static int train_parse(int argc, char **argv, train_args *a)
     *a = (train_args){ .cfg = cfg, .to = to, .data = data, .out = out, .arch = arch, .B = B, .S = S,
                        .seq_set = seq_set, .resume = resume, .eval_steps = eval_steps, .steps = steps,
                        .eval_every = eval_every, .save_every = save_every, .eval_batches = eval_batches,
-                       .minutes = minutes };
+                       .minutes = minutes, .model_opt = opt_first_seen(spec, N_OPTS(spec), seen, MODEL_OPTS),
+                       .ebt_opt = ebt_only };
     return -1;
+}
+
+/* the state of a training run */
+typedef struct {
+    train_args a;
+    ebt_model *m;
+    ebt_workspace *ws;
+    corpus c;
+    int32_t *tok, *tgt;
+    windows w;
+    ebt_think_opts th;
+    int is_ebt, tty, interim_done;
+    long step0, step, last_save, last_eval;
+    double t0, deadline, train_time, eval_per_batch;
+    eval_out ev;
+    ebt_train_stats ts;
+} trainer;
+
+/* the model of a run: the checkpoint (--resume) or a new one; an exit code */
+static int train_model(trainer *T)
+{
+    train_args *a = &T->a;
+    struct stat sb;
+    if (a->resume && stat(a->out, &sb) == 0) {
+        if (load_model(a->out, &T->m)) return 1;
+        const ebt_config *mc = ebt_model_config(T->m);
+        if (a->arch && mc->arch != a->cfg.arch) { fprintf(stderr, "ebt_lm: %s holds a different arch than --arch\n", a->out); return 2; }
+        if (mc->arch != EBT_ARCH_EBT && a->ebt_opt) {
+            fprintf(stderr, "ebt_lm: %s applies to EBT models only; %s is a transformer++ checkpoint\n", a->ebt_opt, a->out);
+            return 2;
+        }
+        if (a->seq_set && a->S > mc->max_seq_len) {
+            fprintf(stderr, "ebt_lm: --seq %d exceeds the checkpoint's max_seq_len %d\n", a->S, mc->max_seq_len);
+            return 2;
+        }
+        if (a->model_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: the checkpoint fixes the model\n", a->model_opt);
+        if (!a->seq_set) a->S = mc->max_seq_len;
+        a->cfg = *mc;
+        fprintf(stderr, "ebt_lm: resuming %s at step %ld\n", a->out, ebt_train_steps_done(T->m));
+        return 0;
+    }
+    char err[256];
+    if (ebt_config_check(&a->cfg, err, sizeof err) != EBT_OK) { fprintf(stderr, "ebt_lm: bad model options: %s\n", err); return 2; }
+    ebt_status st = ebt_create(&a->cfg, a->to.seed, &T->m);
+    return st == EBT_OK ? 0 : fail("ebt_create", st, NULL, NULL);
+}
+
+/* model, corpus, batch buffers, workspace, validation windows; an exit code */
+static int train_open(trainer *T)
+{
+    train_args *a = &T->a;
+    int rc = train_model(T);
+    if (rc) return rc;
+    T->is_ebt = a->cfg.arch == EBT_ARCH_EBT;
+    if (!batch_fits(a->B, a->S)) return 2;
+    if ((rc = load_corpus(a->data, &T->c, a->S)) != 0) return rc;
+    T->tok = malloc((size_t)a->B * a->S * sizeof *T->tok);
+    T->tgt = malloc((size_t)a->B * a->S * sizeof *T->tgt);
+    if (!T->tok || !T->tgt) { fprintf(stderr, "ebt_lm: out of memory\n"); return 1; }
+    ebt_status st;
+    if (T->is_ebt && (st = ebt_workspace_create(T->m, a->B, a->S, &T->ws)) != EBT_OK)
+        return fail("ebt_workspace_create", st, T->m, NULL);
+    T->th = ebt_think_default();
+    T->th.steps = a->eval_steps ? a->eval_steps : a->to.k_max;
+    T->th.seed = EVAL_SEED;
+    T->th.init_scale = a->to.init_scale;
+    T->w = (windows){T->c.buf + T->c.n_train, T->c.n - T->c.n_train, (int)a->eval_batches, a->B, a->S};
+    const ebt_config *cfg = &a->cfg;
+    fprintf(stderr, "ebt_lm: %s, %.2fM params (D=%d L=%d H=%d F=%d), S=%d B=%d, corpus %zu bytes "
+            "(%zu train, %zu val)", T->is_ebt ? "ebt" : "transformer++", ebt_n_params(T->m) / 1e6,
+            cfg->d_model, cfg->n_layers, cfg->n_heads, cfg->d_ff, a->S, a->B, T->c.n, T->c.n_train, T->c.n - T->c.n_train);
+    if (T->is_ebt)
+        fprintf(stderr, ", mode %s, k %d-%d, alpha %.3g", a->to.mode == EBT_MODE_DETACH ? "detach" :
+                a->to.mode == EBT_MODE_TRUNCATE ? "truncate" : "full", a->to.k_min, a->to.k_max, cfg->alpha);
+    fputc('\n', stderr);
+    return 0;
+}
+
+/* seconds per training step so far (a guess before the first) */
+static double train_per_step(const trainer *T)
+{
+    return T->step > T->step0 ? T->train_time / (double)(T->step - T->step0) : 0;
+}
+
+/* the expected cost of the final validation */
+static double train_final_cost(const trainer *T)
+{
+    double per_batch = T->eval_per_batch > 0 ? T->eval_per_batch : train_per_step(T);
+    return per_batch * (double)T->a.eval_batches;
+}
+
+/* the wall-clock time training may use (the final validation is reserved) */
+static double train_end_time(const trainer *T) { return T->deadline - train_final_cost(T); }
+
+/* validates on nb batches and prints the line; an exit code */
+static int train_validate(trainer *T, int nb, int final)
+{
+    double te = now_s();
+    windows w = T->w;
+    ebt_status st;
+    w.nb = nb;
+    if ((st = evaluate(T->m, T->ws, &w, &T->th, &T->ev)) != EBT_OK) return fail("validation", st, T->m, T->ws);
+    T->eval_per_batch = (now_s() - te) / nb;
+    T->last_eval = T->step;
+    if (T->tty) fputs("\r\033[K", stderr);
+    printf(exp(T->ev.ce) < 1e6 ? "step %ld  val %.4f nats/byte  ppl %.2f" : "step %ld  val %.4f nats/byte  ppl %.3g",
+           T->step, T->ev.ce, exp(T->ev.ce));
+    if (T->is_ebt) printf("  energy %.4f  (think %d steps)", T->ev.energy, T->th.steps);
+    printf("  [%s, %d positions]\n", final ? "final" : "interim", nb * w.B * w.S);
+    fflush(stdout);
+    return 0;
+}
+
+/* 1 if an interim validation is due: every --eval-every steps, or (the
+ * default) at a quarter, half and three quarters of the budget */
+static int train_interim_due(const trainer *T)
+{
+    const train_args *a = &T->a;
+    if (a->eval_every == 0 || T->step == T->last_eval) return 0;
+    if (a->eval_every > 0) return T->step % a->eval_every == 0;
+    if (T->interim_done >= 3) return 0;
+    double frac = a->steps > 0 ? (double)(T->step - T->step0) / (double)(a->steps - T->step0) : 0;
+    if (T->deadline < HUGE_VAL) {
+        double tf = (now_s() - T->t0) / (train_end_time(T) - T->t0);
+        frac = tf > frac ? tf : frac;
+    }
+    return frac >= 0.25 * (T->interim_done + 1);
+}
+
+/* one optimiser step on the next batch (another batch if it was non-finite); an exit code */
+static int train_step(trainer *T)
+{
+    train_args *a = &T->a;
+    for (int retry = 0;; retry++) {
+        double t1 = now_s();
+        ebt_status st;
+        fill_batch(T->c.buf, T->c.n_train, a->B, a->S, batch_key(a->to.seed, (uint64_t)T->step, (uint64_t)retry), T->tok, T->tgt);
+        if (a->steps <= 0 && T->deadline < HUGE_VAL) {   /* the cosine follows the elapsed time */
+            double p = (t1 - T->t0) / (train_end_time(T) - T->t0);
+            a->to.progress = p < 0 ? 0 : p > 1 ? 1 : p;
+        }
+        st = ebt_train_step(T->m, &a->to, T->tok, T->tgt, a->B, a->S, NULL, &T->ts);
+        T->train_time += now_s() - t1;
+        if (st == EBT_OK) break;
+        if (st != EBT_ERR_NONFINITE || retry == 9) return fail("ebt_train_step", st, T->m, NULL);
+        fprintf(stderr, "%sebt_lm: step %ld was non-finite (nothing changed), trying another batch\n",
+                T->tty ? "\r\033[K" : "", T->step + 1);
+    }
+    T->step = ebt_train_steps_done(T->m);
+    return 0;
+}
+
+/* the progress line (stderr; redrawn in place on a terminal, every 10 s otherwise) */
+static void train_progress(trainer *T, double *last_print)
+{
+    const train_args *a = &T->a;
+    double t = now_s(), per_step = train_per_step(T), left = T->deadline - t, frac = (t - T->t0) / (T->deadline - T->t0);
+    if (t - *last_print < (T->tty ? 0.25 : 10.0)) return;
+    if (a->steps > 0) {
+        double l2 = (double)(a->steps - T->step) * per_step, f2 = (double)(T->step - T->step0) / (double)(a->steps - T->step0);
+        left = l2 < left ? l2 : left;
+        frac = f2 > frac || !(T->deadline < HUGE_VAL) ? f2 : frac;
+    }
+    char el[24], lf[24], bar[21], ce[64] = "";
+    fmt_time(t - T->t0, el, sizeof el);
+    fmt_time(left, lf, sizeof lf);
+    for (int j = 0; j < 20; j++) bar[j] = j < (int)(frac * 20 + 0.5) ? '#' : '.';
+    bar[20] = 0;
+    if (T->is_ebt) snprintf(ce, sizeof ce, "  ce %.3f->%.3f  alpha %.3g", T->ts.ce_first, T->ts.ce_last, T->ts.alpha);
+    fprintf(stderr, "%sstep %ld  loss %.4f%s  lr %.2g  %.0f tok/s  %s  left %s [%s]%s", T->tty ? "\r" : "",
+            T->step, T->ts.loss, ce, T->ts.lr, (double)a->B * a->S / per_step, el, lf, bar, T->tty ? "\033[K" : "\n");
+    fflush(stderr);
+    *last_print = t;
+}
+
+static void train_close(trainer *T)
+{
+    ebt_workspace_free(T->ws);
+    ebt_free(T->m);
+    free(T->tok); free(T->tgt); free(T->c.buf);
+}
+
+static int train_save(trainer *T)
+{
+    char err[256] = "";
+    ebt_status st = ebt_save_ex(T->m, T->a.out, err, sizeof err);
+    if (st != EBT_OK) {
+        fprintf(stderr, "%sebt_lm: cannot save %s: %s: %s\n", T->tty ? "\r\033[K" : "", T->a.out, ebt_status_str(st), err);
+        return 1;
+    }
+    T->last_save = T->step;
+    return 0;
 }
 
 static int cmd_train(int argc, char **argv)
 {
-    train_args a;
-    int rc = train_parse(argc, argv, &a);
+    trainer T;
+    memset(&T, 0, sizeof T);
+    int rc = train_parse(argc, argv, &T.a);
     if (rc >= 0) return rc;
-    ebt_config cfg = a.cfg;
-    ebt_train_opts to = a.to;
-    const char *data = a.data, *out = a.out, *arch = a.arch;
-    int B = a.B, S = a.S, eval_steps = a.eval_steps;
-    const int seq_set = a.seq_set, resume = a.resume;
-    const long steps = a.steps, eval_every = a.eval_every, save_every = a.save_every, eval_batches = a.eval_batches;
-    const double minutes = a.minutes;
-
-    ebt_model *m = NULL;
-    ebt_workspace *ws = NULL;
-    int32_t *tok = NULL, *tgt = NULL;
-    corpus c = {0};
-    struct stat sb;
-    rc = 1;
-    if (resume && stat(out, &sb) == 0) {
-        if (load_model(out, &m)) return 1;
-        const ebt_config *mc = ebt_model_config(m);
-        if (arch && mc->arch != cfg.arch) {
-            fprintf(stderr, "ebt_lm: %s holds a different arch than --arch\n", out);
-            ebt_free(m);
-            return 2;
-        }
-        if (seq_set && S > mc->max_seq_len) {
-            fprintf(stderr, "ebt_lm: --seq %d exceeds the checkpoint's max_seq_len %d\n", S, mc->max_seq_len);
-            ebt_free(m);
-            return 2;
-        }
-        if (!seq_set) S = mc->max_seq_len;
-        cfg = *mc;
-        fprintf(stderr, "ebt_lm: resuming %s at step %ld\n", out, ebt_train_steps_done(m));
-    } else {
-        char err[256];
-        if (ebt_config_check(&cfg, err, sizeof err) != EBT_OK) {
-            fprintf(stderr, "ebt_lm: bad model options: %s\n", err);
-            return 2;
-        }
-        ebt_status st = ebt_create(&cfg, to.seed, &m);
-        if (st != EBT_OK) return fail("ebt_create", st, NULL, NULL);
-    }
-    const int is_ebt = cfg.arch == EBT_ARCH_EBT;
-    if (!batch_fits(B, S)) { rc = 2; goto done; }
-    if ((rc = load_corpus(data, &c, S)) != 0) goto done;
-    rc = 1;
-    tok = malloc((size_t)B * S * sizeof *tok);
-    tgt = malloc((size_t)B * S * sizeof *tgt);
-    if (!tok || !tgt) { fprintf(stderr, "ebt_lm: out of memory\n"); goto done; }
-    ebt_status st;
-    if (is_ebt && (st = ebt_workspace_create(m, B, S, &ws)) != EBT_OK) {
-        rc = fail("ebt_workspace_create", st, m, NULL);
-        goto done;
-    }
-    ebt_think_opts th = ebt_think_default();
-    th.steps = eval_steps ? eval_steps : to.k_max;
-    th.restarts = 1;
-    th.seed = EVAL_SEED;
-    th.init_scale = to.init_scale;
-    windows w = {c.buf + c.n_train, c.n - c.n_train, (int)eval_batches, B, S};
-
-    fprintf(stderr, "ebt_lm: %s, %.2fM params (D=%d L=%d H=%d F=%d), S=%d B=%d, corpus %zu bytes "
-            "(%zu train, %zu val)", is_ebt ? "ebt" : "transformer++", ebt_n_params(m) / 1e6,
-            cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, S, B, c.n, c.n_train, c.n - c.n_train);
-    if (is_ebt)
-        fprintf(stderr, ", mode %s, k %d-%d, alpha %.3g", to.mode == EBT_MODE_DETACH ? "detach" :
-                to.mode == EBT_MODE_TRUNCATE ? "truncate" : "full", to.k_min, to.k_max, cfg.alpha);
-    fputc('\n', stderr);
-
-    const int tty = isatty(fileno(stderr));
-    const long step0 = ebt_train_steps_done(m);
-    const double t0 = now_s(), deadline = minutes > 0 ? t0 + 60 * minutes : HUGE_VAL;
-    double train_time = 0, eval_time = 0, last_print = -1e9;
-    long step = step0, last_eval = -1, last_save = step0;
-    int retries = 0, estimated = steps > 0;
-    eval_out ev = {NAN, NAN, NAN};
-    ebt_train_stats ts;
-    memset(&ts, 0, sizeof ts);
-    if (steps > 0) to.total_steps = steps;
-
+    if ((rc = train_open(&T)) != 0) { train_close(&T); return rc; }
+    train_args *a = &T.a;
+    double last_print = -1e9;
+    T.tty = isatty(fileno(stderr));
+    T.step0 = T.step = T.last_save = ebt_train_steps_done(T.m);
+    T.last_eval = -1;
+    T.t0 = now_s();
+    T.deadline = a->minutes > 0 ? T.t0 + 60 * a->minutes : HUGE_VAL;
+    if (a->steps > 0) a->to.total_steps = a->steps;
     for (;;) {
-        int at_end = (steps > 0 && step >= steps) || now_s() >= deadline;
-        if (step > last_eval && (at_end || step == step0 || (eval_every > 0 && step % eval_every == 0))) {
-            double te = now_s();
-            if ((st = evaluate(m, ws, &w, &th, &ev)) != EBT_OK) { rc = fail("validation", st, m, ws); goto done; }
-            eval_time = now_s() - te;
-            if (tty) fputs("\r\033[K", stderr);
-            printf(exp(ev.ce) < 1e6 ? "step %ld  val %.4f nats/byte  ppl %.2f" : "step %ld  val %.4f nats/byte  ppl %.3g",
-                   step, ev.ce, exp(ev.ce));
-            if (is_ebt) printf("  energy %.4f  (think %d steps)", ev.energy, th.steps);
-            printf("\n");
-            fflush(stdout);
-            last_eval = step;
+        double t = now_s();
+        int at_end = (a->steps > 0 && T.step >= a->steps) ||
+                     (T.deadline < HUGE_VAL && t + train_per_step(&T) > train_end_time(&T));
+        if (!at_end && train_interim_due(&T)) {
+            long nb = a->eval_batches < 2 ? a->eval_batches : 2;
+            if ((rc = train_validate(&T, (int)nb, 0)) != 0) break;
+            T.interim_done++;
         }
-        if (step > last_save && (at_end || step % save_every == 0)) {
-            char err[256] = "";
-            if ((st = ebt_save_ex(m, out, err, sizeof err)) != EBT_OK) {
-                fprintf(stderr, "\nebt_lm: cannot save %s: %s: %s\n", out, ebt_status_str(st), err);
-                goto done;
-            }
-            last_save = step;
+        if (T.step > T.last_save && (at_end || T.step % a->save_every == 0) && (rc = train_save(&T)) != 0) break;
+        if (at_end) {
+            rc = train_validate(&T, (int)a->eval_batches, 1);
+            break;
         }
-        if (at_end) break;
-
-        double t1 = now_s();
-        fill_batch(c.buf, c.n_train, B, S, batch_key(to.seed, (uint64_t)step, (uint64_t)retries), tok, tgt);
-        st = ebt_train_step(m, &to, tok, tgt, B, S, NULL, &ts);
-        train_time += now_s() - t1;
-        if (st == EBT_ERR_NONFINITE && ++retries < 10) {   /* nothing changed: try another batch */
-            fprintf(stderr, "\nebt_lm: step %ld was non-finite, skipped\n", step + 1);
-            continue;
-        }
-        if (st != EBT_OK) { rc = fail("ebt_train_step", st, m, NULL); goto done; }
-        retries = 0;
-        step = ebt_train_steps_done(m);
-
-        double t = now_s(), per_step = train_time / (double)(step - step0);
-        if (!estimated && step - step0 >= 10) {   /* fix the cosine schedule's end, evals included */
-            double cost = per_step + (eval_every > 0 ? eval_time / (double)eval_every : 0);
-            to.total_steps = step + (long)((deadline - t - eval_time) / cost);
-            estimated = 1;
-            if (tty) fputs("\r\033[K", stderr);
-            fprintf(stderr, "ebt_lm: %.3f s/step, cosine schedule set to end at step %ld\n",
-                    per_step, to.total_steps);
-        }
-        if (t - last_print >= (tty ? 0.25 : 10.0)) {
-            double left = deadline - t, frac = (t - t0) / (deadline - t0);
-            if (steps > 0) {
-                double l2 = (double)(steps - step) * per_step, f2 = (double)(step - step0) / (double)(steps - step0);
-                left = l2 < left ? l2 : left;
-                frac = f2 > frac || !(deadline < HUGE_VAL) ? f2 : frac;
-            }
-            char el[24], lf[24], bar[21], ce[64] = "";
-            fmt_time(t - t0, el, sizeof el);
-            fmt_time(left, lf, sizeof lf);
-            for (int j = 0; j < 20; j++) bar[j] = j < (int)(frac * 20 + 0.5) ? '#' : '.';
-            bar[20] = 0;
-            if (is_ebt) snprintf(ce, sizeof ce, "  ce %.3f->%.3f  alpha %.3g", ts.ce_first, ts.ce_last, ts.alpha);
-            fprintf(stderr, "%sstep %ld  loss %.4f%s  %.0f tok/s  %s  left %s [%s]%s", tty ? "\r" : "",
-                    step, ts.loss, ce, (double)B * S / per_step, el, lf, bar, tty ? "\033[K" : "\n");
-            fflush(stderr);
-            last_print = t;
-        }
+        if ((rc = train_step(&T)) != 0) break;
+        train_progress(&T, &last_print);
     }
-    if (tty) fputs("\r\033[K", stderr);
-    printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.3g  -> %s\n",
-           is_ebt ? "ebt" : "transformer++", step, (double)step * B * S / 1e6, now_s() - t0, ev.ce,
-           exp(ev.ce), out);
-    rc = 0;
-done:
-    ebt_workspace_free(ws);
-    ebt_free(m);
-    free(tok); free(tgt); free(c.buf);
+    if (rc == 0) {
+        if (T.tty) fputs("\r\033[K", stderr);
+        printf("done: arch %s  steps %ld  tokens %.3gM  wall %.1f s  val %.4f nats/byte  ppl %.3g  -> %s\n",
+               T.is_ebt ? "ebt" : "transformer++", T.step, (double)T.step * a->B * a->S / 1e6, now_s() - T.t0,
+               T.ev.ce, exp(T.ev.ce), a->out);
+    }
+    train_close(&T);
     return rc;
 }
 
 /* ---- sample --------------------------------------------------------------- */
 
 static const char SAMPLE_USAGE[] =
-    "usage: ebt_lm sample [options]\n"
-    "  --ckpt FILE         checkpoint (default ebt.safetensors)\n"
-    "  --prompt TEXT       (default \"ROMEO:\")\n"
-    "  --n N               bytes to generate (default 300)\n"
-    "  --steps K           thinking steps per token (default 4; EBT only)\n"
-    "  --restarts R        thinking starts per token, lowest energy wins (default 1)\n"
-    "  --step-size A       thinking step size (default 0: the model's alpha)\n"
-    "  --temperature T     (default 0.8; 0 = argmax)\n"
-    "  --top-p P           nucleus sampling (default 0.95; 1 = off)\n"
-    "  --seed S            (default 1)\n"
-    "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
-    "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n";
+    "usage: ebt_lm sample [options]     (--opt value or --opt=value)\n"
+    "  --ckpt FILE          checkpoint (default ebt.safetensors)\n"
+    "  --prompt TEXT        (default \"ROMEO:\")\n"
+    "  --n N                bytes to generate (default 300)\n"
+    "  --temperature T      (default 0.8; 0 = argmax)\n"
+    "  --top-p P            nucleus sampling (default 0.95; 1 = off)\n"
+    "  --seed S             (default 1)\n"
+    "  --trace              one line per generated byte: its final energy, the energy at every\n"
+    "                       thinking step, steps taken, winning start (coloured on a terminal)\n"
+    "  --trace-png FILE     heat map of the energy of every generated byte at every thinking step\n"
+    "thinking (EBT only):\n"
+    "  --steps K            thinking steps per byte (default 4)\n"
+    "  --restarts R         starts per byte, the lowest final energy wins (default 1)\n"
+    "  --step-size A        thinking step size (default 0: the model's alpha)\n"
+    "  --noise SIGMA        Langevin noise while thinking (default 0)\n"
+    "  --init-scale X       spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
+    "The text is streamed as it is generated (UTF-8 passed through); bytes/s and the mean\n"
+    "final energy follow on stderr.\n";
 
-static void put_bytes(const int32_t *t, int n)
-{
-    for (int i = 0; i < n; i++) {
-        int ch = t[i];
-        putchar(ch == '\n' || ch == '\t' || (ch >= 32 && ch < 127) ? ch : '?');
-    }
-}
+typedef struct { const char *ckpt, *prompt, *png; int n, trace; ebt_gen_opts g; const char *think_opt; } sample_args;
 
-typedef struct { const char *ckpt, *prompt; int n; ebt_gen_opts g; } sample_args;
+static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", NULL };
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int sample_parse(int argc, char **argv, sample_args *a)
 {
-    const char *ckpt = "ebt.safetensors", *prompt = "ROMEO:";
-    int n = 300;
+    const char *ckpt = "ebt.safetensors", *prompt = "ROMEO:", *png = NULL;
+    int n = 300, trace = 0;
     ebt_gen_opts g = ebt_gen_default();
     g.think.steps = 4; g.think.restarts = 1; g.temperature = 0.8; g.top_p = 0.95; g.seed = 1;
     const opt_spec spec[] = {
-        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--prompt", OPT_STR, &prompt, 0, 0}, {"--n", OPT_INT, &n, 1, 1 << 24},
+        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--prompt", OPT_TEXT, &prompt, 0, 0}, {"--n", OPT_INT, &n, 1, 1 << 24},
         {"--steps", OPT_INT, &g.think.steps, 0, 1000}, {"--restarts", OPT_INT, &g.think.restarts, 1, 1000},
         {"--step-size", OPT_DBL, &g.think.step_size, 0, 1e9}, {"--temperature", OPT_DBL, &g.temperature, 0, 100},
         {"--top-p", OPT_DBL, &g.top_p, 0, 1}, {"--seed", OPT_U64, &g.seed, 0, 0},
         {"--noise", OPT_DBL, &g.think.noise, 0, 1e6}, {"--init-scale", OPT_DBL, &g.think.init_scale, 0, 1e6},
+        {"--trace", OPT_FLAG, &trace, 0, 0}, {"--trace-png", OPT_STR, &png, 0, 0},
     };
-    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE);
+    unsigned char seen[N_OPTS(spec)];
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE, seen);
     if (rc >= 0) return rc;
     g.think.seed = g.seed ^ 0x7417c0deULL;
-    *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .n = n, .g = g };
+    *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .png = png, .n = n, .trace = trace, .g = g,
+                        .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, THINK_OPTS) };
     return -1;
+}
+
+/* Bytes to a terminal or file: valid UTF-8 passes through, tab/newline
+ * too; other control bytes and invalid sequences print as U+FFFD. A
+ * multi-byte character is held until it is complete. */
+typedef struct { unsigned char buf[4]; int n; FILE *f; } utf8_out;
+
+#define UTF8_REPL "\xEF\xBF\xBD"
+/* bytes a character starting with lead has (0: lead cannot start one) */
+static int utf8_want(int lead)
+{
+    return lead < 0x80 ? 1 : lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3 :
+           lead >= 0xF0 && lead <= 0xF4 ? 4 : 0;
+}
+static void utf8_put(utf8_out *u, int byte)
+{
+    unsigned char b = (unsigned char)byte;
+    if (u->n > 0 && (b & 0xC0) != 0x80) { fputs(UTF8_REPL, u->f); u->n = 0; }  /* cut short */
+    u->buf[u->n++] = b;
+    int want = utf8_want(u->buf[0]);
+    if (u->n < want) return;                                                    /* wait for the rest */
+    if (want && utf8_len(u->buf, (size_t)u->n) == want && (want > 1 || b >= 32 || b == '\n' || b == '\t') && b != 127)
+        fwrite(u->buf, 1, (size_t)u->n, u->f);
+    else
+        fputs(UTF8_REPL, u->f);
+    u->n = 0;
+}
+static void utf8_flush(utf8_out *u) { if (u->n) fputs(UTF8_REPL, u->f); u->n = 0; }
+
+/* what sample keeps of each generated byte (for --trace and --trace-png) */
+typedef struct {
+    utf8_out out;
+    int trace, tty, K, n;
+    double t0, first;        /* start, time of the first byte */
+    int32_t *tok;            /* [n] */
+    ebt_real *energy;        /* [n * (K+1)] */
+    int *steps, *winner;     /* [n] */
+    ebt_real *pchosen;       /* [n] probability of the chosen byte */
+} sample_log;
+
+/* 256-colour terminal background for an energy relative to [lo, hi] (green low, red high) */
+static int energy_colour(double e, double lo, double hi)
+{
+    static const int ramp[6] = { 22, 28, 100, 136, 130, 124 };
+    double f = hi > lo ? (e - lo) / (hi - lo) : 0.5;
+    int i = (int)(f * 6);
+    return ramp[i < 0 ? 0 : i > 5 ? 5 : i];
+}
+
+static void print_byte_escaped(FILE *f, int b)
+{
+    if (b >= 32 && b < 127 && b != '\'' && b != '\\') fprintf(f, "'%c' ", b);
+    else if (b == '\n') fputs("'\\n'", f);
+    else fprintf(f, "%02x  ", b);
+}
+
+/* ebt_gen_opts.on_token: stream the byte (or a trace line) and keep its numbers */
+static int sample_on_token(void *user, const ebt_gen_token *t)
+{
+    sample_log *L = (sample_log *)user;
+    int i = t->index, K = L->K;
+    L->tok[i] = t->token;
+    L->pchosen[i] = t->probs[t->token];
+    L->steps[i] = t->steps_taken;
+    L->winner[i] = t->winner;
+    for (int k = 0; k <= K; k++) L->energy[(size_t)i * (K + 1) + k] = t->energies ? t->energies[k] : (ebt_real)NAN;
+    if (i == 0) L->first = now_s();
+    if (!L->trace) {
+        utf8_put(&L->out, t->token);
+        fflush(L->out.f);
+        return 0;
+    }
+    printf("%5d  ", i);
+    print_byte_escaped(stdout, t->token);
+    printf("  p %.3f", (double)L->pchosen[i]);
+    if (t->energies) {
+        printf("  E %+9.4f  steps %d  start %d  E_k:", (double)t->energy, t->steps_taken, t->winner);
+        double lo = t->energies[0], hi = t->energies[0];   /* colours: this byte's own descent */
+        for (int k = 0; k <= K; k++) { lo = fmin(lo, t->energies[k]); hi = fmax(hi, t->energies[k]); }
+        for (int k = 0; k <= K; k++) {
+            if (L->tty) printf(" \033[48;5;%dm%+8.3f\033[0m", energy_colour(t->energies[k], lo, hi), (double)t->energies[k]);
+            else printf(" %+8.3f", (double)t->energies[k]);
+        }
+    }
+    putchar('\n');
+    fflush(stdout);
+    return 0;
+}
+
+/* viridis-like colour for f in [0, 1] */
+static unsigned long heat_colour(double f)
+{
+    static const unsigned char a[5][3] = { {68,1,84}, {59,82,139}, {33,145,140}, {94,201,98}, {253,231,37} };
+    f = f < 0 ? 0 : f > 1 ? 1 : f;
+    int i = f >= 1 ? 3 : (int)(f * 4);
+    double u = f * 4 - i;
+    unsigned long c = 0;
+    for (int ch = 0; ch < 3; ch++) c = c << 8 | (unsigned long)(a[i][ch] + u * (a[i + 1][ch] - a[i][ch]) + 0.5);
+    return c;
+}
+
+/* --trace-png: rows of up to 96 generated bytes; per row, one strip per
+ * thinking step k = 0..K (cells coloured by E_k), the bytes below, a
+ * colour bar with the energy range at the bottom. 0 on success. */
+static int trace_png(const char *path, const sample_log *L, const char *title)
+{
+    enum { PER = 96, CW = 8, CH = 10, X0 = 60 };
+    int K = L->K, rows = (L->n + PER - 1) / PER, rowh = (K + 1) * CH + 24, W = X0 + PER * CW + 20;
+    int H = 40 + rows * rowh + 50;
+    double lo = HUGE_VAL, hi = -HUGE_VAL;
+    char buf[64];
+    png_img im;
+    for (size_t i = 0; i < (size_t)L->n * (K + 1); i++) { lo = fmin(lo, L->energy[i]); hi = fmax(hi, L->energy[i]); }
+    if (!(hi > lo)) hi = lo + 1;
+    if (png_init(&im, W, H)) return -1;
+    png_text(&im, 10, 10, title, 1, 0x000000);
+    png_text(&im, 10, 22, "ENERGY OF EACH GENERATED BYTE (COLUMNS) AT EACH THINKING STEP (ROWS K=0 TOP)", 1, 0x000000);
+    for (int r = 0; r < rows; r++) {
+        int y0 = 40 + r * rowh;
+        for (int k = 0; k <= K; k++) {
+            snprintf(buf, sizeof buf, "K=%d", k);
+            if (k == 0 || k == K || K <= 8) png_text(&im, 10, y0 + k * CH + 1, buf, 1, 0x000000);
+            for (int j = 0; j < PER && r * PER + j < L->n; j++) {
+                size_t i = (size_t)(r * PER + j);
+                double e = L->energy[i * (K + 1) + k];
+                png_rect(&im, X0 + j * CW, y0 + k * CH, X0 + j * CW + CW - 2, y0 + k * CH + CH - 2, heat_colour((e - lo) / (hi - lo)));
+            }
+        }
+        for (int j = 0; j < PER && r * PER + j < L->n; j++) {
+            int b = L->tok[r * PER + j];
+            char ch[2] = { (char)(b > 32 && b < 127 ? b : b == ' ' ? '_' : '.'), 0 };
+            png_text(&im, X0 + j * CW + 1, y0 + (K + 1) * CH + 4, ch, 1, b == ' ' ? 0xaaaaaa : 0x000000);
+        }
+    }
+    int yb = 40 + rows * rowh + 10;
+    for (int x = 0; x < 300; x++) png_rect(&im, X0 + x, yb, X0 + x, yb + 12, heat_colour(x / 299.0));
+    snprintf(buf, sizeof buf, "%.3f", lo);
+    png_text(&im, X0 - png_text_w(buf, 1) - 6, yb + 3, buf, 1, 0x000000);
+    snprintf(buf, sizeof buf, "%.3f  ENERGY (LOW = CONFIDENT)", hi);
+    png_text(&im, X0 + 306, yb + 3, buf, 1, 0x000000);
+    int rc = png_save(&im, path);
+    png_free(&im);
+    return rc;
+}
+
+/* after generation: the text coloured by final energy (trace on a terminal) and the summary on stderr */
+static void sample_summary(const sample_log *L, int is_ebt, double secs, const ebt_gen_opts *g)
+{
+    double lo = HUGE_VAL, hi = -HUGE_VAL, s = 0;
+    int k = 0, K = L->K;
+    for (int i = 0; i < L->n; i++) {
+        double e = L->energy[(size_t)i * (K + 1) + K];
+        if (isfinite(e)) { lo = fmin(lo, e); hi = fmax(hi, e); s += e; k++; }
+    }
+    if (L->trace) {
+        utf8_out u = { {0}, 0, stdout };
+        printf("\n");
+        for (int i = 0; i < L->n; i++) {
+            double e = L->energy[(size_t)i * (K + 1) + K];
+            if (L->tty && is_ebt) printf("\033[48;5;%dm", energy_colour(e, lo, hi));
+            utf8_put(&u, L->tok[i]);
+            if (L->tty && is_ebt && L->tok[i] != '\n') printf("\033[0m");
+        }
+        utf8_flush(&u);
+        printf(L->tty ? "\033[0m\n" : "\n");
+        if (L->tty && is_ebt) printf("(background: final energy, green %.3f (confident) .. red %.3f)\n", lo, hi);
+    }
+    fprintf(stderr, "ebt_lm: %d bytes in %.2f s (%.1f bytes/s", L->n, secs, secs > 0 ? L->n / secs : 0.0);
+    if (L->n > 1 && L->first > L->t0) fprintf(stderr, "; first byte after %.3f s", L->first - L->t0);
+    fprintf(stderr, ")");
+    if (is_ebt) fprintf(stderr, ", mean final energy %.4f (%d think steps, %d restarts)", k ? s / k : NAN, g->think.steps, g->think.restarts);
+    fputc('\n', stderr);
 }
 
 static int cmd_sample(int argc, char **argv)
@@ -637,48 +984,51 @@ static int cmd_sample(int argc, char **argv)
     sample_args a;
     int rc = sample_parse(argc, argv, &a);
     if (rc >= 0) return rc;
-    const char *ckpt = a.ckpt, *prompt = a.prompt;
-    const int n = a.n;
-    ebt_gen_opts g = a.g;
-
     ebt_model *m = NULL;
     ebt_workspace *ws = NULL;
-    if (load_model(ckpt, &m)) return 1;
+    if (load_model(a.ckpt, &m)) return 1;
     const ebt_config *cfg = ebt_model_config(m);
-    int np = (int)strlen(prompt), keep;
-    rc = 1;
+    const int is_ebt = cfg->arch == EBT_ARCH_EBT, K = is_ebt ? a.g.think.steps : 0, n = a.n;
+    int np = (int)strlen(a.prompt), keep;
+    if (!is_ebt && a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, a.ckpt);
+    if (!is_ebt && a.png) { fprintf(stderr, "ebt_lm: --trace-png needs an EBT checkpoint (%s is a transformer++)\n", a.ckpt); ebt_free(m); return 2; }
+    sample_log L = { { {0}, 0, stdout }, a.trace, isatty(fileno(stdout)), K, n, 0, 0, NULL, NULL, NULL, NULL, NULL };
     int32_t *pt = malloc(((size_t)np + 1) * sizeof *pt), *gen = malloc((size_t)n * sizeof *gen);
-    ebt_real *en = malloc((size_t)n * sizeof *en);
+    L.tok = malloc((size_t)n * sizeof *L.tok);
+    L.energy = malloc((size_t)n * (K + 1) * sizeof *L.energy);
+    L.steps = malloc((size_t)n * sizeof *L.steps);
+    L.winner = malloc((size_t)n * sizeof *L.winner);
+    L.pchosen = malloc((size_t)n * sizeof *L.pchosen);
     ebt_status st;
-    if (!pt || !gen || !en) { fprintf(stderr, "ebt_lm: out of memory\n"); goto done; }
+    rc = 1;
+    if (!pt || !gen || !L.tok || !L.energy || !L.steps || !L.winner || !L.pchosen) { fprintf(stderr, "ebt_lm: out of memory\n"); goto done; }
     if (np == 0) pt[np++] = '\n';                 /* generation needs a prompt of >= 1 byte */
-    else for (int i = 0; i < np; i++) pt[i] = (unsigned char)prompt[i];
+    else for (int i = 0; i < np; i++) pt[i] = (unsigned char)a.prompt[i];
     /* a prompt longer than the context is cut to its last half-context */
     keep = np < cfg->max_seq_len ? np : cfg->max_seq_len / 2 > 0 ? cfg->max_seq_len / 2 : 1;
-    if ((st = ebt_workspace_create(m, 1, cfg->max_seq_len, &ws)) != EBT_OK) {
-        rc = fail("ebt_workspace_create", st, m, NULL);
-        goto done;
-    }
-    if ((st = ebt_generate(ws, m, pt + np - keep, keep, n, &g, gen, en, NULL)) != EBT_OK) {
-        rc = fail("ebt_generate", st, m, ws);
-        goto done;
-    }
-    put_bytes(pt, np);
-    put_bytes(gen, n);
-    putchar('\n');
-    if (cfg->arch == EBT_ARCH_EBT) {
-        double s = 0;
-        int k = 0;
-        for (int i = 0; i < n; i++)
-            if (isfinite(en[i])) { s += en[i]; k++; }
-        fprintf(stderr, "ebt_lm: mean final energy per generated byte %.4f (%d think steps, %d restarts)\n",
-                k ? s / k : NAN, g.think.steps, g.think.restarts);
+    if ((st = ebt_workspace_create(m, 1, cfg->max_seq_len, &ws)) != EBT_OK) { rc = fail("ebt_workspace_create", st, m, NULL); goto done; }
+    if (!a.trace) { fputs(a.prompt, stdout); fflush(stdout); }
+    else printf("prompt: %s\n  pos  byte     p(byte)%s\n", a.prompt, is_ebt ? "  final E   steps  start  energy at step k = 0..K" : "");
+    a.g.on_token = sample_on_token;
+    a.g.user = &L;
+    L.t0 = now_s();
+    if ((st = ebt_generate(ws, m, pt + np - keep, keep, n, &a.g, gen, NULL, NULL)) != EBT_OK) { rc = fail("ebt_generate", st, m, ws); goto done; }
+    double secs = now_s() - L.t0;
+    utf8_flush(&L.out);
+    if (!a.trace) putchar('\n');
+    fflush(stdout);
+    sample_summary(&L, is_ebt, secs, &a.g);
+    if (a.png) {
+        char title[128];
+        snprintf(title, sizeof title, "EBT D=%d L=%d  K=%d  RESTARTS=%d", cfg->d_model, cfg->n_layers, K, a.g.think.restarts);
+        if (trace_png(a.png, &L, title) != 0) { fprintf(stderr, "ebt_lm: cannot write %s: %s\n", a.png, strerror(errno)); goto done; }
+        fprintf(stderr, "ebt_lm: wrote %s\n", a.png);
     }
     rc = 0;
 done:
     ebt_workspace_free(ws);
     ebt_free(m);
-    free(pt); free(gen); free(en);
+    free(pt); free(gen); free(L.tok); free(L.energy); free(L.steps); free(L.winner); free(L.pchosen);
     return rc;
 }
 
@@ -783,6 +1133,7 @@ typedef struct {
     long nb;
     int B, eval_steps;
     double noise, init_scale, step_size;
+    const char *think_opt;   /* the first thinking option given, or NULL */
 } eval_args;
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
@@ -798,10 +1149,13 @@ static int eval_parse(int argc, char **argv, eval_args *a)
         {"--eval-steps", OPT_INT, &eval_steps, 0, 1000}, {"--noise", OPT_DBL, &noise, 0, 1e6},
         {"--init-scale", OPT_DBL, &init_scale, 0, 1e6}, {"--step-size", OPT_DBL, &step_size, 0, 1e9},
     };
-    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE);
+    static const char *const think_opts[] = { "--eval-steps", "--noise", "--init-scale", "--step-size", NULL };
+    unsigned char seen[N_OPTS(spec)];
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE, seen);
     if (rc >= 0) return rc;
     *a = (eval_args){ .ckpt = ckpt, .base_path = base_path, .data = data, .plot_path = plot_path, .nb = nb, .B = B,
-                      .eval_steps = eval_steps, .noise = noise, .init_scale = init_scale, .step_size = step_size };
+                      .eval_steps = eval_steps, .noise = noise, .init_scale = init_scale, .step_size = step_size,
+                      .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, think_opts) };
     return -1;
 }
 
@@ -844,12 +1198,13 @@ static int cmd_eval(int argc, char **argv)
     if (base && (st = evaluate(base, NULL, &w, &th, &base_ev)) != EBT_OK) { rc = fail("baseline", st, base, NULL); goto done; }
     if (cfg->arch != EBT_ARCH_EBT) {
         eval_out e;
+        if (a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, ckpt);
         if ((st = evaluate(m, NULL, &w, &th, &e)) != EBT_OK) { rc = fail("validation", st, m, NULL); goto done; }
         printf("| model         | val CE (nats/byte) |        ppl | mean final energy |\n");
         printf("|--------------:|-------------------:|-----------:|------------------:|\n");
         table_row(ckpt, &e, 0);
         if (base) table_row(base_path, &base_ev, 0);
-        if (plot_path) fprintf(stderr, "ebt_lm: --plot needs an EBT checkpoint; no plot written\n");
+        if (plot_path) fprintf(stderr, "ebt_lm: warning: --plot needs an EBT checkpoint; no plot written\n");
         rc = 0;
         goto done;
     }
@@ -887,7 +1242,7 @@ static int cmd_eval(int argc, char **argv)
     if (base) table_row("transformer++", &base_ev, 1);
     if (plot_path) {
         if (plot(plot_path, ks, ce_k, rs, ce_r, eval_steps, base_ev.ce) != 0) {
-            fprintf(stderr, "ebt_lm: cannot write %s\n", plot_path);
+            fprintf(stderr, "ebt_lm: cannot write %s: %s\n", plot_path, strerror(errno));
             goto done;
         }
         fprintf(stderr, "ebt_lm: wrote %s\n", plot_path);
@@ -901,26 +1256,80 @@ done:
     return rc;
 }
 
+/* ---- export -------------------------------------------------------------- */
+
+static const char EXPORT_USAGE[] =
+    "usage: ebt_lm export [options]     (--opt value or --opt=value)\n"
+    "  --ckpt FILE          checkpoint to read (default ebt.safetensors)\n"
+    "  --out FILE           checkpoint to write (required; written atomically)\n"
+    "  --weights-only       leave out the optimiser state and the replay buffer (default: keep them)\n";
+
+static int cmd_export(int argc, char **argv)
+{
+    const char *ckpt = "ebt.safetensors", *out = NULL;
+    int weights_only = 0;
+    const opt_spec spec[] = { {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--out", OPT_STR, &out, 0, 0},
+                              {"--weights-only", OPT_FLAG, &weights_only, 0, 0} };
+    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EXPORT_USAGE, NULL);
+    if (rc >= 0) return rc;
+    if (!out) { fprintf(stderr, "ebt_lm: export needs --out FILE\n\n%s", EXPORT_USAGE); return 2; }
+    ebt_model *m = NULL;
+    char err[256] = "";
+    struct stat sb;
+    if (load_model(ckpt, &m)) return 1;
+    if (weights_only) ebt_train_reset(m);
+    ebt_status st = ebt_save_ex(m, out, err, sizeof err);
+    ebt_free(m);
+    if (st != EBT_OK) { fprintf(stderr, "ebt_lm: cannot save %s: %s: %s\n", out, ebt_status_str(st), err); return 1; }
+    if (stat(out, &sb) == 0) fprintf(stderr, "ebt_lm: wrote %s (%.2f MB)\n", out, sb.st_size / 1e6);
+    return 0;
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 #ifndef EBT_LM_NO_MAIN   /* tests/fuzz/fuzz_lm_*.c include this file without main */
 static const char MAIN_USAGE[] =
-    "usage: ebt_lm <command> [options]   (ebt_lm <command> --help for its options)\n"
+    "usage: ebt_lm <command> [options]   (ebt_lm help <command>, or ebt_lm <command> --help)\n"
     "  train    train an EBT (or --arch transformer) byte-level language model\n"
-    "  sample   generate text from a checkpoint\n"
+    "  sample   generate text from a checkpoint, streamed; --trace shows the model think\n"
     "  eval     validation CE against thinking steps and restarts, optional PNG plot\n"
+    "  export   re-write a checkpoint, e.g. --weights-only for a small file to share\n"
+    "  help     this text, or the options of a command\n"
+    "  --version\n"
     "threads: ebt's kernels use OMP_NUM_THREADS threads (default: every core) and\n"
     "OpenBLAS runs single-threaded, unless OPENBLAS_NUM_THREADS is set.\n";
 
+static void print_version(void)
+{
+#ifdef EBT_VERSION
+    printf("ebt_lm (ebt %s, library %s)\n", EBT_VERSION, ebt_version());
+#else
+    printf("ebt_lm\n");
+#endif
+}
+
 int main(int argc, char **argv)
 {
+    static const struct { const char *name; int (*run)(int, char **); const char *usage; } cmds[] = {
+        {"train", cmd_train, TRAIN_USAGE}, {"sample", cmd_sample, SAMPLE_USAGE},
+        {"eval", cmd_eval, EVAL_USAGE}, {"export", cmd_export, EXPORT_USAGE},
+    };
+    const int nc = (int)(sizeof cmds / sizeof cmds[0]);
+#ifdef EBT_LM_OPENBLAS
     /* ebt splits products and kernels over its own threads; OpenBLAS
      * threading its products at the same time would compete for the cores */
     if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
-    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(MAIN_USAGE, stdout); return 0; }
-    if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);
+#endif
+    if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) { print_version(); return 0; }
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
+        for (int i = 0; argc >= 3 && i < nc; i++)
+            if (!strcmp(argv[2], cmds[i].name)) { fputs(cmds[i].usage, stdout); return 0; }
+        if (argc >= 3) { fprintf(stderr, "ebt_lm: unknown command '%s'\n\n%s", argv[2], MAIN_USAGE); return 2; }
+        fputs(MAIN_USAGE, stdout);
+        return 0;
+    }
+    for (int i = 0; argc >= 2 && i < nc; i++)
+        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].run(argc - 1, argv + 1);
     if (argc >= 2) fprintf(stderr, "ebt_lm: unknown command '%s'\n\n", argv[1]);
     fputs(MAIN_USAGE, stderr);
     return 2;

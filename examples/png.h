@@ -3,8 +3,8 @@
    The image is 8-bit RGB, written as one IDAT chunk holding a zlib stream
    of stored (uncompressed) deflate blocks, with its CRC-32 and Adler-32.
    Drawing: pixels, Bresenham lines (optionally dashed), filled rectangles
-   and text in a built-in 5x7 bitmap font (digits, ". - + ( ) = /", space and
-   most upper-case letters; lower case is drawn as upper case).
+   and text in a built-in 5x7 bitmap font (digits, letters, space and the
+   printable ASCII punctuation; lower case is drawn as upper case).
 
      png_img im;
      if (png_init(&im, 320, 200) == 0) {
@@ -64,7 +64,7 @@ static void png_line(png_img *im, int x0, int y0, int x1, int y1, unsigned long 
 }
 
 /* 5x7 glyphs, one byte per row, bit 4 = leftmost column */
-static const char png__chars[] = "0123456789.-+()=/ABCDEFGHIKLMNOPRSTUVWXY";
+static const char png__chars[] = "0123456789.-+()=/ABCDEFGHIKLMNOPRSTUVWXYJQZ:,!?'\";_<>[]*#%&@$\\|~^`{}";
 static const unsigned char png__font[][7] = {
     {14,17,19,21,25,17,14}, {4,12,4,4,4,4,14}, {14,17,1,2,4,8,31}, {31,2,4,2,1,17,14},
     {2,6,10,18,31,2,2}, {31,16,30,1,1,17,14}, {6,8,16,30,17,17,14}, {31,1,2,4,8,8,8},
@@ -76,6 +76,14 @@ static const unsigned char png__font[][7] = {
     {17,17,25,21,19,17,17}, {14,17,17,17,17,17,14}, {30,17,17,30,16,16,16}, {30,17,17,30,20,18,17},
     {15,16,16,14,1,1,30}, {31,4,4,4,4,4,4}, {17,17,17,17,17,17,14}, {17,17,17,17,17,10,4},
     {17,17,17,21,21,21,10}, {17,17,10,4,10,17,17}, {17,17,10,4,4,4,4},
+    /* J Q Z : , ! ? ' " ; _ < > [ ] * # % & @ $ \ | ~ ^ ` { } */
+    {7,2,2,2,2,18,12}, {14,17,17,17,21,18,13}, {31,1,2,4,8,16,31}, {0,12,12,0,12,12,0},
+    {0,0,0,0,12,4,8}, {4,4,4,4,4,0,4}, {14,17,1,2,4,0,4}, {4,4,8,0,0,0,0}, {10,10,0,0,0,0,0},
+    {0,12,12,0,12,4,8}, {0,0,0,0,0,0,31}, {2,4,8,16,8,4,2}, {8,4,2,1,2,4,8}, {14,8,8,8,8,8,14},
+    {14,2,2,2,2,2,14}, {0,4,21,14,21,4,0}, {10,10,31,10,31,10,10}, {24,25,2,4,8,19,3},
+    {12,18,20,8,21,18,13}, {14,17,1,13,21,21,14}, {4,15,20,14,5,30,4}, {16,16,8,4,2,1,1},
+    {4,4,4,4,4,4,4}, {0,0,8,21,2,0,0}, {4,10,17,0,0,0,0}, {8,4,2,0,0,0,0}, {2,4,4,8,4,4,2},
+    {8,4,4,2,4,4,8},
 };
 
 static int png_text_w(const char *s, int scale) { return (int)strlen(s) * 6 * scale; }

@@ -95,17 +95,17 @@ typedef struct { uint64_t params, grads, train, other; int wsB, wsS; } snap;
 static uint64_t hash_train(const ebt_model *m)
 {
     uint64_t h = TEST_FNV0;
-    size_t S = m->rb_S > 0 ? (size_t)m->rb_S : 0, cnt = m->rb_count > 0 ? (size_t)m->rb_count : 0;
-    int have = m->opt_m != NULL;
+    size_t S = m->rb.S > 0 ? (size_t)m->rb.S : 0, cnt = m->rb.count > 0 ? (size_t)m->rb.count : 0;
+    int have = m->opt.m != NULL;
     HV(h, have);
-    if (m->opt_m) h = test_fnv(h, m->opt_m, m->n_params * sizeof(ebt_real));
-    if (m->opt_v) h = test_fnv(h, m->opt_v, m->n_params * sizeof(ebt_real));
-    HV(h, m->opt_step); HV(h, m->rb_count); HV(h, m->cfg.alpha);
+    if (m->opt.m) h = test_fnv(h, m->opt.m, m->n_params * sizeof(ebt_real));
+    if (m->opt.v) h = test_fnv(h, m->opt.v, m->n_params * sizeof(ebt_real));
+    HV(h, m->opt.step); HV(h, m->rb.count); HV(h, m->cfg.alpha);
     if (cnt) {  /* an empty buffer holds nothing; else the filled slots 0..count-1 */
-        HV(h, m->rb_cap); HV(h, m->rb_next); HV(h, m->rb_S);
-        h = test_fnv(h, m->rb_tok, cnt * S * sizeof(int32_t));
-        h = test_fnv(h, m->rb_tgt, cnt * S * sizeof(int32_t));
-        h = test_fnv(h, m->rb_y, cnt * S * (size_t)m->cfg.vocab_size * sizeof(ebt_real));
+        HV(h, m->rb.cap); HV(h, m->rb.next); HV(h, m->rb.S);
+        h = test_fnv(h, m->rb.tok, cnt * S * sizeof(int32_t));
+        h = test_fnv(h, m->rb.tgt, cnt * S * sizeof(int32_t));
+        h = test_fnv(h, m->rb.y, cnt * S * (size_t)m->cfg.vocab_size * sizeof(ebt_real));
     }
     return h;
 }
@@ -552,11 +552,11 @@ static void test_create_load(void **state)
     (void)state;
     /* checkpoints with optimiser state (and, for ebt, a replay buffer) */
     m = build(EBT_ARCH_EBT, 2, 0, 3);
-    assert_true(m->opt_m != NULL && m->rb_count > 0);
+    assert_true(m->opt.m != NULL && m->rb.count > 0);
     assert_int_equal(ebt_save(m, G.ckpt_ebt), EBT_OK);
     ebt_free(m);
     m = build(EBT_ARCH_TRANSFORMER, 0, 0, 2);
-    assert_true(m->opt_m != NULL);
+    assert_true(m->opt.m != NULL);
     assert_int_equal(ebt_save(m, G.ckpt_tr), EBT_OK);
     ebt_free(m);
     assert_int_equal(sweep_all(ops, (int)(sizeof ops / sizeof ops[0])), 0);
@@ -649,7 +649,7 @@ static void test_refused_step(void **state)
     o.lr = 1e300;
     o.warmup_steps = 0;
     before = model_snap(m);
-    assert_true(m->rb_count > 0 && m->rb_S == S);
+    assert_true(m->rb.count > 0 && m->rb.S == S);
     for (int s2 = 0; s2 < 2; s2++) {
         st = ebt_train_step(m, &o, tok, tgt, B, s2 ? S2 : S, NULL, NULL);
         if (st != EBT_ERR_NONFINITE) printf("  S=%d: %s (%s)\n", s2 ? S2 : S, ebt_status_str(st), ebt_last_error(m));
@@ -658,7 +658,7 @@ static void test_refused_step(void **state)
         assert_true(after.params == before.params);
         if (after.train != before.train)
             printf("  refused step on B=%d S=%d changed the training state (replay buffer: %d sequences of %d, was %d of %d)\n",
-                   B, s2 ? S2 : S, m->rb_count, m->rb_S, 4, S);
+                   B, s2 ? S2 : S, m->rb.count, m->rb.S, 4, S);
         assert_true(after.train == before.train);
     }
     ebt_free(m);

@@ -53,25 +53,25 @@ static uint64_t hash_model(const ebt_model *x, int with_grads)
     int ci[9] = { (int)c->arch, c->vocab_size, c->d_model, c->n_layers, c->n_heads, c->d_ff,
                   c->max_seq_len, c->n_step_embed, c->tie_pred_embed };
     double cd[3] = { c->rope_theta, c->norm_eps, c->alpha };
-    int rb[4] = { x->rb_cap, x->rb_count, x->rb_next, x->rb_S };
-    size_t nrb = (size_t)x->rb_count * (size_t)x->rb_S;
+    int rb[4] = { x->rb.cap, x->rb.count, x->rb.next, x->rb.S };
+    size_t nrb = (size_t)x->rb.count * (size_t)x->rb.S;
     uint64_t h = TEST_FNV0;
     h = test_fnv(h, ci, sizeof ci);
     h = test_fnv(h, cd, sizeof cd);
     h = test_fnv(h, x->params, x->n_params * sizeof(ebt_real));
     if (with_grads) h = test_fnv(h, x->grads, x->n_params * sizeof(ebt_real));
-    h = test_fnv(h, &x->opt_step, sizeof x->opt_step);
+    h = test_fnv(h, &x->opt.step, sizeof x->opt.step);
     h = test_fnv(h, rb, sizeof rb);
-    if (x->opt_m) {
-        h = test_fnv(h, x->opt_m, x->n_params * sizeof(ebt_real));
-        h = test_fnv(h, x->opt_v, x->n_params * sizeof(ebt_real));
+    if (x->opt.m) {
+        h = test_fnv(h, x->opt.m, x->n_params * sizeof(ebt_real));
+        h = test_fnv(h, x->opt.v, x->n_params * sizeof(ebt_real));
     } else {
         h = test_fnv(h, "no optimiser state", 18);
     }
     if (nrb) {
-        h = test_fnv(h, x->rb_tok, nrb * sizeof(int32_t));
-        h = test_fnv(h, x->rb_tgt, nrb * sizeof(int32_t));
-        h = test_fnv(h, x->rb_y, nrb * (size_t)c->vocab_size * sizeof(ebt_real));
+        h = test_fnv(h, x->rb.tok, nrb * sizeof(int32_t));
+        h = test_fnv(h, x->rb.tgt, nrb * sizeof(int32_t));
+        h = test_fnv(h, x->rb.y, nrb * (size_t)c->vocab_size * sizeof(ebt_real));
     }
     return h;
 }
@@ -190,7 +190,7 @@ static int setup(void **state)
         if (ebt_train_step(m0, &topt, tok, tgt, B, S, NULL, &ts) != EBT_OK) return -1;
         if (ebt_train_step(lm, &topt, tok, tgt, B, S, NULL, &ts) != EBT_OK) return -1;
     }
-    if (m->rb_count != 4 || m0->rb_count != 4 || m->opt_step != 2 || lm->opt_step != 2 || !lm->opt_m) return -1;
+    if (m->rb.count != 4 || m0->rb.count != 4 || m->opt.step != 2 || lm->opt.step != 2 || !lm->opt.m) return -1;
     return 0;
 }
 

@@ -169,7 +169,7 @@ static void test_fd_transformer(void **state)
 }
 
 
-/* ---- training gradients (SPEC 5) against finite differences -----------
+/* ---- training gradients (docs/model.md section 6.2) against finite differences
  * full: the true loss through the whole chain. detach: the surrogate with
  * every p_k frozen at its unperturbed value. truncate: the surrogate with
  * g_0..g_{K-2} frozen (the chain through softmax stays live). */

@@ -1,4 +1,4 @@
-/* Thinking (SPEC 4) and generation: stopping on the energy threshold and
+/* Thinking (docs/model.md section 5) and generation: stopping on the energy threshold and
  * the convergence tolerance, self-verification picks the lowest-energy
  * start, stopped positions are not recomputed, a blow-up stops cleanly,
  * last-position thinking equals the same row of full thinking, and

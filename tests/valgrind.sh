@@ -20,7 +20,7 @@ run() {  # run <what> <command...>: quiet unless it fails
     fi
 }
 small="--d 16 --layers 1 --heads 2 --seq 16 --batch 4 --eval-batches 1"
-run minimal "$build/minimal"
+run minimal "$build/minimal" "$dir/minimal.safetensors"
 # shellcheck disable=SC2086
 run "ebt_lm train" "$build/ebt_lm" train --data LICENSE $small --steps 4 --eval-every 2 --save-every 2 --out "$dir/e.safetensors"
 # shellcheck disable=SC2086

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench_torch.py -- PyTorch (float32, CPU) timings of the EBT of /work/shared/SPEC.md,
+"""bench_torch.py -- PyTorch (float32, CPU) timings of the EBT of docs/model.md,
 to be read side by side with the C library's bench (bench/bench.c).
 
 Run with the Debian interpreter that has python3-torch (1.13):
@@ -9,12 +9,12 @@ Run with the Debian interpreter that has python3-torch (1.13):
   /usr/bin/python3 tools/bench_torch.py --tiny --check   # seconds: self test vs tests/ref (float64)
 
 What is measured (seconds per call; 2 warm-ups, then --repeats timed calls; median and min):
-  A        EBT train step V=256 D=128 L=4 H=4 F=128 S=128 B=16, K=2, mode detach (SPEC 5):
+  A        EBT train step V=256 D=128 L=4 H=4 F=128 S=128 B=16, K=2, mode detach (docs/model.md section 6):
            p_k detached, g_k = dE/dp_k with create_graph, y_{k+1} = p_k - max(alpha,1e-4) g_k,
            loss = mean_k CE(y_{k+1}), backward, clip_grad_norm_(1.0), AdamW (wd 0.01, none on
            norm gains/alpha). y0 ~ N(0,1), alpha = 5 learnable, no noise/step randomisation.
   A_full   the same, mode full (nothing detached: BPTT through the thinking loop, H_pp v inside)
-  A_tf     transformer++ train step at the A sizes (SPEC 6): CE of rmsnorm(h)*g @ lm_head^T
+  A_tf     transformer++ train step at the A sizes (docs/model.md section 8): CE of rmsnorm(h)*g @ lm_head^T
   A_energy at A sizes, no parameter grads: observe (observed stream -> per-layer K/V cache),
            energy forward (predicted stream, no_grad), energy + dE/dp, H_pp v by double
            backward, and observe+energy (= ebt_energy) -- the rows of bench/bench.c
@@ -53,7 +53,7 @@ def param_specs(c, arch):
            else [('lm_head.weight', [V, D], 'xavier')])
     return ps
 
-def init_params(c, arch):              # SPEC 2: Xavier normal, embeddings N(0,1), gains 1
+def init_params(c, arch):              # docs/model.md section 2: Xavier normal, embeddings N(0,1), gains 1
     P = {}
     for name, shape, kind in param_specs(c, arch):
         if kind == 'xavier':

@@ -24,7 +24,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc; (void)argv;
     /* the commands themselves are not run here */
-    (void)cmd_train; (void)cmd_sample; (void)cmd_eval;
+    (void)cmd_train; (void)cmd_sample; (void)cmd_eval; (void)cmd_export;
     return 0;
 }
 
@@ -33,9 +33,11 @@ static void check_seed(int argc, char **argv, uint64_t seed)
 {
     const char *v = NULL;
     char buf[32];
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--seed")) v = argv[++i];
-        else if (!strcmp(argv[i], "--resume") || !strcmp(argv[i], "--tie") || !strcmp(argv[i], "--no-learn-alpha")) continue;
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--seed=", 7)) v = argv[i] + 7;
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) v = argv[++i];
+        else if (strchr(argv[i], '=') || !strcmp(argv[i], "--resume") || !strcmp(argv[i], "--tie") ||
+                 !strcmp(argv[i], "--no-learn-alpha") || !strcmp(argv[i], "--trace")) continue;
         else i++;  /* every other option takes a value */
     if (!v) return;
     while (v[0] == '0' && v[1]) v++;
@@ -55,7 +57,7 @@ static void check_train(int argc, char **argv, const train_args *a)
     if (!a->out || !*a->out) FAIL("train: no output path");
     if (c->d_ff < 1 || c->d_model < 2 || c->n_heads < 1 || c->n_layers < 1) FAIL("train: model size");
     if (!(a->to.replay_frac >= 0 && a->to.replay_frac <= 1) || a->to.replay_capacity < 0) FAIL("train: replay");
-    if (a->save_every < 1 || a->eval_every < 0 || a->eval_batches < 1 || a->eval_steps < 0) FAIL("train: schedule");
+    if (a->save_every < 1 || a->eval_every < -1 || a->eval_batches < 1 || a->eval_steps < 0) FAIL("train: schedule");
     check_seed(argc, argv, a->to.seed);
     /* the library's own check of the model options must not misbehave */
     err[0] = 0;

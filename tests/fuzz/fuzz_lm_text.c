@@ -22,7 +22,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc; (void)argv;
-    (void)cmd_train; (void)cmd_sample; (void)cmd_eval;  /* not run here */
+    (void)cmd_train; (void)cmd_sample; (void)cmd_eval; (void)cmd_export;  /* not run here */
     fuzz_files_init("ebt_fuzz_lm_text");
     return 0;
 }

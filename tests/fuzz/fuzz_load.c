@@ -64,16 +64,16 @@ static void check_round_trip(const ebt_model *m)
     for (int i = 0; i < m->nt; i++)
         if (strcmp(m->t[i].name, r->t[i].name) != 0) FAIL("tensor %d renamed by save + load", i);
     if (!same_bits(m->params, r->params, m->n_params * sizeof(ebt_real))) FAIL("parameters changed by save + load");
-    if (m->opt_step != r->opt_step) FAIL("optim.step changed by save + load");
-    if (!same_bits(m->opt_m, r->opt_m, m->opt_m ? m->n_params * sizeof(ebt_real) : 0) ||
-        !same_bits(m->opt_v, r->opt_v, m->opt_v ? m->n_params * sizeof(ebt_real) : 0))
+    if (m->opt.step != r->opt.step) FAIL("optim.step changed by save + load");
+    if (!same_bits(m->opt.m, r->opt.m, m->opt.m ? m->n_params * sizeof(ebt_real) : 0) ||
+        !same_bits(m->opt.v, r->opt.v, m->opt.v ? m->n_params * sizeof(ebt_real) : 0))
         FAIL("optimiser moments changed by save + load");
-    if (m->rb_count != r->rb_count || (m->rb_count && (m->rb_cap != r->rb_cap || m->rb_next != r->rb_next || m->rb_S != r->rb_S)))
+    if (m->rb.count != r->rb.count || (m->rb.count && (m->rb.cap != r->rb.cap || m->rb.next != r->rb.next || m->rb.S != r->rb.S)))
         FAIL("replay buffer shape changed by save + load");
-    if (m->rb_count) {
-        size_t n = (size_t)m->rb_count * m->rb_S;
-        if (memcmp(m->rb_tok, r->rb_tok, n * sizeof(int32_t)) != 0 || memcmp(m->rb_tgt, r->rb_tgt, n * sizeof(int32_t)) != 0 ||
-            memcmp(m->rb_y, r->rb_y, n * (size_t)m->cfg.vocab_size * sizeof(ebt_real)) != 0)
+    if (m->rb.count) {
+        size_t n = (size_t)m->rb.count * m->rb.S;
+        if (memcmp(m->rb.tok, r->rb.tok, n * sizeof(int32_t)) != 0 || memcmp(m->rb.tgt, r->rb.tgt, n * sizeof(int32_t)) != 0 ||
+            memcmp(m->rb.y, r->rb.y, n * (size_t)m->cfg.vocab_size * sizeof(ebt_real)) != 0)
             FAIL("replay buffer contents changed by save + load");
     }
     ebt_free(r);
@@ -106,16 +106,16 @@ static void exercise(ebt_model *m)
         check_ok_or_nonfinite(st, m, "ebt_lm_logits");
     }
     free(buf);
-    if (ebt_n_params(m) <= TINY_PARAMS && V <= TINY_V && (m->opt_m || m->rb_count)) {
+    if (ebt_n_params(m) <= TINY_PARAMS && V <= TINY_V && (m->opt.m || m->rb.count)) {
         ebt_train_opts o = ebt_train_default();
         int Str = S;
         o.k_min = o.k_max = 1;
         o.warmup_steps = 2;
         o.total_steps = 4;
         o.seed = 7;
-        if (is_ebt && m->rb_count > 0 && m->rb_S <= 4) {  /* replay from the loaded ring */
-            Str = m->rb_S;
-            o.replay_capacity = m->rb_cap;
+        if (is_ebt && m->rb.count > 0 && m->rb.S <= 4) {  /* replay from the loaded ring */
+            Str = m->rb.S;
+            o.replay_capacity = m->rb.cap;
             o.replay_frac = 1;
         }
         st = ebt_train_step(m, &o, tok, tgt, 1, Str, NULL, NULL);
