@@ -48,7 +48,7 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL    ?= install
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
            $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
@@ -132,6 +132,10 @@ $(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h
 
 # the training test again, with the library in double precision
 $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
+
+# the thinking-rules test again, with the library in double precision
+$(BUILD)/test_think_rules_double: tests/test_think_rules.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the thinking test again, with the library in double precision

@@ -251,6 +251,15 @@ EBT__SIMD static int ebt__all_finite(const ebt_real *x, size_t n)
     return 1;
 }
 
+/* (value, index) pairs sorted by value, largest first (ties: index order) */
+typedef struct { ebt_real w; int i; } ebt__pair;
+static int ebt__pair_desc(const void *a, const void *b)
+{
+    ebt_real x = ((const ebt__pair *)a)->w, y = ((const ebt__pair *)b)->w;
+    if (x != y) return x < y ? 1 : -1;
+    return ((const ebt__pair *)a)->i - ((const ebt__pair *)b)->i;
+}
+
 const char *ebt_version(void) { return EBT_VERSION; }
 
 const char *ebt_status_str(ebt_status s)
@@ -1281,27 +1290,45 @@ EBT__SIMD static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const 
  * dz13 from du (bwd), tdz13 from tdu (tangent of bwd, if tdz13); with
  * want_u, du and tdu are then overwritten with u and tu, which the weight
  * gradients of W2 need (they are not stored by the forward). */
+/* one row of the backward: d1, d3 from g = du; with want_u, du = u after */
+static inline void ebt__swiglu_bwd_row(ebt_real *restrict d1, ebt_real *restrict d3, ebt_real *restrict du,
+                                       const ebt_real *restrict z1, const ebt_real *restrict z3, int F, int want_u)
+{
+    for (int j = 0; j < F; j++) {
+        ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[j];
+        d1[j] = g * z3[j] * s1;
+        d3[j] = g * z * s;
+        du[j] = want_u ? z * s * z3[j] : g;
+    }
+}
+/* one row of the backward and its tangent: d1, d3 from g = du; e1, e3 from
+ * tg = tdu; with want_u, du = u and tdu = tu after */
+static inline void ebt__swiglu_tbwd_row(ebt_real *restrict d1, ebt_real *restrict d3, ebt_real *restrict e1,
+                                        ebt_real *restrict e3, ebt_real *restrict du, ebt_real *restrict tdu,
+                                        const ebt_real *restrict z1, const ebt_real *restrict z3,
+                                        const ebt_real *restrict t1, const ebt_real *restrict t3, int F, int want_u)
+{
+    for (int j = 0; j < F; j++) {
+        ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[j], tg = tdu[j];
+        ebt_real s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
+        d1[j] = g * z3[j] * s1;
+        d3[j] = g * z * s;
+        e1[j] = tg * z3[j] * s1 + g * (t3[j] * s1 + z3[j] * s2 * t1[j]);
+        e3[j] = tg * z * s + g * s1 * t1[j];
+        tdu[j] = want_u ? s1 * t1[j] * z3[j] + z * s * t3[j] : tg;
+        du[j] = want_u ? z * s * z3[j] : g;
+    }
+}
 EBT__SIMD static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
-                            const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
+                                      const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
-        const ebt_real *z1 = z13 + o2, *z3 = z1 + F;
-        ebt_real *d1 = dz13 + o2, *d3 = d1 + F;
-        for (int j = 0; j < F; j++) {
-            ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[o1 + j];
-            d1[j] = g * z3[j] * s1;
-            d3[j] = g * z * s;
-            if (tdz13) {
-                const ebt_real *t1 = tz13 + o2, *t3 = t1 + F;
-                ebt_real *e1 = tdz13 + o2, *e3 = e1 + F, tg = tdu[o1 + j];
-                ebt_real s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
-                e1[j] = tg * z3[j] * s1 + g * (t3[j] * s1 + z3[j] * s2 * t1[j]);
-                e3[j] = tg * z * s + g * s1 * t1[j];
-                if (want_u) tdu[o1 + j] = s1 * t1[j] * z3[j] + z * s * t3[j];
-            }
-            if (want_u) du[o1 + j] = z * s * z3[j];
-        }
+        if (tdz13)
+            ebt__swiglu_tbwd_row(dz13 + o2, dz13 + o2 + F, tdz13 + o2, tdz13 + o2 + F, du + o1, tdu + o1,
+                                 z13 + o2, z13 + o2 + F, tz13 + o2, tz13 + o2 + F, F, want_u);
+        else
+            ebt__swiglu_bwd_row(dz13 + o2, dz13 + o2 + F, du + o1, z13 + o2, z13 + o2 + F, F, want_u);
     });
 }
 
@@ -2239,6 +2266,8 @@ ebt_think_opts ebt_think_default(void)
     o.tol = -1;
     o.restarts = 1;
     o.seed = 0x5eed;
+    o.rel_drop = -INFINITY;
+    o.grad_tol = -1;
     return o;
 }
 
@@ -2276,6 +2305,11 @@ static ebt_status ebt__check_think_opts(const ebt_think_opts *o, char *err)
     if (isnan(o->energy_threshold)) EBT__BAD("energy_threshold is NaN");
     if (isnan(o->tol)) EBT__BAD("tol is NaN");
     if (o->last_only != 0 && o->last_only != 1) EBT__BAD("last_only must be 0 or 1");
+    if (isnan(o->rel_drop) || o->rel_drop == INFINITY) EBT__BAD("rel_drop must be a number below +Inf");
+    if (isnan(o->grad_tol) || o->grad_tol == INFINITY) EBT__BAD("grad_tol must be a number below +Inf");
+    if (o->row_budget < 0) EBT__BAD("row_budget must be >= 0");
+    if (!isfinite(o->clamp) || o->clamp < 0) EBT__BAD("clamp must be finite and >= 0");
+    if (o->keep_best != 0 && o->keep_best != 1) EBT__BAD("keep_best must be 0 or 1");
     return EBT_OK;
 #undef EBT__BAD
 }
@@ -2292,31 +2326,60 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
 /* One thinking call: options, sizes and the scratch (one block kept in
  * ws->xscr, laid out by ebt__think_begin). Rows r = 0..NP-1 are the
  * positions thought about ((b, i), or (b, S-1) with last_only); the
- * moving rows of a step are compacted into pa, ga in row order. */
+ * moving rows of a step are compacted into pa, ga in row order. Each row's
+ * states are logits: y (being evaluated, then updated), yeval (the last one
+ * evaluated with a finite energy and gradient), yprev (the one before it,
+ * for the curvature), ykeep/ykprev (keep_best: the lowest-energy one and
+ * its predecessor), best_y/best_prev (the answer of the best start). */
 typedef struct {
     ebt_workspace *ws;
     ebt_think_opts o;
     ebt_think_result *res;
-    int NP, S, V, K, n_active;
+    int NP, S, V, K, n_active, curv;
     size_t nv;                     /* NP * V */
     ebt__rng rng;                  /* the current start's stream */
-    ebt_real *y;                   /* (NP,V) y_k; once step k is evaluated, the logits it evaluated (noise included) */
-    ebt_real *yeval;               /* (NP,V) the logits last evaluated with finite energy and gradient */
+    ebt_real *y, *yeval, *yprev, *ykeep, *ykprev, *best_y, *best_prev;   /* (NP,V); some NULL when unused */
     ebt_real *pa, *ga;             /* (n,V) p and dE/dp of the moving rows */
-    ebt_real *best_y;              /* (NP,V) the answer of the best start so far */
     ebt_real *hist, *best_hist;    /* (NP,K+1) E_k of this start, of the best start */
-    ebt_real *best_E, *alpha_i;    /* (NP) */
-    int *rows, *done_k, *best_k, *best_w; /* (NP) */
-    unsigned char *active;         /* (NP) still moving */
+    ebt_real *best_E, *alpha_i, *keep_E;   /* (NP) */
+    int *rows, *done_k, *best_k, *best_w, *keep_k, *order;   /* (NP) */
+    ebt__pair *pairs;              /* (NP) row_budget's sort */
+    unsigned char *active, *moved, *kmoved, *best_moved;      /* (NP) */
 } ebt__thinker;
+
+/* lays out the scratch: the (NP,V) blocks the options need, then the rest */
+static ebt_status ebt__think_scratch(ebt__thinker *t)
+{
+    ebt_workspace *ws = t->ws;
+    size_t NP = (size_t)t->NP, nh, bytes, nblk = 5 + (t->o.keep_best ? 1 : 0) + (t->curv ? 2 + t->o.keep_best : 0);
+    int ovf = 0;
+    ebt_real *mem, *b;
+    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
+    bytes = ebt__mul(t->nv, nblk * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
+            NP * (3 * sizeof(ebt_real) + 6 * sizeof(int) + sizeof(ebt__pair) + 4) + 64 + 16;
+    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
+    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
+    b = mem;
+    t->y = b; b += t->nv; t->yeval = b; b += t->nv; t->pa = b; b += t->nv; t->ga = b; b += t->nv;
+    t->best_y = b; b += t->nv;
+    t->ykeep = t->o.keep_best ? b : NULL; b += t->o.keep_best ? t->nv : 0;
+    t->yprev = t->curv ? b : NULL; b += t->curv ? t->nv : 0;
+    t->best_prev = t->curv ? b : NULL; b += t->curv ? t->nv : 0;
+    t->ykprev = t->curv && t->o.keep_best ? b : NULL; b += t->curv && t->o.keep_best ? t->nv : 0;
+    t->hist = b; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
+    t->keep_E = t->alpha_i + NP;
+    t->rows = (int *)(void *)(t->keep_E + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP;
+    t->best_w = t->best_k + NP; t->keep_k = t->best_w + NP; t->order = t->keep_k + NP;
+    t->pairs = (ebt__pair *)(void *)(((uintptr_t)(t->order + NP) + 15) & ~(uintptr_t)15);
+    t->active = (unsigned char *)(t->pairs + NP); t->moved = t->active + NP; t->kmoved = t->moved + NP;
+    t->best_moved = t->kmoved + NP;
+    return EBT_OK;
+}
 
 /* checks the call and lays out the scratch (grown on demand) */
 static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
 {
     ebt_status st = ebt__ws_ready(ws);
-    size_t nh, bytes, NP;
-    int ovf = 0;
-    ebt_real *mem;
     if (st != EBT_OK) return st;
     if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
     memset(t, 0, sizeof *t);
@@ -2324,22 +2387,13 @@ static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt
     if ((st = ebt__check_think_opts(&t->o, ws->err)) != EBT_OK) return st;
     t->S = ws->S; t->V = ws->m->cfg.vocab_size; t->K = t->o.steps;
     t->NP = ws->B * (t->o.last_only ? 1 : t->S);
-    NP = (size_t)t->NP;
-    t->nv = NP * t->V;
+    t->nv = (size_t)t->NP * t->V;
+    t->curv = res->curvature != NULL;
     if (t->o.init_logits && !ebt__all_finite(t->o.init_logits, t->nv * t->o.restarts)) {
         ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
         return EBT_ERR_NONFINITE;
     }
-    /* 5 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, 4 (NP) ints, NP flags */
-    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
-    bytes = ebt__mul(t->nv, 5 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
-            NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
-    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
-    t->y = mem; t->yeval = t->y + t->nv; t->pa = t->yeval + t->nv; t->ga = t->pa + t->nv; t->best_y = t->ga + t->nv;
-    t->hist = t->best_y + t->nv; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
-    t->rows = (int *)(void *)(t->alpha_i + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP; t->best_w = t->best_k + NP;
-    t->active = (unsigned char *)(t->best_w + NP);
+    if ((st = ebt__think_scratch(t)) != EBT_OK) return st;
     res->rows_evaluated = 0;
     res->rows_budget = (long long)t->o.restarts * t->NP * (t->K + 1);
     res->diverged = 0;
@@ -2358,9 +2412,35 @@ static void ebt__think_start(ebt__thinker *t, int s)
         double u = o->alpha_rand > 1 ? 1 / o->alpha_rand + ebt__rng_unif(&t->rng) * (o->alpha_rand - 1 / o->alpha_rand) : 1;
         t->alpha_i[r] = (ebt_real)(alpha * u);
         t->active[r] = 1;
-        t->done_k[r] = t->K;
+        t->moved[r] = t->kmoved[r] = 0;
+        t->done_k[r] = t->keep_k[r] = t->K;
     }
     t->n_active = t->NP;
+}
+
+/* row r leaves the moving set at the state it evaluated at step `steps` */
+static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+{
+    t->active[r] = 0;
+    t->done_k[r] = steps;
+    t->n_active--;
+}
+
+/* row_budget: before step k >= 1, if the moving rows would overrun what is
+ * left, the highest-energy ones (E_{k-1}) go on and the others stop at k-1 */
+static void ebt__think_budget(ebt__thinker *t, int k)
+{
+    long long left = t->o.row_budget - t->res->rows_evaluated;
+    int n = 0;
+    if (t->o.row_budget <= 0 || k == 0 || left >= t->n_active) return;
+    for (int r = 0; r < t->NP; r++)
+        if (t->active[r]) { t->pairs[n].w = t->hist[(size_t)r * (t->K + 1) + k - 1]; t->pairs[n++].i = r; }
+    qsort(t->pairs, (size_t)n, sizeof *t->pairs, ebt__pair_desc);
+    for (int i = left > 0 ? (int)left : 0; i < n; i++) {
+        int r = t->pairs[i].i;
+        memcpy(t->y + (size_t)r * t->V, t->yeval + (size_t)r * t->V, sizeof(ebt_real) * t->V);
+        ebt__think_stop(t, r, k - 1);
+    }
 }
 
 /* step k: Langevin noise into the moving rows' logits, their softmax, the
@@ -2385,42 +2465,67 @@ static int ebt__think_eval(ebt__thinker *t, int k)
     return n;
 }
 
-/* row r leaves the moving set having made `steps` updates */
-static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+/* 1 if a stopping rule holds for row r after evaluating E_k (hr its history, gq its gradient) */
+static int ebt__think_rules(const ebt__thinker *t, const ebt_real *hr, const ebt_real *gq, int k)
 {
-    t->active[r] = 0;
-    t->done_k[r] = steps;
-    t->n_active--;
+    const ebt_think_opts *o = &t->o;
+    double E = hr[k], Ep = k >= 1 ? hr[k - 1] : 0;
+    if (k == t->K || E <= o->energy_threshold) return 1;
+    if (k >= 1 && (fabs(E - Ep) <= o->tol || Ep - E <= o->rel_drop * fabs(Ep))) return 1;
+    return o->grad_tol >= 0 && sqrt(ebt__dot_d(gq, gq, t->V) / t->V) <= o->grad_tol;
+}
+
+/* a finite state evaluated at step k: it becomes yeval (its predecessor
+ * yprev), and with keep_best the kept state if its energy is the lowest */
+static void ebt__think_record(ebt__thinker *t, int r, int k, ebt_real E)
+{
+    size_t o = (size_t)r * t->V, sz = sizeof(ebt_real) * t->V;
+    if (t->curv && k > 0) { memcpy(t->yprev + o, t->yeval + o, sz); t->moved[r] = 1; }
+    memcpy(t->yeval + o, t->y + o, sz);
+    t->hist[(size_t)r * (t->K + 1) + k] = E;
+    if (t->o.keep_best && (k == 0 || E < t->keep_E[r])) {
+        t->keep_E[r] = E;
+        t->keep_k[r] = k;
+        memcpy(t->ykeep + o, t->y + o, sz);
+        if (t->curv) { t->kmoved[r] = t->moved[r]; if (t->moved[r]) memcpy(t->ykprev + o, t->yprev + o, sz); }
+    }
+}
+
+/* y_{k+1} = p_k - alpha_i g_k for row r (each entry of alpha_i g_k clamped
+ * to [-clamp, clamp] when clamp > 0); 0 if the result is not finite */
+static int ebt__think_update(ebt__thinker *t, int r, const ebt_real *pq, const ebt_real *gq)
+{
+    ebt_real *yr = t->y + (size_t)r * t->V, a = t->alpha_i[r], c = (ebt_real)t->o.clamp;
+    if (c > 0)
+        for (int j = 0; j < t->V; j++) { ebt_real d = a * gq[j]; yr[j] = pq[j] - (d > c ? c : d < -c ? -c : d); }
+    else
+        for (int j = 0; j < t->V; j++) yr[j] = pq[j] - a * gq[j];
+    return ebt__all_finite(yr, (size_t)t->V);
 }
 
 /* after ebt__think_eval(k): per moving row, record E_k, then stop (the
- * rules, or a non-finite value: back to the last finite state) or update
- * y_{k+1} = p_k - alpha_i g_k */
+ * rules, or a non-finite value: back to the last finite state) or update */
 static void ebt__think_scatter(ebt__thinker *t, int k)
 {
     int V = t->V, K = t->K;
     for (int r = 0, q = 0; r < t->NP; r++) {
-        ebt_real *yr = t->y + (size_t)r * V, *ye = t->yeval + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
+        ebt_real *yr = t->y + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
         const ebt_real *pq = t->pa + (size_t)q * V, *gq = t->ga + (size_t)q * V;
         ebt_real E;
         if (!t->active[r]) continue;
         E = t->ws->energy[q++];
         if (!isfinite(E) || (k < K && !ebt__all_finite(gq, (size_t)V))) {   /* blew up */
-            if (k > 0) memcpy(yr, ye, sizeof(ebt_real) * V);
+            if (k > 0) memcpy(yr, t->yeval + (size_t)r * V, sizeof(ebt_real) * V);
             else hr[0] = (ebt_real)NAN;                                       /* no finite state */
+            if (k == 0 && t->o.keep_best) t->keep_E[r] = (ebt_real)NAN;
             t->res->diverged++;
             ebt__think_stop(t, r, k > 0 ? k - 1 : 0);
             continue;
         }
-        hr[k] = E;
-        if (k == K || E <= t->o.energy_threshold || (k >= 1 && fabs((double)E - (double)hr[k - 1]) <= t->o.tol)) {
-            ebt__think_stop(t, r, k);
-            continue;
-        }
-        memcpy(ye, yr, sizeof(ebt_real) * V);
-        for (int j = 0; j < V; j++) yr[j] = pq[j] - t->alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
-        if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at the state of E_k */
-            memcpy(yr, ye, sizeof(ebt_real) * V);
+        ebt__think_record(t, r, k, E);
+        if (ebt__think_rules(t, hr, gq, k)) { ebt__think_stop(t, r, k); continue; }
+        if (!ebt__think_update(t, r, pq, gq)) {   /* the step overflowed: stay at the state of E_k */
+            memcpy(yr, t->yeval + (size_t)r * V, sizeof(ebt_real) * V);
             t->res->diverged++;
             ebt__think_stop(t, r, k);
         }
@@ -2428,28 +2533,67 @@ static void ebt__think_scatter(ebt__thinker *t, int k)
 }
 
 /* after start s: the history held after each stop; keep the start whose
- * final energy is lowest (a finite energy beats NaN) */
+ * answer has the lowest energy (a finite energy beats NaN) */
 static void ebt__think_keep(ebt__thinker *t, int s)
 {
-    int V = t->V, K = t->K;
+    int V = t->V, K = t->K, kb = t->o.keep_best;
+    size_t sz = sizeof(ebt_real) * V;
     for (int r = 0; r < t->NP; r++) {
-        ebt_real *h = t->hist + (size_t)r * (K + 1);
+        ebt_real *h = t->hist + (size_t)r * (K + 1), E;
+        size_t o = (size_t)r * V;
         for (int k = t->done_k[r] + 1; k <= K; k++) h[k] = h[t->done_k[r]];
-        if (s == 0 || h[K] < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(h[K]))) {
-            t->best_E[r] = h[K];
-            t->best_k[r] = t->done_k[r];
+        E = kb ? t->keep_E[r] : h[K];
+        if (s == 0 || E < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(E))) {
+            t->best_E[r] = E;
+            t->best_k[r] = kb ? t->keep_k[r] : t->done_k[r];
             t->best_w[r] = s;
-            memcpy(t->best_y + (size_t)r * V, t->y + (size_t)r * V, sizeof(ebt_real) * V);
+            memcpy(t->best_y + o, (kb ? t->ykeep : t->y) + o, sz);
             memcpy(t->best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
+            if (t->curv) {
+                t->best_moved[r] = kb ? t->kmoved[r] : t->moved[r];
+                if (t->best_moved[r]) memcpy(t->best_prev + o, (kb ? t->ykprev : t->yprev) + o, sz);
+            }
         }
     }
 }
 
+/* res->curvature: v.(H v)/v.v at each answer p with v = p - p_prev, one
+ * forward, tangent and reverse over the rows that moved (observed at the
+ * last step, which step-embedding models still hold) */
+static void ebt__think_curvature(ebt__thinker *t)
+{
+    ebt_workspace *ws = t->ws;
+    int n = 0, V = t->V;
+    ebt_real *p = t->pa, *v = t->ga, *hv = t->yeval;   /* free now: (n,V) each */
+    for (int r = 0; r < t->NP; r++) {
+        t->res->curvature[r] = (ebt_real)NAN;
+        if (!t->best_moved[r]) continue;
+        ebt__softmax_rows(p + (size_t)n * V, t->best_y + (size_t)r * V, 1, V, 1);
+        ebt__softmax_rows(v + (size_t)n * V, t->best_prev + (size_t)r * V, 1, V, 1);
+        for (int j = 0; j < V; j++) v[(size_t)n * V + j] = p[(size_t)n * V + j] - v[(size_t)n * V + j];
+        t->order[n] = r;
+        t->rows[n++] = t->o.last_only ? (r * t->S + t->S - 1) : r;
+    }
+    if (n == 0) return;
+    ebt__pred_rows(ws, t->rows, n);
+    ebt__pred_forward(ws, p);
+    ebt__pred_tangent(ws, v);
+    {
+        ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 1, NULL, p, v, NULL, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
+    for (int i = 0; i < n; i++) {
+        double vv = ebt__dot_d(v + (size_t)i * V, v + (size_t)i * V, V);
+        t->res->curvature[t->order[i]] = (ebt_real)(vv > 0 ? ebt__dot_d(v + (size_t)i * V, hv + (size_t)i * V, V) / vv : NAN);
+    }
+}
+
 /* the result fields the caller asked for */
-static void ebt__think_output(const ebt__thinker *t)
+static void ebt__think_output(ebt__thinker *t)
 {
     ebt_think_result *res = t->res;
     size_t NP = (size_t)t->NP;
+    if (t->curv) ebt__think_curvature(t);
     if (res->probs) ebt__softmax_rows(res->probs, t->best_y, NP, t->V, 1);
     if (res->logits) memcpy(res->logits, t->best_y, sizeof(ebt_real) * t->nv);
     if (res->energy) memcpy(res->energy, t->best_hist, sizeof(ebt_real) * NP * (t->K + 1));
@@ -2469,14 +2613,16 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
     for (int s = 0; s < t.o.restarts; s++) {
         ebt__think_start(&t, s);
         for (int k = 0; k <= t.K && t.n_active > 0; k++) {
+            ebt__think_budget(&t, k);
+            if (t.n_active == 0) break;
             ebt__think_eval(&t, k);
             ebt__think_scatter(&t, k);
         }
         ebt__think_keep(&t, s);
     }
+    ebt__think_output(&t);
     if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
-    ebt__think_output(&t);
     return EBT_OK;
 }
 
@@ -2649,13 +2795,6 @@ static void ebt__lm_last_logits(ebt_workspace *ws, ebt_real *logits)
     ebt__lin_fwd(logits, ws->o_nf + r * D, m->w.lm_head, 1, D, m->cfg.vocab_size, 0, 1); /* logits = nf @ lm_head^T */
 }
 
-typedef struct { ebt_real w; int i; } ebt__pair;
-static int ebt__pair_desc(const void *a, const void *b)
-{
-    ebt_real x = ((const ebt__pair *)a)->w, y = ((const ebt__pair *)b)->w;
-    if (x != y) return x < y ? 1 : -1;
-    return ((const ebt__pair *)a)->i - ((const ebt__pair *)b)->i;
-}
 
 /* a token from distribution q[V]: argmax (temperature 0), or sampled from
  * q^(1/T) renormalised and cut to its top-p nucleus; pr (V pairs) is scratch */
