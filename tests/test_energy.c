@@ -9,11 +9,11 @@
  * whole sequence's, and the sums of single-position gradients add in
  * another order than one weighted call: no BLAS promises the same
  * rounding, so these are compared within TOL relative to each tensor's
- * largest entry. Measured in float32 over OpenBLAS's Haswell, SkylakeX
- * and Sandybridge kernels: appends up to 5.5e-7 (Haswell; the others give
- * identical bits), weighted sums 2.4e-7, two calls against twice one call
- * 3.3e-7; TOL = 1e-5. The double build (test_energy_double) checks the
- * same at 1e-12 (measured at most 6e-16). The by-products of
+ * largest entry. Measured in float32 (oneDNN and CBLAS backends, OpenBLAS
+ * Haswell, SkylakeX and Sandybridge kernels): appends up to 5.5e-7,
+ * weighted sums 2.4e-7, two calls against twice one call 3.3e-7; TOL =
+ * 1e-5. The double build (test_energy_double) checks the same at 1e-12
+ * (measured at most 7e-16). The by-products of
  * ebt_mixed_backward measure identical bits, within TOL all the same. Calls
  * that make the same computations (one call after ebt_zero_grad against
  * the first; weight NULL against all ones) are compared bit for bit. */
