@@ -52,7 +52,7 @@ TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
            $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
-.PHONY: all test test-suite asan fuzz bench clean ref install uninstall
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
@@ -107,7 +107,7 @@ uninstall:
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
-$(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
+$(BUILD)/ebt_lm: examples/ebt_lm.c examples/lm_eval.h examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 # the library in double precision, linked by every double-precision test
@@ -205,22 +205,23 @@ FUZZ_FLAGS    = -std=c99 -Wall -Wextra -Wpedantic -g -O1 -fno-omit-frame-pointer
 FUZZ_ENV      = OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 \
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 FUZZ_HARNESSES = fuzz_load fuzz_st fuzz_lm_args fuzz_lm_text
+FUZZ_LIBS     = -lopenblas -lm   # the harnesses build ebt.c with CBLAS products
 
 $(FUZZ_BUILD):
 	mkdir -p $(FUZZ_BUILD)
 
 # seed corpus generator: small valid checkpoints of every arch and option
 $(FUZZ_BUILD)/make_corpus: tests/fuzz/make_corpus.c ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(LDLIBS)
+	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_load: tests/fuzz/fuzz_load.c tests/fuzz/fuzz_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_st: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(FUZZ_LIBS)
 
-$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(LDLIBS)
+$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/lm_eval.h examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(FUZZ_LIBS)
 
 fuzz: $(FUZZ_BUILD)/make_corpus $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
 	@rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts && mkdir -p $(FUZZ_BUILD)/corpus/seeds $(FUZZ_BUILD)/artifacts
@@ -249,6 +250,11 @@ $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
+
+# `make mutate`: deliberate bugs (tests/mutants.txt) put into a copy of
+# ebt.c one at a time; fails if the tests meant to catch one pass (needs python3)
+mutate:
+	python3 tests/mutate.py --jobs 2
 
 # regenerate the PyTorch reference vectors (needs python3-torch); the same
 # bytes on every AVX2 machine (the scripts pin their float64 kernels)

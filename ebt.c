@@ -502,6 +502,12 @@ typedef struct {
     ebt_real *y;          /* (rows, S, V) */
 } ebt__replay;
 
+/* a key/value pair of the caller's metadata (saved as "user.<key>") */
+#define EBT__META_MAX 64
+#define EBT__META_KEY 64
+#define EBT__META_VAL 90
+typedef struct { char key[EBT__META_KEY], val[EBT__META_VAL]; } ebt__meta;
+
 /* the sums that ebt_train_accumulate adds after the gradients (one buffer
  * for an allreduce): weight, then weight times loss, ce_first, ce_last,
  * energy_first, energy_last */
@@ -522,6 +528,8 @@ struct ebt_model {
     ebt__replay pend;     /* sequences accumulated since the last optimiser step: the
                              ring takes them when the step is applied */
     int train_K;          /* thinking steps of the current optimiser step (0: none drawn) */
+    ebt__meta *meta;      /* [EBT__META_MAX] the caller's metadata (ebt_meta_set), or NULL */
+    int nmeta;
     void *tbuf;           /* training scratch (ebt__grow) */
     size_t tbuf_bytes;
     char err[EBT__ERRLEN];
@@ -707,6 +715,7 @@ void ebt_free(ebt_model *m)
     EBT_FREE(m->pend.tok);
     EBT_FREE(m->pend.y);
     EBT_FREE(m->tbuf);
+    EBT_FREE(m->meta);
     EBT_FREE(m);
 }
 
@@ -784,6 +793,55 @@ ebt_status ebt_create(const ebt_config *cfg, uint64_t seed, ebt_model **out)
 const ebt_config *ebt_model_config(const ebt_model *m) { return m ? &m->cfg : NULL; }
 const char *ebt_last_error(const ebt_model *m) { return m ? m->err : "model is NULL"; }
 size_t ebt_n_params(const ebt_model *m) { return m ? m->n_params : 0; }
+
+/* 1 if key is 1..EBT__META_KEY-1 bytes of [A-Za-z0-9_.-] and value (if not
+ * NULL) fewer than EBT__META_VAL printable ASCII bytes */
+static int ebt__meta_ok(const char *key, const char *value)
+{
+    size_t n = key ? strlen(key) : 0;
+    if (n == 0 || n >= EBT__META_KEY || key[strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")]) return 0;
+    if (!value) return 1;
+    if (strlen(value) >= EBT__META_VAL) return 0;
+    for (const char *c = value; *c; c++)
+        if (*c < 32 || *c > 126) return 0;
+    return 1;
+}
+
+ebt_status ebt_meta_set(ebt_model *m, const char *key, const char *value)
+{
+    int i = 0;
+    if (!m) return EBT_ERR_ARG;
+    m->err[0] = 0;
+    if (!ebt__meta_ok(key, value)) {
+        ebt__seterr(m->err, EBT__ERRLEN, "metadata key must be 1-%d bytes of [A-Za-z0-9_.-], the value under %d printable bytes",
+                    EBT__META_KEY - 1, EBT__META_VAL);
+        return EBT_ERR_ARG;
+    }
+    while (i < m->nmeta && strcmp(m->meta[i].key, key)) i++;
+    if (!value) {   /* remove */
+        if (i < m->nmeta) m->meta[i] = m->meta[--m->nmeta];
+        return EBT_OK;
+    }
+    if (i == m->nmeta && m->nmeta == EBT__META_MAX) { ebt__seterr(m->err, EBT__ERRLEN, "more than %d metadata entries", EBT__META_MAX); return EBT_ERR_ARG; }
+    if (!m->meta && !(m->meta = (ebt__meta *)EBT_MALLOC(EBT__META_MAX * sizeof *m->meta))) {
+        ebt__seterr(m->err, EBT__ERRLEN, "out of memory");
+        return EBT_ERR_NOMEM;
+    }
+    snprintf(m->meta[i].key, EBT__META_KEY, "%s", key);
+    snprintf(m->meta[i].val, EBT__META_VAL, "%s", value);
+    if (i == m->nmeta) m->nmeta++;
+    return EBT_OK;
+}
+
+const char *ebt_meta_get(const ebt_model *m, const char *key)
+{
+    for (int i = 0; m && key && i < m->nmeta; i++)
+        if (!strcmp(m->meta[i].key, key)) return m->meta[i].val;
+    return NULL;
+}
+
+int ebt_meta_count(const ebt_model *m) { return m ? m->nmeta : 0; }
+const char *ebt_meta_key(const ebt_model *m, int i) { return m && i >= 0 && i < m->nmeta ? m->meta[i].key : NULL; }
 int ebt_n_tensors(const ebt_model *m) { return m ? m->nt : 0; }
 const char *ebt_tensor_name(const ebt_model *m, int i) { return (m && i >= 0 && i < m->nt) ? m->t[i].name : NULL; }
 
@@ -4466,6 +4524,25 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
     return EBT_OK;
 }
 
+/* the caller's metadata ("user.<key>" entries) */
+static ebt_status ebt__load_meta(const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
+{
+    for (int i = 0; i < h->nmeta; i++) {
+        const char *k = h->meta[i].key;
+        ebt_status st;
+        if (strncmp(k, "user.", 5) != 0) continue;
+        if (!ebt__meta_ok(k + 5, h->meta[i].val)) {
+            ebt__seterr(err, errlen, "metadata %s: key or value not allowed (see ebt_meta_set)", k);
+            return EBT_ERR_FORMAT;
+        }
+        if ((st = ebt_meta_set(m, k + 5, h->meta[i].val)) != EBT_OK) {
+            ebt__seterr(err, errlen, "metadata %s: %s", k, st == EBT_ERR_NOMEM ? "out of memory" : "too many entries");
+            return st == EBT_ERR_NOMEM ? st : EBT_ERR_FORMAT;
+        }
+    }
+    return EBT_OK;
+}
+
 ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errlen)
 {
     FILE *f;
@@ -4507,6 +4584,7 @@ ebt_status ebt_load_ex(const char *path, ebt_model **out, char *err, size_t errl
     }
     if (st == EBT_OK && c.arch == EBT_ARCH_EBT) m->cfg.alpha = (double)m->w.alpha[0];
     if (st == EBT_OK) st = ebt__load_train_state(f, &h, m, err, errlen);
+    if (st == EBT_OK) st = ebt__load_meta(&h, m, err, errlen);
 done:
     fclose(f);
     ebt__st_header_free(&h);
@@ -4529,8 +4607,8 @@ static void ebt__fmt_double(char *buf, size_t n, double v)
 
 ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t errlen)
 {
-    char vals[13][32], (*names)[EBT__NAME_MAX + 8] = NULL;
-    const char *kv[32];
+    char vals[13][32], (*names)[EBT__NAME_MAX + 8] = NULL, ukeys[EBT__META_MAX][EBT__META_KEY + 8];
+    const char *kv[32 + 2 * EBT__META_MAX];
     ebt_real *rtok = NULL;
     int no = m ? m->nt : 0;
     int nkv = 0;
@@ -4569,6 +4647,10 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         kv[nkv++] = "optim.replay.capacity"; kv[nkv++] = vals[11];
         snprintf(vals[12], sizeof vals[12], "%d", m->rb.next);
         kv[nkv++] = "optim.replay.next"; kv[nkv++] = vals[12];
+    }
+    for (int i = 0; i < m->nmeta; i++) {   /* the caller's metadata */
+        snprintf(ukeys[i], sizeof ukeys[i], "user.%s", m->meta[i].key);
+        kv[nkv++] = ukeys[i]; kv[nkv++] = m->meta[i].val;
     }
     o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
     names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);

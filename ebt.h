@@ -203,6 +203,15 @@ EBT_API ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, 
 EBT_API void ebt_free(ebt_model *m);
 
 EBT_API const ebt_config *ebt_model_config(const ebt_model *m);
+
+/* Free-form metadata kept with the model and saved in the checkpoint (as
+ * "user.<key>" in its __metadata__; loaded back): e.g. the recipe that
+ * trained it. key: 1-63 bytes of [A-Za-z0-9_.-]; value: under 90 printable
+ * ASCII bytes, or NULL to remove the key; at most 64 entries. */
+EBT_API ebt_status ebt_meta_set(ebt_model *m, const char *key, const char *value);
+EBT_API const char *ebt_meta_get(const ebt_model *m, const char *key);   /* NULL if absent */
+EBT_API int ebt_meta_count(const ebt_model *m);
+EBT_API const char *ebt_meta_key(const ebt_model *m, int i);   /* NULL if out of range */
 EBT_API const char *ebt_last_error(const ebt_model *m);   /* "" if none */
 
 /* Parameters and gradients by checkpoint name (docs/model.md section 2), e.g.

@@ -55,30 +55,58 @@
 #include "ebt.h"
 #include "png.h"
 
-/* ==== Recipe defaults ===================================================
- * The example's training recipe in one place (tune here). Everything not
- * listed comes from ebt_config_default() and ebt_train_default().
- * Evidence (tinyshakespeare, 19 min each, README "Does thinking pay?"):
- * fixed K = 2 in mode detach ("S1") got worse with every extra thinking
- * step; randomised K in [2, 4], randomised step size (r = 2), Langevin
- * noise 0.3 and the replay buffer ("S2") made 2-4 steps beat 1 step but
- * oscillated between even and odd steps in mode detach; the same recipe
- * in mode full (back-propagating through the unrolled steps, same cost
- * here) converged without oscillating, so it is the default. */
+/* ==== Model size and recipes ============================================
+ * The model size of `train` (RECIPE_*) and the named training recipes
+ * (--recipe NAME): each a set of ebt_train_opts and step-embedding choices,
+ * printed at the start and saved in the checkpoint's metadata (user.recipe,
+ * user.recipe.options, and user.think.steps / user.think.noise, how eval and
+ * sample think by default). Options given on the command line override the
+ * recipe. Where each value comes from, and what the experiments showed:
+ * README.md, "Recipes". */
 #define RECIPE_D           128      /* d_model */
 #define RECIPE_LAYERS      4
 #define RECIPE_HEADS       4
 #define RECIPE_SEQ         128      /* context S (= max_seq_len) */
 #define RECIPE_BATCH       16       /* B */
-#define RECIPE_MODE        EBT_MODE_FULL
-#define RECIPE_K_MIN       2        /* thinking steps per batch, uniform in [k_min, k_max] */
-#define RECIPE_K_MAX       4
-#define RECIPE_ALPHA_RAND  2.0      /* alpha_i ~ U[alpha/r, alpha*r] */
-#define RECIPE_NOISE       0.3      /* Langevin sigma */
-#define RECIPE_REPLAY      256      /* replay buffer capacity, sequences */
-#define RECIPE_REPLAY_FRAC 0.25     /* fraction of each batch restarted from it */
 #define RECIPE_LR          1e-3
 #define RECIPE_WARMUP      100
+
+typedef struct {
+    const char *name, *about;
+    ebt_mode mode;
+    int k_min, k_max;        /* thinking steps per batch */
+    double alpha;            /* initial step size (V = 256: 0.3 keeps the first CE near ln 256) */
+    int learn_alpha;
+    double alpha_lr_mult, alpha_rand, noise;
+    int replay;              /* replay capacity (sequences) */
+    double replay_frac;
+    int step_embed;          /* n_step_embed */
+    int think_steps;         /* how the trained model thinks in eval / sample by default */
+    double think_noise;
+} recipe;
+
+static const recipe RECIPES[] = {
+    { "default", "this library's recipe for short runs: truncate, 2-3 steps, a step embedding per step, "
+      "alpha learnt, x[1/2, 2], noise 1, replay 256 x 1/4",
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 1, 10, 2, 1.0, 256, 0.25, 3, 3, 0 },
+    { "s1", "the published System 1 recipe (alexiglad/EBT job_scripts/nlp/pretrain/ebt_s1.sh): detach, "
+      "2 steps, a step embedding per step, alpha learnt with a large learning rate, no noise, no replay",
+      EBT_MODE_DETACH, 2, 2, 0.3, 1, 10, 1, 0, 0, 0, 2, 2, 0 },
+    { "s2", "the published System 2 recipe (ebt_s2.sh): truncate, 2-3 steps, one step embedding, "
+      "alpha fixed x[1/2, 2], Langevin noise 3 (also when thinking later), replay 192 x 1/3",
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 0, 1, 2, 3.0, 192, 0.33, 1, 3, 3.0 },
+    { "s3", "this library's earlier default: full (back-propagation through every step), 2-4 steps, "
+      "alpha learnt x[1/2, 2], noise 0.3, replay 256 x 1/4, no step embedding",
+      EBT_MODE_FULL, 2, 4, 0.3, 1, 1, 2, 0.3, 256, 0.25, 0, 4, 0 },
+};
+#define N_RECIPES ((int)(sizeof RECIPES / sizeof RECIPES[0]))
+
+static const recipe *recipe_find(const char *name)
+{
+    for (int i = 0; i < N_RECIPES; i++)
+        if (!strcmp(RECIPES[i].name, name)) return &RECIPES[i];
+    return NULL;
+}
 /* ======================================================================= */
 
 #ifndef FORTUNE_DIR                   /* overridable for tests: -DFORTUNE_DIR=... */
@@ -361,51 +389,72 @@ static int load_corpus(const char *path, corpus *c, int S)
 /* ---- evaluation --------------------------------------------------------- */
 
 typedef struct { const unsigned char *val; size_t n; int nb, B, S; } windows;   /* nb batches of B x S */
-typedef struct { double ce, energy, switched; } eval_out;
+/* means over the windows: CE (nats/byte), final energy, the fraction of
+ * positions won by a start other than 0, and row evaluations per position */
+typedef struct { double ce, energy, switched, rows; } eval_out;
+/* per-position results of an EBT evaluation (evaluate fills the arrays given) */
+typedef struct {
+    float *ce, *e_first, *e_final, *curv;   /* [nb*B*S] each, or NULL */
+    int *steps;                              /* [nb*B*S], or NULL */
+} eval_detail;
 
-/* Validation cross-entropy (nats/byte) over w's windows. EBT: thinks with th
- * on ws (made for B x S) at every position; transformer++: from the logits.
- * energy: mean final energy, switched: fraction of positions whose winning
- * start is not start 0 (both EBT only). */
-static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w,
-                           const ebt_think_opts *th, eval_out *out)
+/* CE of position i of batch results: -log p(target) (EBT) or from the logits */
+static double position_ce(const ebt_real *row, int t, int V, int is_ebt)
+{
+    if (is_ebt) { double q = row[t]; return -log(q > 1e-30 ? q : 1e-30); }
+    double mx = row[0], s = 0;   /* CE = logsumexp(row) - row[target] */
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j < V; j++) s += exp(row[j] - mx);
+    return log(s) + mx - row[t];
+}
+
+/* Validation over w's windows. EBT: thinks with th on ws (made for B x S)
+ * at every position; transformer++: from the logits. det (or NULL) gets
+ * the per-position numbers (EBT). */
+static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w, const ebt_think_opts *th,
+                           eval_out *out, const eval_detail *det)
 {
     const ebt_config *cfg = ebt_model_config(m);
-    const int V = cfg->vocab_size, N = w->B * w->S, is_ebt = cfg->arch == EBT_ARCH_EBT;
+    const int V = cfg->vocab_size, N = w->B * w->S, is_ebt = cfg->arch == EBT_ARCH_EBT, K1 = th->steps + 1;
     int32_t *tok = malloc((size_t)N * sizeof *tok), *tgt = malloc((size_t)N * sizeof *tgt);
     ebt_real *p = malloc((size_t)N * V * sizeof *p), *fe = malloc((size_t)N * sizeof *fe);
-    int *win = malloc((size_t)N * sizeof *win);
-    ebt_status st = (tok && tgt && p && fe && win) ? EBT_OK : EBT_ERR_NOMEM;
-    double ce = 0, en = 0, sw = 0;
+    ebt_real *hist = malloc((size_t)N * K1 * sizeof *hist), *cv = malloc((size_t)N * sizeof *cv);
+    int *win = malloc((size_t)N * sizeof *win), *stp = malloc((size_t)N * sizeof *stp);
+    ebt_status st = (tok && tgt && p && fe && hist && cv && win && stp) ? EBT_OK : EBT_ERR_NOMEM;
+    double ce = 0, en = 0, sw = 0, rows = 0;
     for (int b = 0; b < w->nb && st == EBT_OK; b++) {
+        size_t o = (size_t)b * N;
         fill_batch(w->val, w->n, w->B, w->S, batch_key(EVAL_SEED, (uint64_t)b, 0), tok, tgt);
         if (is_ebt) {
             ebt_think_result r;
             memset(&r, 0, sizeof r);
-            r.probs = p; r.final_energy = fe; r.winner = win;
+            r.probs = p; r.final_energy = fe; r.winner = win; r.energy = hist; r.steps_taken = stp;
+            r.curvature = det && det->curv ? cv : NULL;
             if ((st = ebt_think(ws, m, tok, w->B, w->S, th, &r)) != EBT_OK) break;
-            for (int i = 0; i < N; i++) {
-                double q = p[(size_t)i * V + tgt[i]];
-                ce -= log(q > 1e-30 ? q : 1e-30);
-                en += fe[i];
-                sw += win[i] != 0;
-            }
-        } else {
-            if ((st = ebt_lm_logits(m, tok, w->B, w->S, p)) != EBT_OK) break;
-            for (int i = 0; i < N; i++) {           /* CE = logsumexp(row) - row[target] */
-                const ebt_real *row = p + (size_t)i * V;
-                double mx = row[0], s = 0;
-                for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int j = 0; j < V; j++) s += exp(row[j] - mx);
-                ce += log(s) + mx - row[tgt[i]];
-            }
+            rows += (double)r.rows_evaluated;
+        } else if ((st = ebt_lm_logits(m, tok, w->B, w->S, p)) != EBT_OK) {
+            break;
+        }
+        for (int i = 0; i < N; i++) {
+            double c = position_ce(p + (size_t)i * V, tgt[i], V, is_ebt);
+            ce += c;
+            if (!is_ebt) continue;
+            en += fe[i];
+            sw += win[i] != 0;
+            if (!det) continue;
+            if (det->ce) det->ce[o + i] = (float)c;
+            if (det->e_first) det->e_first[o + i] = (float)hist[(size_t)i * K1];
+            if (det->e_final) det->e_final[o + i] = (float)fe[i];
+            if (det->curv) det->curv[o + i] = (float)cv[i];
+            if (det->steps) det->steps[o + i] = stp[i];
         }
     }
     double total = (double)w->nb * N;
     out->ce = ce / total;
     out->energy = is_ebt ? en / total : NAN;
     out->switched = is_ebt ? sw / total : NAN;
-    free(tok); free(tgt); free(p); free(fe); free(win);
+    out->rows = is_ebt ? rows / total : NAN;
+    free(tok); free(tgt); free(p); free(fe); free(hist); free(cv); free(win); free(stp);
     return st;
 }
 
@@ -427,12 +476,13 @@ static const char TRAIN_USAGE[] =
     "model (ignored with --resume when the checkpoint exists):\n"
     "  --arch ebt|transformer (default ebt)\n"
     "  --d D (default 128)  --layers L (4)  --heads H (4)  --ff F (default D)\n"
-    "  --seq S (context, default 128)  --batch B (16)  --alpha A (initial step size, default 5)\n"
-    "  --step-embed N (step tokens, default 0)  --tie (candidate embedding = tok_embed; default off)\n"
+    "  --seq S (context, default 128)  --batch B (16)  --tie (candidate embedding = tok_embed; default off)\n"
+    "  --alpha A (initial step size)  --step-embed N (step tokens)       (defaults: the recipe's)\n"
     "training (ebt_train_opts; EBT only unless marked):\n"
-    "  --mode detach|truncate|full (default full)  --k-min K (2)  --k-max K (4)\n"
-    "  --alpha-rand R (2)  --noise SIGMA (0.3)  --replay CAP (256)  --replay-frac F (0.25)\n"
-    "  --no-learn-alpha (default: alpha is learned)  --alpha-lr-mult X (1)\n"
+    "  --recipe NAME        default | s1 | s2 | s3 (default: default; `--recipe list` describes them)\n"
+    "  --mode detach|truncate|full  --k-min K  --k-max K  --alpha-rand R  --noise SIGMA\n"
+    "  --replay CAP  --replay-frac F  --learn-alpha | --no-learn-alpha  --alpha-lr-mult X\n"
+    "                       (defaults: the recipe's; each overrides it)\n"
     "  both archs: --lr LR (1e-3)  --min-lr LR (1e-4)  --warmup N (100)  --clip NORM (1)  --wd DECAY (0.01)\n"
     "  --seed S             model init, batches, thinking (default 1)\n";
 
@@ -446,23 +496,46 @@ typedef struct {
     double minutes;
     const char *model_opt;   /* the first model option given (ignored when resuming), or NULL */
     const char *ebt_opt;     /* the first EBT-only option given, or NULL */
+    const recipe *rec;       /* the recipe (--recipe, default "default") */
 } train_args;
 
 static const char *const EBT_ONLY_TRAIN[] = { "--mode", "--k-min", "--k-max", "--alpha-rand", "--noise", "--replay",
-    "--replay-frac", "--no-learn-alpha", "--alpha-lr-mult", "--alpha", "--step-embed", "--tie", "--eval-steps", NULL };
+    "--replay-frac", "--no-learn-alpha", "--learn-alpha", "--alpha-lr-mult", "--alpha", "--step-embed", "--tie",
+    "--eval-steps", "--recipe", NULL };
 static const char *const MODEL_OPTS[] = { "--d", "--layers", "--heads", "--ff", "--alpha", "--step-embed", "--tie",
                                           "--arch", NULL };
 
-/* the recipe's defaults (RECIPE_*) over the library's */
-static void train_defaults(ebt_config *cfg, ebt_train_opts *to)
+/* the recipe's choices over the library's defaults */
+static void train_defaults(const recipe *r, ebt_config *cfg, ebt_train_opts *to)
 {
     *cfg = ebt_config_default();
     *to = ebt_train_default();
     cfg->d_model = RECIPE_D; cfg->n_layers = RECIPE_LAYERS; cfg->n_heads = RECIPE_HEADS;
-    to->mode = RECIPE_MODE; to->k_min = RECIPE_K_MIN; to->k_max = RECIPE_K_MAX;
-    to->alpha_rand = RECIPE_ALPHA_RAND; to->noise = RECIPE_NOISE; to->replay_capacity = RECIPE_REPLAY;
-    to->replay_frac = RECIPE_REPLAY_FRAC; to->lr = RECIPE_LR; to->warmup_steps = RECIPE_WARMUP;
+    cfg->alpha = r->alpha; cfg->n_step_embed = r->step_embed;
+    to->mode = r->mode; to->k_min = r->k_min; to->k_max = r->k_max; to->learn_alpha = r->learn_alpha;
+    to->alpha_lr_mult = r->alpha_lr_mult; to->alpha_rand = r->alpha_rand; to->noise = r->noise;
+    to->replay_capacity = r->replay; to->replay_frac = r->replay_frac;
+    to->lr = RECIPE_LR; to->warmup_steps = RECIPE_WARMUP;
     to->seed = 1;
+}
+
+/* the --recipe named on the command line (before the other options are
+ * parsed over it); NULL after printing why if it is unknown */
+static const recipe *train_recipe(int argc, char **argv)
+{
+    const char *name = "default";
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--recipe=", 9)) name = argv[i] + 9;
+        else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) name = argv[++i];
+    }
+    const recipe *r = recipe_find(name);
+    if (!r) {
+        FILE *f = strcmp(name, "list") ? stderr : stdout;
+        if (f == stderr) fprintf(f, "ebt_lm: unknown recipe '%s'; ", name);
+        fprintf(f, "the recipes:\n");
+        for (int i = 0; i < N_RECIPES; i++) fprintf(f, "  %-8s %s\n", RECIPES[i].name, RECIPES[i].about);
+    }
+    return r;
 }
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
@@ -470,9 +543,13 @@ static int train_parse(int argc, char **argv, train_args *a)
 {
     ebt_config cfg;
     ebt_train_opts to;
-    train_defaults(&cfg, &to);
-    const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL;
-    int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = 0, eval_steps = 0;
+    const recipe *rec = train_recipe(argc, argv);
+    for (int i = 1; !rec && i < argc; i++)
+        if (!strcmp(argv[i], "--recipe=list") || (!strcmp(argv[i], "--recipe") && i + 1 < argc && !strcmp(argv[i + 1], "list"))) return 0;
+    if (!rec) return 2;
+    train_defaults(rec, &cfg, &to);
+    const char *data = NULL, *out = NULL, *arch = NULL, *mode = NULL, *recipe_name = NULL;
+    int B = RECIPE_BATCH, S = 0, ff = 0, resume = 0, tie = 0, fixed_alpha = !rec->learn_alpha, learn_alpha = 0, eval_steps = 0;
     long steps = 0, eval_every = -1, save_every = 500, eval_batches = 8;
     double minutes = -1;
     const opt_spec spec[] = {
@@ -492,7 +569,8 @@ static int train_parse(int argc, char **argv, train_args *a)
         {"--min-lr", OPT_DBL, &to.min_lr, 0, 10}, {"--warmup", OPT_LONG, &to.warmup_steps, 0, 1e12},
         {"--no-learn-alpha", OPT_FLAG, &fixed_alpha, 0, 0}, {"--alpha-lr-mult", OPT_DBL, &to.alpha_lr_mult, 0, 1e6},
         {"--clip", OPT_DBL, &to.grad_clip, 0, 1e9}, {"--wd", OPT_DBL, &to.weight_decay, 0, 10},
-        {"--seed", OPT_U64, &to.seed, 0, 0},
+        {"--seed", OPT_U64, &to.seed, 0, 0}, {"--recipe", OPT_STR, &recipe_name, 0, 0},
+        {"--learn-alpha", OPT_FLAG, &learn_alpha, 0, 0},
     };
     unsigned char seen[N_OPTS(spec)];
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), TRAIN_USAGE, seen);
@@ -507,7 +585,8 @@ static int train_parse(int argc, char **argv, train_args *a)
         { fprintf(stderr, "ebt_lm: %s applies to EBT models only, not to --arch transformer\n", ebt_only); return 2; }
     if (mode) to.mode = mode[0] == 'f' ? EBT_MODE_FULL : mode[0] == 't' ? EBT_MODE_TRUNCATE : EBT_MODE_DETACH;
     cfg.tie_pred_embed = tie;
-    to.learn_alpha = !fixed_alpha;
+    if (fixed_alpha && learn_alpha) { fprintf(stderr, "ebt_lm: --learn-alpha and --no-learn-alpha together\n"); return 2; }
+    to.learn_alpha = learn_alpha || !fixed_alpha;
     const int seq_set = S > 0;
     if (!seq_set) S = RECIPE_SEQ;
     if (to.k_min > to.k_max) { fprintf(stderr, "ebt_lm: --k-min > --k-max\n"); return 2; }
@@ -519,7 +598,7 @@ static int train_parse(int argc, char **argv, train_args *a)
                        .seq_set = seq_set, .resume = resume, .eval_steps = eval_steps, .steps = steps,
                        .eval_every = eval_every, .save_every = save_every, .eval_batches = eval_batches,
                        .minutes = minutes, .model_opt = opt_first_seen(spec, N_OPTS(spec), seen, MODEL_OPTS),
-                       .ebt_opt = ebt_only };
+                       .ebt_opt = ebt_only, .rec = rec };
     return -1;
 }
 
@@ -538,6 +617,44 @@ typedef struct {
     eval_out ev;
     ebt_train_stats ts;
 } trainer;
+
+/* the effective training options in a line (the recipe with the command line's changes) */
+static void recipe_line(const train_args *a, char *buf, size_t n)
+{
+    const ebt_train_opts *o = &a->to;
+    snprintf(buf, n, "%s k=%d-%d alpha=%.3g%s rand=%.3g noise=%.3g replay=%dx%.2g step_embed=%d",
+             o->mode == EBT_MODE_DETACH ? "detach" : o->mode == EBT_MODE_TRUNCATE ? "truncate" : "full", o->k_min, o->k_max,
+             a->cfg.alpha, o->learn_alpha ? "(learnt)" : "(fixed)", o->alpha_rand, o->noise, o->replay_capacity,
+             o->replay_frac, a->cfg.n_step_embed);
+}
+
+/* a new EBT keeps its recipe and how it should think in its metadata */
+static int train_record_recipe(trainer *T)
+{
+    char line[160], num[32];
+    const recipe *r = T->a.rec;
+    ebt_status st;
+    recipe_line(&T->a, line, sizeof line);
+    line[89] = 0;   /* a metadata value is under 90 bytes */
+    st = ebt_meta_set(T->m, "recipe", r->name);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "recipe.options", line);
+    snprintf(num, sizeof num, "%d", T->a.eval_steps ? T->a.eval_steps : r->think_steps);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "think.steps", num);
+    snprintf(num, sizeof num, "%.6g", r->think_noise);
+    if (st == EBT_OK) st = ebt_meta_set(T->m, "think.noise", num);
+    return st == EBT_OK ? 0 : fail("ebt_meta_set", st, T->m, NULL);
+}
+
+/* how a checkpoint's model thinks by default (its think.steps and think.noise metadata) */
+static void think_defaults(const ebt_model *m, int *steps, double *noise)
+{
+    const char *s = ebt_meta_get(m, "think.steps"), *z = ebt_meta_get(m, "think.noise");
+    char *end;
+    long k = s ? strtol(s, &end, 10) : 0;
+    double x = z ? strtod(z, &end) : -1;
+    if (s && k >= 0 && k <= 1000) *steps = (int)k;
+    if (z && x >= 0 && isfinite(x)) *noise = x;
+}
 
 /* the model of a run: the checkpoint (--resume) or a new one; an exit code */
 static int train_model(trainer *T)
@@ -565,7 +682,8 @@ static int train_model(trainer *T)
     char err[256];
     if (ebt_config_check(&a->cfg, err, sizeof err) != EBT_OK) { fprintf(stderr, "ebt_lm: bad model options: %s\n", err); return 2; }
     ebt_status st = ebt_create(&a->cfg, a->to.seed, &T->m);
-    return st == EBT_OK ? 0 : fail("ebt_create", st, NULL, NULL);
+    if (st != EBT_OK) return fail("ebt_create", st, NULL, NULL);
+    return a->cfg.arch == EBT_ARCH_EBT ? train_record_recipe(T) : 0;
 }
 
 /* model, corpus, batch buffers, workspace, validation windows; an exit code */
@@ -584,7 +702,10 @@ static int train_open(trainer *T)
     if (T->is_ebt && (st = ebt_workspace_create(T->m, a->B, a->S, &T->ws)) != EBT_OK)
         return fail("ebt_workspace_create", st, T->m, NULL);
     T->th = ebt_think_default();
-    T->th.steps = a->eval_steps ? a->eval_steps : a->to.k_max;
+    T->th.steps = a->to.k_max;
+    T->th.noise = 0;
+    think_defaults(T->m, &T->th.steps, &T->th.noise);   /* the recipe's (or the checkpoint's) */
+    if (a->eval_steps) T->th.steps = a->eval_steps;
     T->th.seed = EVAL_SEED;
     T->th.init_scale = a->to.init_scale;
     T->w = (windows){T->c.buf + T->c.n_train, T->c.n - T->c.n_train, (int)a->eval_batches, a->B, a->S};
@@ -592,10 +713,15 @@ static int train_open(trainer *T)
     fprintf(stderr, "ebt_lm: %s, %.2fM params (D=%d L=%d H=%d F=%d), S=%d B=%d, corpus %zu bytes "
             "(%zu train, %zu val)", T->is_ebt ? "ebt" : "transformer++", ebt_n_params(T->m) / 1e6,
             cfg->d_model, cfg->n_layers, cfg->n_heads, cfg->d_ff, a->S, a->B, T->c.n, T->c.n_train, T->c.n - T->c.n_train);
-    if (T->is_ebt)
-        fprintf(stderr, ", mode %s, k %d-%d, alpha %.3g", a->to.mode == EBT_MODE_DETACH ? "detach" :
-                a->to.mode == EBT_MODE_TRUNCATE ? "truncate" : "full", a->to.k_min, a->to.k_max, cfg->alpha);
     fputc('\n', stderr);
+    if (T->is_ebt) {
+        char line[160];
+        const char *rname = ebt_meta_get(T->m, "recipe");
+        recipe_line(a, line, sizeof line);
+        fprintf(stderr, "ebt_lm: recipe %s (%s): %s; validation thinks %d steps%s\n", rname ? rname : a->rec->name,
+                rname && strcmp(rname, a->rec->name) ? "from the checkpoint" : a->rec->about, line, T->th.steps,
+                T->th.noise > 0 ? " with noise" : "");
+    }
     return 0;
 }
 
@@ -622,7 +748,7 @@ static int train_validate(trainer *T, int nb, int final)
     windows w = T->w;
     ebt_status st;
     w.nb = nb;
-    if ((st = evaluate(T->m, T->ws, &w, &T->th, &T->ev)) != EBT_OK) return fail("validation", st, T->m, T->ws);
+    if ((st = evaluate(T->m, T->ws, &w, &T->th, &T->ev, NULL)) != EBT_OK) return fail("validation", st, T->m, T->ws);
     T->eval_per_batch = (now_s() - te) / nb;
     T->last_eval = T->step;
     if (T->tty) fputs("\r\033[K", stderr);
@@ -771,23 +897,28 @@ static const char SAMPLE_USAGE[] =
     "                       thinking step, steps taken, winning start (coloured on a terminal)\n"
     "  --trace-png FILE     heat map of the energy of every generated byte at every thinking step\n"
     "thinking (EBT only):\n"
-    "  --steps K            thinking steps per byte (default 4)\n"
+    "  --steps K            thinking steps per byte (default: the checkpoint's think.steps, else 4)\n"
     "  --restarts R         starts per byte, the lowest final energy wins (default 1)\n"
     "  --step-size A        thinking step size (default 0: the model's alpha)\n"
-    "  --noise SIGMA        Langevin noise while thinking (default 0)\n"
+    "  --noise SIGMA        Langevin noise while thinking (default: the checkpoint's think.noise, else 0)\n"
     "  --init-scale X       spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
+    "  --clamp C            limit each entry of a thinking step to [-C, C] (default 0: off)\n"
+    "  --threshold E  --tol T  --rel-drop R  --grad-tol G  --keep-best\n"
+    "                       stop thinking about a byte early (energy <= E, change <= T, relative drop\n"
+    "                       <= R, gradient RMS <= G), answer with the lowest energy seen (default off)\n"
     "The text is streamed as it is generated (UTF-8 passed through); bytes/s and the mean\n"
     "final energy follow on stderr.\n";
 
-typedef struct { const char *ckpt, *prompt, *png; int n, trace; ebt_gen_opts g; const char *think_opt; } sample_args;
+typedef struct { const char *ckpt, *prompt, *png; int n, trace, set; ebt_gen_opts g; const char *think_opt; } sample_args;
 
-static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", NULL };
+static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", "--clamp",
+    "--threshold", "--tol", "--rel-drop", "--grad-tol", "--keep-best", NULL };
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int sample_parse(int argc, char **argv, sample_args *a)
 {
     const char *ckpt = "ebt.safetensors", *prompt = "ROMEO:", *png = NULL;
-    int n = 300, trace = 0;
+    int n = 300, trace = 0, keep = 0;
     ebt_gen_opts g = ebt_gen_default();
     g.think.steps = 4; g.think.restarts = 1; g.temperature = 0.8; g.top_p = 0.95; g.seed = 1;
     const opt_spec spec[] = {
@@ -797,12 +928,17 @@ static int sample_parse(int argc, char **argv, sample_args *a)
         {"--top-p", OPT_DBL, &g.top_p, 0, 1}, {"--seed", OPT_U64, &g.seed, 0, 0},
         {"--noise", OPT_DBL, &g.think.noise, 0, 1e6}, {"--init-scale", OPT_DBL, &g.think.init_scale, 0, 1e6},
         {"--trace", OPT_FLAG, &trace, 0, 0}, {"--trace-png", OPT_STR, &png, 0, 0},
+        {"--clamp", OPT_DBL, &g.think.clamp, 0, 1e9}, {"--threshold", OPT_DBL, &g.think.energy_threshold, -1e30, 1e30},
+        {"--tol", OPT_DBL, &g.think.tol, 0, 1e30}, {"--rel-drop", OPT_DBL, &g.think.rel_drop, -1e30, 1e30},
+        {"--grad-tol", OPT_DBL, &g.think.grad_tol, 0, 1e30}, {"--keep-best", OPT_FLAG, &keep, 0, 0},
     };
     unsigned char seen[N_OPTS(spec)];
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE, seen);
     if (rc >= 0) return rc;
     g.think.seed = g.seed ^ 0x7417c0deULL;
+    g.think.keep_best = keep;
     *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .png = png, .n = n, .trace = trace, .g = g,
+                        .set = seen[opt_index(spec, N_OPTS(spec), "--steps")] | seen[opt_index(spec, N_OPTS(spec), "--noise")] << 1,
                         .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, THINK_OPTS) };
     return -1;
 }
@@ -988,9 +1124,17 @@ static int cmd_sample(int argc, char **argv)
     ebt_workspace *ws = NULL;
     if (load_model(a.ckpt, &m)) return 1;
     const ebt_config *cfg = ebt_model_config(m);
-    const int is_ebt = cfg->arch == EBT_ARCH_EBT, K = is_ebt ? a.g.think.steps : 0, n = a.n;
-    int np = (int)strlen(a.prompt), keep;
+    const int is_ebt = cfg->arch == EBT_ARCH_EBT, n = a.n;
+    int np = (int)strlen(a.prompt), keep, K;
     if (!is_ebt && a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, a.ckpt);
+    if (is_ebt) {   /* the checkpoint's way of thinking unless --steps / --noise say otherwise */
+        int k = a.g.think.steps;
+        double z = a.g.think.noise;
+        think_defaults(m, &k, &z);
+        if (!(a.set & 1)) a.g.think.steps = k;
+        if (!(a.set & 2)) a.g.think.noise = z;
+    }
+    K = is_ebt ? a.g.think.steps : 0;
     if (!is_ebt && a.png) { fprintf(stderr, "ebt_lm: --trace-png needs an EBT checkpoint (%s is a transformer++)\n", a.ckpt); ebt_free(m); return 2; }
     sample_log L = { { {0}, 0, stdout }, a.trace, isatty(fileno(stdout)), K, n, 0, 0, NULL, NULL, NULL, NULL, NULL };
     int32_t *pt = malloc(((size_t)np + 1) * sizeof *pt), *gen = malloc((size_t)n * sizeof *gen);
@@ -1032,229 +1176,10 @@ done:
     return rc;
 }
 
-/* ---- eval ----------------------------------------------------------------- */
+/* ---- eval: in examples/lm_eval.h ------------------------------------------ */
 
-static const char EVAL_USAGE[] =
-    "usage: ebt_lm eval [options]\n"
-    "  --ckpt FILE         checkpoint (default ebt.safetensors)\n"
-    "  --baseline FILE     a transformer++ checkpoint, evaluated on the same windows\n"
-    "  --data FILE         corpus (default: the fortunes; validation = last 10%)\n"
-    "  --batches N         validation batches (default 16)\n"
-    "  --batch B           windows per batch (default 16)\n"
-    "  --eval-steps K      thinking steps of the restarts table (default 4)\n"
-    "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
-    "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
-    "  --step-size A       thinking step size (default 0: the model's alpha)\n"
-    "  --plot FILE.png     line plot of CE against thinking steps and restarts\n";
-
-#define N_KS 5
-#define N_RS 3
-
-/* the plot: CE against thinking steps (left) and restarts (right), the
- * baseline (NAN if none) dashed in both */
-static int plot(const char *path, const int *ks, const double *ce_k, const int *rs, const double *ce_r,
-                int eval_steps, double base)
-{
-    const unsigned long BLACK = 0x000000, GRAY = 0xdddddd, BLUE = 0x1f5fbf, GREEN = 0x2a9d3a, RED = 0xc03030;
-    png_img im;
-    char buf[32];
-    double lo = base, hi = base;
-    for (int i = 0; i < N_KS + N_RS; i++) {
-        double y = i < N_KS ? ce_k[i] : ce_r[i - N_KS];
-        if (!(y >= lo)) lo = y;
-        if (!(y <= hi)) hi = y;
-    }
-    if (!(hi - lo > 1e-4)) { lo -= 0.05; hi += 0.05; }
-    double pad = 0.08 * (hi - lo);
-    lo -= pad; hi += pad;
-    if (png_init(&im, 840, 420)) return -1;
-    png_text(&im, 20, 12, "VALIDATION CE (NATS/BYTE)", 2, BLACK);
-    for (int panel = 0; panel < 2; panel++) {
-        const int *xs = panel ? rs : ks, n = panel ? N_RS : N_KS;
-        const double *ys = panel ? ce_r : ce_k;
-        int X0 = panel ? 600 : 80, X1 = panel ? 810 : 520, Y0 = 50, Y1 = 350;
-        double xmin = xs[0], xmax = xs[n - 1];
-        #define PX(x) (X0 + 15 + (int)(((x) - xmin) / (xmax - xmin) * (X1 - X0 - 30) + 0.5))
-        #define PY(y) (Y1 - (int)(((y) - lo) / (hi - lo) * (Y1 - Y0) + 0.5))
-        for (int t = 0; t <= 4; t++) {          /* y grid, ticks and labels */
-            double y = lo + (hi - lo) * t / 4;
-            png_line(&im, X0 + 1, PY(y), X1, PY(y), GRAY, 0);
-            png_line(&im, X0 - 5, PY(y), X0, PY(y), BLACK, 0);
-            snprintf(buf, sizeof buf, "%.3f", y);
-            png_text(&im, X0 - 8 - png_text_w(buf, 1), PY(y) - 3, buf, 1, BLACK);
-        }
-        png_line(&im, X0, Y0, X0, Y1, BLACK, 0);
-        png_line(&im, X0, Y1, X1, Y1, BLACK, 0);
-        for (int i = 0; i < n; i++) {           /* x ticks at the measured points */
-            png_line(&im, PX(xs[i]), Y1, PX(xs[i]), Y1 + 5, BLACK, 0);
-            snprintf(buf, sizeof buf, "%d", xs[i]);
-            png_text(&im, PX(xs[i]) - png_text_w(buf, 2) / 2, Y1 + 9, buf, 2, BLACK);
-        }
-        if (panel) snprintf(buf, sizeof buf, "RESTARTS (K=%d)", eval_steps);
-        png_text(&im, (X0 + X1) / 2 - png_text_w(panel ? buf : "THINK STEPS", 2) / 2, Y1 + 32,
-                 panel ? buf : "THINK STEPS", 2, BLACK);
-        if (!isnan(base))
-            for (int d = 0; d < 2; d++) png_line(&im, X0 + 1, PY(base) + d, X1, PY(base) + d, RED, 6);
-        for (int i = 0; i < n; i++) {
-            for (int d = 0; i + 1 < n && d < 9; d++)  /* 3 pixels thick */
-                png_line(&im, PX(xs[i]) + d % 3 - 1, PY(ys[i]) + d / 3 - 1, PX(xs[i + 1]) + d % 3 - 1,
-                         PY(ys[i + 1]) + d / 3 - 1, panel ? GREEN : BLUE, 0);
-            png_rect(&im, PX(xs[i]) - 3, PY(ys[i]) - 3, PX(xs[i]) + 3, PY(ys[i]) + 3, panel ? GREEN : BLUE);
-        }
-        #undef PX
-        #undef PY
-    }
-    png_rect(&im, 560, 14, 580, 16, BLUE);
-    png_text(&im, 588, 12, "EBT", 1, BLACK);
-    png_rect(&im, 620, 14, 640, 16, GREEN);
-    png_text(&im, 648, 12, "EBT RESTARTS", 1, BLACK);
-    if (!isnan(base)) {
-        png_line(&im, 560, 27, 580, 27, RED, 6);
-        png_text(&im, 588, 24, "TRANSFORMER++", 1, BLACK);
-    }
-    int r = png_save(&im, path);
-    png_free(&im);
-    return r;
-}
-
-/* one markdown row: label, CE, perplexity, energy [, won by start != 0] */
-static void table_row(const char *label, const eval_out *e, int with_switch)
-{
-    char ppl[32], en[32], sw[32];
-    snprintf(ppl, sizeof ppl, exp(e->ce) < 1e6 ? "%.3f" : "%.3g", exp(e->ce));
-    snprintf(en, sizeof en, isnan(e->energy) ? "-" : "%.4f", e->energy);
-    snprintf(sw, sizeof sw, isnan(e->switched) ? "-" : "%.1f%%", 100 * e->switched);
-    printf("| %13s | %18.4f | %10s | %17s |", label, e->ce, ppl, en);
-    printf(with_switch ? " %17s |\n" : "\n", sw);
-}
-
-typedef struct {
-    const char *ckpt, *base_path, *data, *plot_path;
-    long nb;
-    int B, eval_steps;
-    double noise, init_scale, step_size;
-    const char *think_opt;   /* the first thinking option given, or NULL */
-} eval_args;
-
-/* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
-static int eval_parse(int argc, char **argv, eval_args *a)
-{
-    const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
-    long nb = 16;
-    int B = 16, eval_steps = 4;
-    double noise = 0, init_scale = 1, step_size = 0;
-    const opt_spec spec[] = {
-        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--baseline", OPT_STR, &base_path, 0, 0}, {"--data", OPT_STR, &data, 0, 0},
-        {"--plot", OPT_STR, &plot_path, 0, 0}, {"--batches", OPT_LONG, &nb, 1, 1e6}, {"--batch", OPT_INT, &B, 1, 1 << 20},
-        {"--eval-steps", OPT_INT, &eval_steps, 0, 1000}, {"--noise", OPT_DBL, &noise, 0, 1e6},
-        {"--init-scale", OPT_DBL, &init_scale, 0, 1e6}, {"--step-size", OPT_DBL, &step_size, 0, 1e9},
-    };
-    static const char *const think_opts[] = { "--eval-steps", "--noise", "--init-scale", "--step-size", NULL };
-    unsigned char seen[N_OPTS(spec)];
-    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE, seen);
-    if (rc >= 0) return rc;
-    *a = (eval_args){ .ckpt = ckpt, .base_path = base_path, .data = data, .plot_path = plot_path, .nb = nb, .B = B,
-                      .eval_steps = eval_steps, .noise = noise, .init_scale = init_scale, .step_size = step_size,
-                      .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, think_opts) };
-    return -1;
-}
-
-static int cmd_eval(int argc, char **argv)
-{
-    eval_args a;
-    int rc = eval_parse(argc, argv, &a);
-    if (rc >= 0) return rc;
-    const char *ckpt = a.ckpt, *base_path = a.base_path, *data = a.data, *plot_path = a.plot_path;
-    const long nb = a.nb;
-    const int B = a.B, eval_steps = a.eval_steps;
-    const double noise = a.noise, init_scale = a.init_scale, step_size = a.step_size;
-    ebt_model *m = NULL, *base = NULL;
-    ebt_workspace *ws = NULL;
-    corpus c = {0};
-    rc = 1;
-    if (load_model(ckpt, &m) || (base_path && load_model(base_path, &base))) goto done;
-    const ebt_config *cfg = ebt_model_config(m);
-    int S = cfg->max_seq_len;
-    if (base && ebt_model_config(base)->max_seq_len < S) S = ebt_model_config(base)->max_seq_len;
-    if (base && ebt_model_config(base)->arch != EBT_ARCH_TRANSFORMER)
-        fprintf(stderr, "ebt_lm: note: --baseline %s is not a transformer++\n", base_path);
-    if (!batch_fits(B, S)) { rc = 2; goto done; }
-    if ((rc = load_corpus(data, &c, S)) != 0) goto done;
-    rc = 1;
-    windows w = {c.buf + c.n_train, c.n - c.n_train, (int)nb, B, S};
-    ebt_think_opts th = ebt_think_default();
-    th.restarts = 1;
-    th.seed = EVAL_SEED;
-    th.noise = noise;
-    th.init_scale = init_scale;
-    th.step_size = step_size;
-    eval_out base_ev = {NAN, NAN, NAN}, ek[N_KS], er[N_RS];
-    const int ks[N_KS] = {1, 2, 3, 4, 8}, rs[N_RS] = {1, 2, 4};
-    double ce_k[N_KS], ce_r[N_RS];
-    char label[16];
-    const int tty = isatty(fileno(stderr));
-    ebt_status st;
-    printf("validation: %ld batches x %d windows x %d bytes = %ld positions\n\n", nb, B, S, nb * B * S);
-    if (base && (st = evaluate(base, NULL, &w, &th, &base_ev)) != EBT_OK) { rc = fail("baseline", st, base, NULL); goto done; }
-    if (cfg->arch != EBT_ARCH_EBT) {
-        eval_out e;
-        if (a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, ckpt);
-        if ((st = evaluate(m, NULL, &w, &th, &e)) != EBT_OK) { rc = fail("validation", st, m, NULL); goto done; }
-        printf("| model         | val CE (nats/byte) |        ppl | mean final energy |\n");
-        printf("|--------------:|-------------------:|-----------:|------------------:|\n");
-        table_row(ckpt, &e, 0);
-        if (base) table_row(base_path, &base_ev, 0);
-        if (plot_path) fprintf(stderr, "ebt_lm: warning: --plot needs an EBT checkpoint; no plot written\n");
-        rc = 0;
-        goto done;
-    }
-    if ((st = ebt_workspace_create(m, B, S, &ws)) != EBT_OK) { rc = fail("ebt_workspace_create", st, m, NULL); goto done; }
-    for (int i = 0; i < N_KS + N_RS; i++) {
-        th.steps = i < N_KS ? ks[i] : eval_steps;
-        th.restarts = i < N_KS ? 1 : rs[i - N_KS];
-        eval_out *e = i < N_KS ? &ek[i] : &er[i - N_KS];
-        int same = -1;                            /* already measured in the steps table? */
-        for (int j = 0; i >= N_KS && th.restarts == 1 && j < N_KS; j++)
-            if (ks[j] == eval_steps) same = j;
-        if (same >= 0) {
-            *e = ek[same];
-        } else {
-            if (tty) fprintf(stderr, "\rebt_lm: thinking %d steps, %d restarts ...\033[K", th.steps, th.restarts);
-            if ((st = evaluate(m, ws, &w, &th, e)) != EBT_OK) { rc = fail("validation", st, m, ws); goto done; }
-        }
-        if (i < N_KS) ce_k[i] = e->ce; else ce_r[i - N_KS] = e->ce;
-    }
-    if (tty) fputs("\r\033[K", stderr);
-    printf("| think steps   | val CE (nats/byte) |        ppl | mean final energy |\n");
-    printf("|--------------:|-------------------:|-----------:|------------------:|\n");
-    for (int i = 0; i < N_KS; i++) {
-        snprintf(label, sizeof label, "%d", ks[i]);
-        table_row(label, &ek[i], 0);
-    }
-    if (base) table_row("transformer++", &base_ev, 0);
-    snprintf(label, sizeof label, "restarts K=%d", eval_steps);
-    printf("\n| %13s | val CE (nats/byte) |        ppl | mean final energy | won by start != 0 |\n", label);
-    printf("|--------------:|-------------------:|-----------:|------------------:|------------------:|\n");
-    for (int i = 0; i < N_RS; i++) {
-        snprintf(label, sizeof label, "%d", rs[i]);
-        table_row(label, &er[i], 1);
-    }
-    if (base) table_row("transformer++", &base_ev, 1);
-    if (plot_path) {
-        if (plot(plot_path, ks, ce_k, rs, ce_r, eval_steps, base_ev.ce) != 0) {
-            fprintf(stderr, "ebt_lm: cannot write %s: %s\n", plot_path, strerror(errno));
-            goto done;
-        }
-        fprintf(stderr, "ebt_lm: wrote %s\n", plot_path);
-    }
-    rc = 0;
-done:
-    ebt_workspace_free(ws);
-    ebt_free(m);
-    ebt_free(base);
-    free(c.buf);
-    return rc;
-}
+#define OOD_DEFAULT "/usr/share/common-licenses/GPL-3"
+#include "lm_eval.h"
 
 /* ---- export -------------------------------------------------------------- */
 
