@@ -306,7 +306,7 @@ static void test_alpha_rand(void **state)
         moved = fmax(moved, fabs(a[r] - a2[r]));
     }
     printf("  alpha 0.5, alpha_rand 4: per-position steps in [%.3f, %.3f]\n", lo, hi);
-    assert_true(hi / lo > 2 && moved > 1e-2);
+    assert_true(lo < 0.5 && hi > 0.5 && hi / lo > 2 && moved > 1e-2);   /* steps on both sides of alpha */
     o.alpha_rand = 1;
     assert_true(one_step(ws, m, tok, o, p0, g0, a) <= TOL);
     for (int r = 0; r < N; r++) assert_true(fabs(a[r] - 0.5) <= TOL);
