@@ -48,7 +48,9 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL    ?= install
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
+           $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
+           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
 .PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
@@ -114,40 +116,52 @@ $(BUILD)/ebt_lm: examples/ebt_lm.c examples/lm_eval.h examples/png.h $(BUILD)/li
 MPICC ?= mpicc
 mpi: $(BUILD)/ebt_lm_mpi
 
-$(BUILD)/ebt_lm_mpi: examples/ebt_lm.c examples/lm_mpi.h examples/png.h $(BUILD)/libebt.a
+$(BUILD)/ebt_lm_mpi: examples/ebt_lm.c examples/lm_mpi.h examples/lm_eval.h examples/png.h $(BUILD)/libebt.a
 	$(MPICC) $(CFLAGS) -DEBT_LM_MPI -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 # compares two checkpoints tensor by tensor (tests/mpi_test.sh)
 $(BUILD)/ckpt_diff: tests/ckpt_diff.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
+# the library in double precision, linked by every double-precision test
+$(BUILD)/ebt_double.o: ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -c ebt.c -o $@
+
 # the minimal example again, with the library in double precision
-$(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/minimal_double: examples/minimal.c $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(TESTLIBS)
 
 # finite differences at S = 70, with the library in double precision
-$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the PyTorch reference test again, with the library in double precision
-$(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the training test again, with the library in double precision
-$(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the thinking-rules test again, with the library in double precision
-$(BUILD)/test_think_rules_double: tests/test_think_rules.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/test_think_rules_double: tests/test_think_rules.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # the thinking test again, with the library in double precision
-$(BUILD)/test_think_double: tests/test_think.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+$(BUILD)/test_think_double: tests/test_think.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
+
+# the optimiser test again, with the library in double precision
+$(BUILD)/test_optim_double: tests/test_optim.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
+
+# the energy-call test again, with the library in double precision
+$(BUILD)/test_energy_double: tests/test_energy.c tests/test_util.h $(BUILD)/ebt_double.o ebt.h
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(BUILD)/ebt_double.o $(TESTLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(BUILD)
@@ -159,6 +173,10 @@ $(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(
 
 # test_alloc includes ebt.c to replace its allocator (EBT_MALLOC/EBT_REALLOC/EBT_FREE)
 $(BUILD)/test_alloc: tests/test_alloc.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
+
+# test_errpaths includes ebt.c to hash the training state and to fail the loader's reads
+$(BUILD)/test_errpaths: tests/test_errpaths.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_threads runs the evaluation calls on several threads at once

@@ -10,7 +10,19 @@
  *
  * The file includes ebt.c to hash that training state, which the public
  * API does not expose. A case that fails is reported with its line and the
- * test fails at the end of its group, so one bug does not hide the others. */
+ * test fails at the end of its group, so one bug does not hide the others.
+ *
+ * The library allocates through a hook that refuses any single request
+ * above 1 GiB: the ~1 TB workspace below then fails on every machine (with
+ * memory overcommit a real malloc of that size can succeed). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#define BI_ALLOC_CAP ((size_t)1 << 30)
+static void *bi_malloc(size_t n) { return n > BI_ALLOC_CAP ? NULL : malloc(n); }
+static void *bi_realloc(void *p, size_t n) { return n > BI_ALLOC_CAP ? NULL : realloc(p, n); }
+#define EBT_MALLOC(sz) bi_malloc(sz)
+#define EBT_REALLOC(p, sz) bi_realloc(p, sz)
+#define EBT_FREE(p) free(p)
 #include "../ebt.c"
 #include <limits.h>
 #include "test_util.h"
@@ -406,7 +418,7 @@ static void test_workspace_calls(void **state)
     CASE(ebt_workspace_create(m, INT_MAX, MAXS, &x), EBT_ERR_ARG);
     CASE(ebt_workspace_create(m, 1 << 28, MAXS, &x), EBT_ERR_ARG);   /* B*S overflows the GEMM ints */
     CASE(ebt_workspace_create(lm, INT_MAX, MAXS, &x), EBT_ERR_ARG);
-    CASE(ebt_workspace_create(m, 1 << 26, MAXS, &x), EBT_ERR_NOMEM);  /* about 1 TB */
+    CASE(ebt_workspace_create(m, 1 << 26, MAXS, &x), EBT_ERR_NOMEM);  /* about 1 TB: above the hook's cap */
     CHECK(x == NULL);
     /* ebt_observe: NULL workspace, model, tokens; sizes; beyond the workspace */
     CASE(ebt_observe(NULL, m, tok, B, S, 0), EBT_ERR_ARG);
@@ -865,13 +877,14 @@ static void test_train_calls(void **state)
 static void test_file_calls(void **state)
 {
     ebt_model *x = (ebt_model *)&x, *mnan = NULL;
-    char err[256], path[128], junk[128];
+    char err[256], dir[256], path[300], junk[300];
     FILE *f;
     long size = 0;
     ebt_real *a;
     (void)state;
-    snprintf(path, sizeof path, "/tmp/ebt_badinput_%ld.safetensors", (long)getpid());
-    snprintf(junk, sizeof junk, "/tmp/ebt_badinput_%ld.junk", (long)getpid());
+    test_tmpdir(dir, sizeof dir, "badinput");
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    snprintf(junk, sizeof junk, "%s/junk", dir);
     /* ebt_load / ebt_load_ex: NULL path or out; files that are missing or malformed */
     CASE(ebt_load(NULL, &x), EBT_ERR_ARG);
     CHECK(x == NULL);
@@ -932,8 +945,7 @@ static void test_file_calls(void **state)
     CHECK(ftell(f) == size / 2);
     fclose(f);
     ebt_free(mnan);
-    remove(path);
-    remove(junk);
+    test_rmdir(dir);
     END_GROUP();
 }
 

@@ -7,7 +7,10 @@
 #include "../ebt.h"
 #include "test_util.h"
 
-#define TMP "ckpt_test.safetensors"
+/* every file of this test lives in a fresh directory (make test and make
+ * asan may run at once) */
+static char tmpdir[256], tmppath[300];
+#define TMP tmppath
 
 static ebt_model *make(ebt_arch arch, int step_embed, int tied)
 {
@@ -269,12 +272,15 @@ static void test_failed_save(void **state)
     assert_int_equal(ebt_save_ex(m, TMP, err, sizeof err), EBT_ERR_NONFINITE);
     w[3] = keep;
     /* the rename target is a directory: the write fails after the temporary file is complete */
-    mkdir("ckpt_dir.safetensors", 0755);
-    assert_int_equal(ebt_save_ex(m, "ckpt_dir.safetensors", err, sizeof err), EBT_ERR_IO);
+    char other[400];
+    snprintf(other, sizeof other, "%s/dir.safetensors", tmpdir);
+    assert_int_equal(mkdir(other, 0755), 0);
+    assert_int_equal(ebt_save_ex(m, other, err, sizeof err), EBT_ERR_IO);
     assert_true(err[0] != 0);
-    rmdir("ckpt_dir.safetensors");
+    assert_int_equal(rmdir(other), 0);
     /* a missing directory */
-    assert_int_equal(ebt_save_ex(m, "no_such_dir/x.safetensors", err, sizeof err), EBT_ERR_IO);
+    snprintf(other, sizeof other, "%s/no_such_dir/x.safetensors", tmpdir);
+    assert_int_equal(ebt_save_ex(m, other, err, sizeof err), EBT_ERR_IO);
     unsigned char *after = test_slurp(TMP, &n2);
     assert_non_null(after);
     assert_int_equal(n1, n2);
@@ -284,6 +290,23 @@ static void test_failed_save(void **state)
     free(before); free(after);
     ebt_free(m);
     remove(TMP);
+}
+
+static int setup(void **state)
+{
+    const char *base = getenv("TMPDIR");
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "%s/ebt_ckpt.XXXXXX", base && base[0] ? base : "/tmp");
+    if (!mkdtemp(tmpdir)) return -1;
+    snprintf(tmppath, sizeof tmppath, "%s/m.safetensors", tmpdir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_rmdir(tmpdir);
+    return 0;
 }
 
 int main(void)
@@ -296,5 +319,5 @@ int main(void)
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_failed_save),
     };
-    return cmocka_run_group_tests_name("checkpoints", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("checkpoints", tests, setup, teardown);
 }

@@ -218,7 +218,13 @@ static void test_blow_up(void **state)
     ebt_free(m);
 }
 
-/* generation with the KV cache equals re-running the whole prefix */
+/* Generation with the KV cache equals re-running the whole prefix: the
+ * distributions agree within 1e-5 (the cached rows are computed by other
+ * products; measured up to 3.9e-6) and so do the tokens. The tokens are argmax
+ * choices (temperature 0) whose top-two gap is asserted to exceed 100x
+ * the 1e-5 bound at every step, so that no choice depends on rounding
+ * (sampling at a temperature could flip a token where the cumulative
+ * weights meet the uniform draw within rounding). */
 static void check_cache(ebt_arch arch)
 {
     enum { NP = 5, NN = 14 };   /* 5 + 14 > max_S 12: the window slides too */
@@ -227,17 +233,27 @@ static void check_cache(ebt_arch arch)
     int32_t prompt[NP] = { 1, 5, 7, 2, 11 }, a[NN], b[NN];
     static ebt_real pa[NN * V], pb[NN * V];
     ebt_real ea[NN], eb[NN];
+    double maxd = 0, gap = INFINITY;
     ebt_gen_opts o = ebt_gen_default();
     assert_int_equal(ebt_workspace_create(m, 1, 12, &ws), EBT_OK);
-    o.temperature = 0.9; o.top_p = 0.95; o.think.steps = 3;
+    o.temperature = 0; o.think.steps = 3;
     assert_int_equal(ebt_generate(ws, m, prompt, NP, NN, &o, a, ea, pa), EBT_OK);
     o.no_cache = 1;
     assert_int_equal(ebt_generate(ws, m, prompt, NP, NN, &o, b, eb, pb), EBT_OK);
-    double maxd = 0;
     for (int i = 0; i < NN * V; i++) maxd = fmax(maxd, fabs(pa[i] - pb[i]));
-    printf("  %s: cached vs uncached max |dp| = %.2e\n", arch == EBT_ARCH_EBT ? "ebt" : "transformer++", maxd);
-    assert_memory_equal(a, b, sizeof a);
+    for (int t = 0; t < NN; t++) {
+        double top = 0, second = 0;
+        for (int j = 0; j < V; j++) {
+            double q = pb[t * V + j];
+            if (q > top) { second = top; top = q; } else if (q > second) second = q;
+        }
+        gap = fmin(gap, top - second);
+    }
+    printf("  %s: cached vs uncached max |dp| = %.2e, smallest top-two gap %.2e\n",
+           arch == EBT_ARCH_EBT ? "ebt" : "transformer++", maxd, gap);
     assert_true(maxd <= 1e-5);
+    assert_true(gap > 100 * 1e-5);
+    assert_memory_equal(a, b, sizeof a);
     for (int i = 0; i < NN; i++) assert_true(arch != EBT_ARCH_EBT || fabs(ea[i] - eb[i]) <= 1e-4 * (1 + fabs(eb[i])));
     ebt_workspace_free(ws);
     ebt_free(m);

@@ -152,4 +152,58 @@ static inline int test_count_entries(const char *dir)
     closedir(d);
     return n;
 }
+
+/* softmax of one row y[V] in double, rounded to ebt_real into p */
+static inline void test_softmax(ebt_real *p, const ebt_real *y, int V)
+{
+    double mx = y[0], s = 0;
+    for (int j = 1; j < V; j++) mx = y[j] > mx ? y[j] : mx;
+    for (int j = 0; j < V; j++) s += exp((double)y[j] - mx);
+    for (int j = 0; j < V; j++) p[j] = (ebt_real)(exp((double)y[j] - mx) / s);
+}
+/* cross-entropy (nats) of logits y[V] against target t, in double */
+static inline double test_ce(const ebt_real *y, int t, int V)
+{
+    double mx = y[0], s = 0;
+    for (int j = 1; j < V; j++) mx = y[j] > mx ? y[j] : mx;
+    for (int j = 0; j < V; j++) s += exp((double)y[j] - mx);
+    return mx + log(s) - y[t];
+}
+/* max |a - b| / (1 + |b|) over n entries */
+static inline double test_maxrel(const ebt_real *a, const ebt_real *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / (1 + fabs((double)b[i]));
+        if (!(d <= e)) e = d;   /* NaN counts as the worst */
+    }
+    return e;
+}
+
+#if defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200809L
+#include <unistd.h>
+/* A fresh private directory (mkdtemp under $TMPDIR or /tmp) for a test's
+ * files, so that concurrent runs (make test and make asan) never share a
+ * path; test_rmdir removes it and the plain files in it. */
+static inline void test_tmpdir(char *dir, size_t n, const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, n, "%s/ebt_%s.XXXXXX", base && base[0] ? base : "/tmp", tag);
+    assert_non_null(mkdtemp(dir));
+}
+static inline void test_rmdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4096];
+    if (!d) return;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            remove(path);
+        }
+    closedir(d);
+    assert_int_equal(rmdir(dir), 0);
+}
+#endif
 #endif
