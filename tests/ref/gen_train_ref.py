@@ -25,7 +25,7 @@ M.energy_mean (mean E_k, k = 0..K-1), M.grad.<tensor> for every checkpoint tenso
 (incl. alpha; row-major as in the checkpoint).  Inputs and loss/ce/energy use '%.17g';
 gradients use GFMT[cfg]: '%.17g' for b, '%.13g' for a (to keep train_a.txt under 250 KB).
 """
-import json, os, struct, sys
+import json, os, sys
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +34,7 @@ sys.path.insert(0, OUT)
 sys.dont_write_bytecode = True     # leave no __pycache__ in tests/ref
 import gen_ref                   # energy(), f32(), cdiff(); sets default dtype float64
 from gen_ref import energy, f32, cdiff
+import ebt.checkpoint as ebt_checkpoint   # python/ (gen_ref put it on sys.path)
 
 K = 3
 SEEDS = {'a': 1001, 'b': 1002}
@@ -42,21 +43,16 @@ GFMT = {'a': '%.13g', 'b': '%.17g'}   # gradient records only
 
 # ---------------------------------------------------------------- inputs
 def read_safetensors(path):
-    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in file order."""
-    raw = open(path, 'rb').read()
-    n = struct.unpack('<Q', raw[:8])[0]
-    hd = json.loads(raw[8:8 + n]); m = hd.pop('__metadata__')
-    c = dict(arch=m['arch'], V=int(m['vocab_size']), D=int(m['d_model']), H=int(m['n_heads']),
-             F=int(m['d_ff']), L=int(m['n_layers']), theta=float(m['rope_theta']),
-             eps=float(m['norm_eps']), n_step_embed=int(m['n_step_embed']),
-             tie=int(m['tie_pred_embed']))
-    P = {}
-    for name, e in sorted(hd.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-        assert e['dtype'] == 'F32', name
-        a, b = e['data_offsets']
-        vals = struct.unpack('<%df' % ((b - a) // 4), raw[8 + n + a:8 + n + b])
-        P[name] = torch.tensor(vals, dtype=torch.float64).reshape(e['shape'])
-    assert [s[0] for s in gen_ref.param_specs(c)] == list(P), 'unexpected tensor set/order'
+    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in checkpoint order.
+    Any checkpoint the library writes (tensor order, optim.* and replay tensors
+    are the reader's business: python/ebt/checkpoint.py)."""
+    ck = ebt_checkpoint.read(path)
+    m = ck.config
+    c = dict(arch=m['arch'], V=m['vocab_size'], D=m['d_model'], H=m['n_heads'], F=m['d_ff'],
+             L=m['n_layers'], theta=m['rope_theta'], eps=m['norm_eps'], n_step_embed=m['n_step_embed'],
+             tie=m['tie_pred_embed'])
+    P = {name: torch.tensor(t, dtype=torch.float64) for name, t in ck.tensors.items()}
+    assert [s[0] for s in gen_ref.param_specs(c)] == list(P), 'unexpected tensor set'
     return c, P
 
 def read_txt(path):
