@@ -90,6 +90,11 @@ def integer(x, name, lo=None, hi=None):
     return x
 
 
+def cint(x, name):
+    """A Python int that fits a C int (ctypes would silently wrap it)."""
+    return integer(x, name, -2**31, 2**31 - 1)
+
+
 def path(p, name="path"):
     """A filesystem path as bytes for the C calls."""
     import os

@@ -71,9 +71,15 @@ BY_STATUS = {c.status: c for c in (ArgError, TokenError, NonFiniteError, NoMemEr
                                    UnsupportedError, StateError)}
 
 
+# ebt_status_str(): the message when a call fails without one of its own
+DESCRIPTIONS = {1: "invalid argument", 2: "token id out of range", 3: "non-finite value", 4: "out of memory",
+                5: "i/o error", 6: "malformed checkpoint", 7: "unsupported for this model", 8: "workspace not prepared"}
+
+
 def error(status, message):
-    """The exception for a non-zero ebt_status."""
+    """The exception for a non-zero ebt_status (message: the library's, or
+    the status's description when the library gave none)."""
     cls = BY_STATUS.get(status)
     if cls is None:
         return EbtError("%s (unknown status %d)" % (message, status), status)
-    return cls(message)
+    return cls(message or DESCRIPTIONS[status])

@@ -26,6 +26,7 @@ from .checkpoint import tensor_specs
 from .training import TrainingMixin
 
 ARCH_NAMES = {0: "ebt", 1: "transformer++"}
+_NONE = object()            # "argument not passed" (None is a bad array)
 ERRLEN = 512
 
 
@@ -56,6 +57,8 @@ def config_struct(config=None, **fields):
         c, config = S.Config.from_buffer_copy(config), None
     else:
         c = LIB.ebt_config_default()
+    if config is not None and not isinstance(config, dict):
+        raise ArgTypeError("config must be a dict of ebt_config fields or an ebt_config, got %r" % (config,))
     values = dict(config or {}, **fields)
     if "arch" in values:
         a = values["arch"]
@@ -171,7 +174,7 @@ class Model(TrainingMixin):
 
     def set_threads(self, n):
         """Threads of the model's own workspace (ebt_set_threads; 0 = default)."""
-        self._check(LIB.ebt_set_threads(self._ptr, A.integer(n, "n")))
+        self._check(LIB.ebt_set_threads(self._ptr, A.cint(n, "n")))
 
     # ---- parameters and gradients as numpy views -----------------------
     def _tensor(self, fn, name):
@@ -205,11 +208,12 @@ class Model(TrainingMixin):
         return {n: self.grad(n) for n in self.tensor_names()}
 
     # ---- energy and derivatives (model's own workspace) ------------------
-    def _seq(self, tokens, probs=None, v=None):
+    def _seq(self, tokens, probs=_NONE, v=_NONE):
+        """Checked tokens, probs, v (each required when passed) and (B, S)."""
         t = A.tokens(tokens, self.vocab_size)
         shape = t.shape + (self.vocab_size,)
-        p = None if probs is None else A.reals(probs, shape, "probs")
-        v = None if v is None else A.reals(v, shape, "v")
+        p = None if probs is _NONE else A.reals(probs, shape, "probs")
+        v = None if v is _NONE else A.reals(v, shape, "v")
         return t, p, v, _bs(t)
 
     def energy(self, tokens, probs, step=0, grad=False):
@@ -220,7 +224,7 @@ class Model(TrainingMixin):
         t, p, _, (B, S_) = self._seq(tokens, probs)
         E = np.empty(t.shape, DTYPE)
         G = np.empty(p.shape, DTYPE) if grad else None
-        self._check(LIB.ebt_energy(p0, A.ptr(t), A.ptr(p), B, S_, A.integer(step, "step"), A.ptr(E), A.ptr(G)))
+        self._check(LIB.ebt_energy(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"), A.ptr(E), A.ptr(G)))
         return (E, G) if grad else E
 
     def hvp(self, tokens, probs, v, step=0):
@@ -228,7 +232,7 @@ class Model(TrainingMixin):
         p0 = self._ptr
         t, p, v, (B, S_) = self._seq(tokens, probs, v)
         hv = np.empty(p.shape, DTYPE)
-        self._check(LIB.ebt_hvp(p0, A.ptr(t), A.ptr(p), B, S_, A.integer(step, "step"), A.ptr(v), A.ptr(hv)))
+        self._check(LIB.ebt_hvp(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"), A.ptr(v), A.ptr(hv)))
         return hv
 
     def energy_backward(self, tokens, probs, step=0, weight=None):
@@ -238,7 +242,7 @@ class Model(TrainingMixin):
         t, p, _, (B, S_) = self._seq(tokens, probs)
         w = None if weight is None else A.reals(weight, t.shape, "weight")
         E = np.empty(t.shape, DTYPE)
-        self._check(LIB.ebt_energy_backward(p0, A.ptr(t), A.ptr(p), B, S_, A.integer(step, "step"),
+        self._check(LIB.ebt_energy_backward(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"),
                                             A.ptr(w), A.ptr(E)))
         return E
 
@@ -248,7 +252,7 @@ class Model(TrainingMixin):
         p0 = self._ptr
         t, p, v, (B, S_) = self._seq(tokens, probs, v)
         hv, g = np.empty(p.shape, DTYPE), np.empty(p.shape, DTYPE)
-        self._check(LIB.ebt_mixed_backward(p0, A.ptr(t), A.ptr(p), B, S_, A.integer(step, "step"),
+        self._check(LIB.ebt_mixed_backward(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"),
                                            A.ptr(v), A.ptr(hv), A.ptr(g)))
         return hv, g
 

@@ -169,7 +169,11 @@ class Workspace:
 
     @threads.setter
     def threads(self, n):
-        self._check(LIB.ebt_workspace_set_threads(self._ptr, A.integer(n, "threads")))
+        ws = self._ptr
+        n = A.integer(n, "threads")
+        if not 0 <= n <= 1024:       # (the library refuses these without a message)
+            raise ArgError("threads must be in [0, 1024], got %d" % n)
+        self._check(LIB.ebt_workspace_set_threads(ws, n))
 
     # ---- observation, energy, HVP ----------------------------------------
     def _tokens(self, tokens):
@@ -185,7 +189,7 @@ class Workspace:
         ws, mp = self._ptr, self._model_ptr(model)
         t, B, S_ = self._tokens(tokens)
         self._obs = None
-        self._check(LIB.ebt_observe(ws, mp, A.ptr(t), B, S_, A.integer(step, "step")))
+        self._check(LIB.ebt_observe(ws, mp, A.ptr(t), B, S_, A.cint(step, "step")))
         self._obs = (B, S_, t.ndim == 2)
 
     def observe_append(self, tokens):
