@@ -38,8 +38,8 @@ def tensor_specs(config):
         p = "layers.%d." % l
         specs.append((p + "attn_norm.weight", (D,)))
         specs += [(p + "attn.%s.weight" % w, (D, D)) for w in ("wq", "wk", "wv", "wo")]
-        specs += [(p + "ffn_norm.weight", (D,)), (p + "ffn.w1.weight", (F, D)), (p + "ffn.w2.weight", (D, F)),
-                  (p + "ffn.w3.weight", (F, D))]
+        specs += [(p + "ffn_norm.weight", (D,)), (p + "ffn.w1.weight", (F, D)), (p + "ffn.w3.weight", (F, D)),
+                  (p + "ffn.w2.weight", (D, F))]
     specs.append(("final_norm.weight", (D,)))
     if ebt:
         specs += [("energy_head.weight", (1, D)), ("alpha", (1,))]
@@ -149,8 +149,9 @@ def read(path):
 
 
 def fmt_real(x):
-    """The shortest %g form that reads back to the same double (as ebt_save)."""
-    for prec in range(1, 18):
+    """The shortest %g form, from 6 digits up, that reads back to the same
+    double (as ebt_save)."""
+    for prec in range(6, 18):
         s = "%.*g" % (prec, x)
         if float(s) == x:
             return s

@@ -178,18 +178,20 @@ def test_threads_share_a_model(model, rng):
 
 def test_gil_is_released_during_calls():
     """While a long think runs in one thread, Python code runs in another."""
-    with ebt.Model.create(vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64, max_seq_len=128, seed=1) as m:
-        t = np.arange(4 * 128, dtype=np.int32).reshape(4, 128) % 256
+    with ebt.Model.create(vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64, seed=1) as m, \
+            m.workspace(2, 64) as ws:
+        ws.threads = 1                                # one core for the call, one for the counting loop
+        t = np.arange(2 * 64, dtype=np.int32).reshape(2, 64) % 256
         done = threading.Event()
 
         def long_call():
-            m.think(t, steps=6, restarts=2)
+            ws.think(t, steps=4)
             done.set()
 
         th = threading.Thread(target=long_call)
         t0 = time.perf_counter()
         th.start()
-        time.sleep(0.005)
+        time.sleep(0.002)
         count = 0
         while not done.is_set():
             count += 1

@@ -43,7 +43,7 @@ GFMT = {'a': '%.13g', 'b': '%.17g'}   # gradient records only
 
 # ---------------------------------------------------------------- inputs
 def read_safetensors(path):
-    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in checkpoint order.
+    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in gen_ref's order.
     Any checkpoint the library writes (tensor order, optim.* and replay tensors
     are the reader's business: python/ebt/checkpoint.py)."""
     ck = ebt_checkpoint.read(path)
@@ -51,9 +51,9 @@ def read_safetensors(path):
     c = dict(arch=m['arch'], V=m['vocab_size'], D=m['d_model'], H=m['n_heads'], F=m['d_ff'],
              L=m['n_layers'], theta=m['rope_theta'], eps=m['norm_eps'], n_step_embed=m['n_step_embed'],
              tie=m['tie_pred_embed'])
-    P = {name: torch.tensor(t, dtype=torch.float64) for name, t in ck.tensors.items()}
-    assert [s[0] for s in gen_ref.param_specs(c)] == list(P), 'unexpected tensor set'
-    return c, P
+    names = [s[0] for s in gen_ref.param_specs(c)]       # gen_ref's order (that of the .txt records)
+    assert sorted(names) == sorted(ck.tensors), 'unexpected tensor set'
+    return c, {name: torch.tensor(ck.tensors[name], dtype=torch.float64) for name in names}
 
 def read_txt(path):
     recs, lines = {}, [l for l in open(path) if not l.startswith('#')]
