@@ -17,7 +17,7 @@ import numpy as np
 from . import _arrays as A
 from . import _structs as S
 from ._lib import DTYPE, LIB, GenToken as _CGenToken
-from .errors import ArgError, StateError, error
+from .errors import ArgError, ArgTypeError, StateError, error
 from .model import Model, _bs, _Handle
 
 RESULT_ARRAYS = ("probs", "logits", "energy", "final_energy", "steps_taken", "winner")
@@ -234,36 +234,39 @@ class Workspace:
         return (hv, E, G) if (energy or grad) else hv
 
     # ---- thinking ------------------------------------------------------
-    def think(self, tokens, init_logits=None, outputs=None, model=None, opts=None, **kw):
+    def think(self, tokens, init_logits=None, outputs=None, out=None, model=None, opts=None, **kw):
         """Observes tokens[B, S] and thinks (ebt_think; docs/model.md section 5).
 
         Options: opts (dict or ebt_think_opts) and keywords: steps, step_size,
         alpha_rand, noise, init_scale, energy_threshold, tol, restarts,
         last_only, seed. init_logits: the caller's y_0, shape
         [restarts, B, P, V] (or [B, P, V] for one start). outputs: names of
-        the arrays wanted (default all of RESULT_ARRAYS). Returns ThinkResult."""
+        the arrays wanted (default all of RESULT_ARRAYS). out: a ThinkResult
+        of an earlier call of the same shapes whose arrays are written again
+        (no new memory; its None fields stay None) and returned. Returns a
+        ThinkResult."""
         ws, mp = self._ptr, self._model_ptr(model)
         t, B, S_ = self._tokens(tokens)
         o = think_options(opts, **kw)
-        res, keep = self._think_prep(o, B, S_, t.ndim == 2, init_logits, outputs)
+        res, keep = self._think_prep(o, B, S_, t.ndim == 2, init_logits, outputs, out)
         self._obs = None
         st = LIB.ebt_think(ws, mp, A.ptr(t), B, S_, byref(o), byref(res))
         self._obs = (B, S_, t.ndim == 2) if st == 0 else None
         self._check(st)
-        return self._think_result(res, keep)
+        return self._think_result(res, keep, out)
 
-    def think_observed(self, init_logits=None, outputs=None, opts=None, **kw):
+    def think_observed(self, init_logits=None, outputs=None, out=None, opts=None, **kw):
         """Thinks about the current observation without recomputing it
         (ebt_think_observed); options and result as think()."""
         ws = self._ptr
         shape = self._observed("think_observed")
         B, S_ = (1,) + shape if len(shape) == 1 else shape
         o = think_options(opts, **kw)
-        res, keep = self._think_prep(o, B, S_, len(shape) == 2, init_logits, outputs)
+        res, keep = self._think_prep(o, B, S_, len(shape) == 2, init_logits, outputs, out)
         self._check(LIB.ebt_think_observed(ws, byref(o), byref(res)))
-        return self._think_result(res, keep)
+        return self._think_result(res, keep, out)
 
-    def _think_prep(self, o, B, S_, batch, init_logits, outputs):
+    def _think_prep(self, o, B, S_, batch, init_logits, outputs, out):
         V = self.model.vocab_size
         P = 1 if o.last_only == 1 else S_
         rows = (B, P) if batch else (P,)
@@ -276,7 +279,21 @@ class Workspace:
             raise ArgError("think steps must be >= 0 and restarts >= 1, got %d, %d" % (K, o.restarts))
         shapes = {"probs": rows + (V,), "logits": rows + (V,), "energy": rows + (K + 1,), "final_energy": rows,
                   "steps_taken": rows, "winner": rows}
-        keep = {n: np.empty(shapes[n], INT if n in ("steps_taken", "winner") else DTYPE) for n in outputs}
+        dtypes = {n: INT if n in ("steps_taken", "winner") else DTYPE for n in RESULT_ARRAYS}
+        if out is None:
+            keep = {n: np.empty(shapes[n], dtypes[n]) for n in outputs}
+        elif not isinstance(out, ThinkResult):
+            raise ArgTypeError("out must be a ThinkResult, got %r" % (out,))
+        else:
+            keep = {}
+            for n in RESULT_ARRAYS:
+                a = getattr(out, n)
+                if a is not None:
+                    if not isinstance(a, np.ndarray) or a.dtype != dtypes[n] or a.shape != shapes[n] or \
+                            not a.flags.c_contiguous or not a.flags.writeable:
+                        raise ArgError("out.%s must be a writable C-contiguous %s array of shape %s"
+                                       % (n, np.dtype(dtypes[n]), shapes[n]))
+                    keep[n] = a
         if init_logits is not None:
             if o.restarts == 1 and np.ndim(init_logits) == len(rows) + 1:
                 init = A.reals(init_logits, rows + (V,), "init_logits")
@@ -288,7 +305,10 @@ class Workspace:
         return res, keep
 
     @staticmethod
-    def _think_result(res, keep):
+    def _think_result(res, keep, out=None):
+        if out is not None:
+            out.rows_evaluated, out.rows_budget, out.diverged = res.rows_evaluated, res.rows_budget, res.diverged
+            return out
         return ThinkResult(**{n: keep.get(n) for n in RESULT_ARRAYS}, rows_evaluated=res.rows_evaluated,
                            rows_budget=res.rows_budget, diverged=res.diverged)
 

@@ -19,16 +19,15 @@ except ImportError:          # not installed: use the checkout's python/ (which 
 
 path = sys.argv[1] if len(sys.argv) > 1 else None
 prompt = (sys.argv[2] if len(sys.argv) > 2 else "ROMEO: But soft").encode()
-model = ebt.Model.load(path) if path else ebt.Model.create(seed=42)      # V = 256: bytes are tokens
-tokens = np.frombuffer(prompt, dtype=np.uint8)
+model = ebt.Model.load(path) if path else ebt.Model.create(seed=42)   # untrained: arbitrary guesses
+tokens = np.frombuffer(prompt, dtype=np.uint8)     # bytes are the tokens (V = 256)
 
-r = model.think(tokens, steps=4, restarts=2, seed=1)     # every position at once, 2 starts each
+r = model.think(tokens, steps=4, restarts=2, seed=1)   # every position at once, 2 starts each
 for i, byte in enumerate(prompt):
     guess = int(r.probs[i].argmax())
     print("after %-5r energy %+8.4f  E_0..E_4 %s  start %d  next %r (p = %.3f)" % (
-        chr(byte), r.final_energy[i], np.array2string(r.energy[i], precision=2), r.winner[i], chr(guess),
-        r.probs[i, guess]))
+        chr(byte), r.final_energy[i], np.round(r.energy[i], 2), r.winner[i], chr(guess), r.probs[i, guess]))
 
-out = model.generate(tokens, 40, temperature=0.8, seed=2, think=dict(steps=2),
-                     on_token=lambda t: print("token %2d %-6r energy %+.4f" % (t.index, chr(t.token), t.energy)))
+out = model.generate(tokens, 40, temperature=0.8, think=dict(steps=2),   # streaming, with energies
+                     on_token=lambda t: print("token", t.index, repr(chr(t.token)), t.energy))
 print("continued: %r" % (prompt + bytes(out.tokens.astype(np.uint8))).decode("utf-8", "replace"))

@@ -267,6 +267,11 @@ CASES += [
     ("think_outputs", lambda c: c.m.think(c.t, outputs=("probs", "answer")), ArgError),
     ("think_init_logits_restarts", lambda c: c.m.think(c.t, restarts=2, init_logits=c.v), ArgError),
     ("think_opts_type", lambda c: c.m.think(c.t, opts=5), TypeError),
+    ("think_out_type", lambda c: c.ws.think(c.t, out=5), ArgTypeError),
+    ("think_out_dtype", lambda c: c.ws.think(c.t, out=ebt.ThinkResult(f64(c.p), None, None, None, None, None, 0, 0, 0)),
+     ArgError),
+    ("think_out_readonly", lambda c: c.ws.think(c.t, out=ebt.ThinkResult(np.broadcast_to(c.p, c.p.shape), None, None,
+                                                                         None, None, None, 0, 0, 0)), ArgError),
     ("think_observed_option", lambda c: c.ws.think_observed(restarts=-1), ArgError),
     # generation
     ("generate_prompt_2d", lambda c: c.m.generate(c.t, 3), ArgError),

@@ -52,6 +52,13 @@ def test_think_fields(model, batch):
     # same seed, same result; outputs subset
     r2 = model.think(t, steps=3, restarts=2, seed=5, outputs=("final_energy",))
     assert np.array_equal(r2.final_energy, r.final_energy) and r2.probs is None and r2.winner is None
+    # out=: the arrays of an earlier result are written again
+    r3 = model.think(t, steps=3, restarts=2, seed=5, outputs=("probs", "winner"))
+    probs = r3.probs
+    r4 = model.think(t, steps=3, restarts=2, seed=5, out=r3)
+    assert r4 is r3 and r4.probs is probs and np.array_equal(probs, r.probs) and r4.logits is None
+    with pytest.raises(ebt.ArgError):
+        model.think(t, steps=2, out=r)                  # energy has K+1 = 4 columns, not 3
     # 1-D tokens: no batch axis
     r1 = model.think(t[0], steps=3, seed=5)
     assert r1.probs.shape == (6, V) and r1.energy.shape == (6, 4)
