@@ -8,11 +8,15 @@ parameters or gradients (each view's ``base`` holds the model's memory).
 later call on it, or on its workspaces, raises StateError; views taken
 before stay valid (the memory is freed when the last one goes).
 
-Threads: calls on a Model (energy, hvp, *_backward, training, set_threads,
-writes through views) use the model's own workspace: one thread at a time.
-Workspaces (ebt.Workspace) let many threads evaluate one model at once.
+Threads: calls on a Model (energy, hvp, *_backward, lm_*, training,
+set_threads, save) use the model's own workspace or change the model: they
+run one at a time (a lock; other threads wait). Workspaces (ebt.Workspace)
+let many threads evaluate one model at once. Writes through parameter views
+and training while other threads evaluate the model are the caller's to
+avoid (ebt.h THREADS); they give wrong numbers, not crashes.
 """
 import ctypes
+import threading
 from ctypes import byref, c_size_t
 
 import numpy as np
@@ -23,7 +27,7 @@ from . import _structs as S
 from ._lib import DTYPE, LIB
 from .errors import ArgError, ArgTypeError, StateError, error
 from .checkpoint import tensor_specs
-from .training import TrainingMixin
+from .training import TrainingMixin, exclusive
 
 ARCH_NAMES = {0: "ebt", 1: "transformer++"}
 _NONE = object()            # "argument not passed" (None is a bad array)
@@ -76,6 +80,7 @@ class Model(TrainingMixin):
         if _token is not _PRIVATE:
             raise TypeError("use ebt.Model.create(...) or ebt.Model.load(path)")
         self._h = _Handle(ptr, LIB.ebt_free)
+        self._lock = threading.RLock()      # (see training.exclusive)
         cfg = LIB.ebt_model_config(ptr).contents
         self.vocab_size, self.max_seq_len, self.arch = cfg.vocab_size, cfg.max_seq_len, ARCH_NAMES[cfg.arch]
 
@@ -108,6 +113,7 @@ class Model(TrainingMixin):
             raise error(st, err.value.decode(errors="replace"))
         return cls(p.value, _PRIVATE)
 
+    @exclusive
     def save(self, path):
         """Saves atomically (ebt_save): weights, and the optimiser state and
         replay buffer when training made them."""
@@ -118,8 +124,10 @@ class Model(TrainingMixin):
             raise error(st, err.value.decode(errors="replace"))
 
     def close(self):
-        """Ends the use of this object (see the module docstring)."""
-        self._h = None
+        """Ends the use of this object (see the module docstring); waits for
+        a call running in another thread."""
+        with self._lock:
+            self._h = None
 
     @property
     def closed(self):
@@ -139,11 +147,17 @@ class Model(TrainingMixin):
             c["arch"], c["vocab_size"], c["d_model"], c["n_layers"], c["n_heads"], c["d_ff"],
             c["max_seq_len"], self.n_params)
 
+    def _handle(self):
+        """The live handle; a local reference to it keeps the C model alive."""
+        h = self._h
+        if h is None:
+            raise StateError("the model is closed")
+        return h
+
     @property
     def _ptr(self):
-        if self._h is None:
-            raise StateError("the model is closed")
-        return self._h.ptr
+        """The C model (for calls made under the model's lock)."""
+        return self._handle().ptr
 
     def _check(self, st):
         if st:
@@ -153,41 +167,44 @@ class Model(TrainingMixin):
     @property
     def config(self):
         """The configuration as a dict of ebt_config fields (arch as a name)."""
-        c = S.to_dict(LIB.ebt_model_config(self._ptr).contents)
+        h = self._handle()
+        c = S.to_dict(LIB.ebt_model_config(h.ptr).contents)
         c["arch"] = ARCH_NAMES[c["arch"]]
         return c
 
     @property
     def n_params(self):
         """Number of parameters (ebt_n_params)."""
-        return LIB.ebt_n_params(self._ptr)
+        return LIB.ebt_n_params(self._handle().ptr)
 
     @property
     def last_error(self):
         """The message of the last failed call on this model ("" if none)."""
-        return LIB.ebt_last_error(self._ptr).decode(errors="replace")
+        with self._lock:
+            return LIB.ebt_last_error(self._ptr).decode(errors="replace")
 
     def tensor_names(self):
         """Tensor names in checkpoint order (ebt_tensor_name)."""
-        p = self._ptr
-        return [LIB.ebt_tensor_name(p, i).decode() for i in range(LIB.ebt_n_tensors(p))]
+        h = self._handle()
+        return [LIB.ebt_tensor_name(h.ptr, i).decode() for i in range(LIB.ebt_n_tensors(h.ptr))]
 
+    @exclusive
     def set_threads(self, n):
         """Threads of the model's own workspace (ebt_set_threads; 0 = default)."""
         self._check(LIB.ebt_set_threads(self._ptr, A.cint(n, "n")))
 
     # ---- parameters and gradients as numpy views -----------------------
     def _tensor(self, fn, name):
-        p = self._ptr
+        h = self._handle()
         if not isinstance(name, str):
             raise ArgTypeError("tensor name must be a str, got %r" % (name,))
         n = c_size_t()
-        ptr = fn(p, name.encode(), byref(n))
+        ptr = fn(h.ptr, name.encode(), byref(n))
         if not ptr:
             raise KeyError("no tensor %r in this model (see tensor_names())" % name)
         shape = dict(tensor_specs(self.config))[name]
         assert int(np.prod(shape)) == n.value, name
-        return view(self._h, ptr, shape)
+        return view(h, ptr, shape)
 
     def param(self, name):
         """A writable numpy view of parameter `name` (valid as long as it lives;
@@ -216,6 +233,7 @@ class Model(TrainingMixin):
         v = None if v is _NONE else A.reals(v, shape, "v")
         return t, p, v, _bs(t)
 
+    @exclusive
     def energy(self, tokens, probs, step=0, grad=False):
         """E[B, S] of candidates probs[B, S, V] after tokens[B, S] (ebt_energy);
         with grad=True returns (E, dE/dp). 1-D tokens [S] mean B = 1 and drop
@@ -227,6 +245,7 @@ class Model(TrainingMixin):
         self._check(LIB.ebt_energy(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"), A.ptr(E), A.ptr(G)))
         return (E, G) if grad else E
 
+    @exclusive
     def hvp(self, tokens, probs, v, step=0):
         """H_pp v = (d^2 sum E / dp^2) v, shape of probs (ebt_hvp)."""
         p0 = self._ptr
@@ -235,6 +254,7 @@ class Model(TrainingMixin):
         self._check(LIB.ebt_hvp(p0, A.ptr(t), A.ptr(p), B, S_, A.cint(step, "step"), A.ptr(v), A.ptr(hv)))
         return hv
 
+    @exclusive
     def energy_backward(self, tokens, probs, step=0, weight=None):
         """Adds d(sum_i w_i E_i)/dtheta to the gradients (w = weight[B, S], or
         ones); returns E (ebt_energy_backward)."""
@@ -246,6 +266,7 @@ class Model(TrainingMixin):
                                             A.ptr(w), A.ptr(E)))
         return E
 
+    @exclusive
     def mixed_backward(self, tokens, probs, v, step=0):
         """Adds grad_theta(v . dE/dp) to the gradients; returns (H_pp v, dE/dp)
         (ebt_mixed_backward)."""
@@ -257,6 +278,7 @@ class Model(TrainingMixin):
         return hv, g
 
     # ---- transformer++ --------------------------------------------------
+    @exclusive
     def lm_logits(self, tokens):
         """logits[B, S, V] of the next tokens (arch transformer++; ebt_lm_logits)."""
         p0 = self._ptr
@@ -265,6 +287,7 @@ class Model(TrainingMixin):
         self._check(LIB.ebt_lm_logits(p0, A.ptr(t), B, S_, A.ptr(out)))
         return out
 
+    @exclusive
     def lm_backward(self, tokens, targets):
         """Mean cross-entropy against targets; adds its gradient (ebt_lm_backward)."""
         p0 = self._ptr

@@ -14,6 +14,7 @@ ebt_train_opts (mode "detach" / "truncate" / "full", k_min, k_max, lr, ...),
 starting from ebt_train_default(). Training calls use the model's own
 workspace: one thread per model, and not while workspaces evaluate it.
 """
+import functools
 from ctypes import byref, c_size_t
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ from . import _arrays as A
 from . import _structs as S
 from ._lib import DTYPE, LIB
 from .errors import ArgError
+
+
+def exclusive(method):
+    """Runs a Model method that uses the model's own workspace or changes the
+    model under the model's lock: such calls from several Python threads
+    wait for each other (ebt.h THREADS: one thread per model at a time), and
+    close() waits for them."""
+    @functools.wraps(method)
+    def locked(self, *args, **kw):
+        with self._lock:
+            return method(self, *args, **kw)
+    return locked
 
 
 def train_options(opts=None, **kw):
@@ -73,6 +86,7 @@ class TrainingMixin:
         B, S_ = (1, t.shape[0]) if t.ndim == 1 else t.shape
         return t, g, y0, u, B, S_
 
+    @exclusive
     def train_step(self, tokens, targets, init_logits=None, opts=None, **kw):
         """One optimiser step on tokens[B, S] -> targets[B, S] (ebt_train_step):
         zero_grad, accumulate, apply. Returns TrainStats. A non-finite step
@@ -84,6 +98,7 @@ class TrainingMixin:
         self._check(LIB.ebt_train_step(p, byref(o), A.ptr(t), A.ptr(g), B, S_, A.ptr(y0), byref(st)))
         return TrainStats._from(st)
 
+    @exclusive
     def train_grad(self, tokens, targets, init_logits=None, alpha_mult=None, opts=None, **kw):
         """Zeroes and computes the gradients without updating (ebt_train_grad);
         init_logits [B, S, V] and alpha_mult [B, S] may fix the randomness.
@@ -95,6 +110,7 @@ class TrainingMixin:
         self._check(LIB.ebt_train_grad(p, byref(o), A.ptr(t), A.ptr(g), B, S_, A.ptr(y0), A.ptr(u), byref(st)))
         return TrainStats._from(st)
 
+    @exclusive
     def train_accumulate(self, tokens, targets, first_seq=0, weight=1.0, init_logits=None, alpha_mult=None,
                          opts=None, **kw):
         """Adds weight * the gradient of this micro-batch (sequences first_seq..
@@ -113,11 +129,12 @@ class TrainingMixin:
         """The gradients of every tensor in checkpoint order then the
         EBT_TRAIN_NSUMS (6) statistic sums, as one writable numpy view of
         n_params + 6 reals (ebt_train_buffer; valid as long as it lives)."""
-        p = self._ptr
+        h = self._handle()
         n = c_size_t()
-        ptr = LIB.ebt_train_buffer(p, byref(n))
-        return A.view(self._h, ptr, (n.value,), DTYPE)
+        ptr = LIB.ebt_train_buffer(h.ptr, byref(n))
+        return A.view(h, ptr, (n.value,), DTYPE)
 
+    @exclusive
     def train_apply(self, opts=None, **kw):
         """The optimiser step on the gradients as they stand (ebt_train_apply).
         Returns TrainStats."""
@@ -127,10 +144,12 @@ class TrainingMixin:
         self._check(LIB.ebt_train_apply(p, byref(o), byref(st)))
         return TrainStats._from(st)
 
+    @exclusive
     def zero_grad(self):
         """Zeroes the gradients and the statistic sums (ebt_zero_grad)."""
         LIB.ebt_zero_grad(self._ptr)
 
+    @exclusive
     def train_reset(self):
         """Forgets the AdamW moments, step count and replay buffer (ebt_train_reset)."""
         LIB.ebt_train_reset(self._ptr)
@@ -138,4 +157,4 @@ class TrainingMixin:
     @property
     def train_steps_done(self):
         """Optimiser steps taken (ebt_train_steps_done)."""
-        return LIB.ebt_train_steps_done(self._ptr)
+        return LIB.ebt_train_steps_done(self._handle().ptr)

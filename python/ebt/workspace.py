@@ -5,9 +5,12 @@ against a cached observation, thinking and generation.
 Each Python thread may use its own workspace over one shared model at the
 same time (the GIL is released during the C calls), as long as no thread
 changes the model meanwhile (training, writes through parameter views).
-A workspace serves one call at a time.
+A workspace serves one call at a time: a second call while one runs (from
+another thread, or from an on_token callback) raises StateError.
 """
 import ctypes
+import functools
+import threading
 from ctypes import byref
 from dataclasses import dataclass
 from typing import Optional
@@ -100,30 +103,50 @@ class GenResult:
     __repr__ = _short_repr
 
 
+def _one_call(method):
+    """A Workspace method that uses the C workspace: one at a time, else
+    StateError (the library's workspaces are not shared; see the module
+    docstring). close() takes the same guard, so a running call keeps the
+    workspace alive."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kw):
+        if not self._busy.acquire(False):
+            raise StateError("the workspace is in use by another call (one call at a time; give each thread "
+                             "its own workspace, and do not use it from its own on_token callback)")
+        try:
+            return method(self, *args, **kw)
+        finally:
+            self._busy.release()
+    return guarded
+
+
 class Workspace:
     """Activations for up to max_B sequences of up to max_S tokens of one model."""
 
     def __init__(self, model, max_B=1, max_S=None):
         if not isinstance(model, Model):
             raise ArgError("model must be an ebt.Model, got %r" % (model,))
-        mp = model._ptr
+        mh = model._handle()
         max_S = model.max_seq_len if max_S is None else max_S
         max_B, max_S = A.integer(max_B, "max_B"), A.integer(max_S, "max_S")
         if max_B < 1 or not 1 <= max_S <= model.max_seq_len:
             raise ArgError("need max_B >= 1 and 1 <= max_S <= max_seq_len = %d, got max_B=%d max_S=%d"
                            % (model.max_seq_len, max_B, max_S))
         p = ctypes.c_void_p()
-        st = LIB.ebt_workspace_create(mp, max_B, max_S, byref(p))
+        st = LIB.ebt_workspace_create(mh.ptr, max_B, max_S, byref(p))
         if st:
             raise error(st, "ebt_workspace_create(max_B=%d, max_S=%d) failed" % (max_B, max_S))
         self._h = _Handle(p.value, LIB.ebt_workspace_free)
-        self.model, self._mh = model, model._h      # the C model outlives the workspace
+        self.model, self._mh = model, mh            # the C model outlives the workspace
+        self._busy = threading.Lock()
         self.max_B, self.max_S = max_B, max_S
         self._obs = None                            # (B, S, batch axis?) of the current observation
 
     # ---- lifetime ------------------------------------------------------
+    @_one_call
     def close(self):
-        """Frees the workspace (later calls raise StateError)."""
+        """Frees the workspace (later calls raise StateError); StateError
+        while a call runs on it."""
         self._h = self._mh = None
 
     @property
@@ -150,24 +173,28 @@ class Workspace:
     def _model_ptr(self, model):
         if model is not None and model is not self.model:
             raise StateError("this workspace was created for another model")
-        return self.model._ptr
+        self._ptr                                   # (checks that neither is closed)
+        return self._mh.ptr
 
     def _check(self, st):
         if st:
             raise error(st, LIB.ebt_ws_last_error(self._h.ptr).decode(errors="replace"))
 
     @property
+    @_one_call
     def last_error(self):
         """The message of the last failed call on this workspace ("" if none)."""
         return LIB.ebt_ws_last_error(self._ptr).decode(errors="replace")
 
     @property
+    @_one_call
     def threads(self):
         """Threads of this workspace's kernels (ebt_workspace_threads); assign
         to set them (0 = OpenMP's default)."""
         return LIB.ebt_workspace_threads(self._ptr)
 
     @threads.setter
+    @_one_call
     def threads(self, n):
         ws = self._ptr
         n = A.integer(n, "threads")
@@ -183,6 +210,7 @@ class Workspace:
             raise ArgError("tokens %s exceed the workspace's max_B=%d x max_S=%d" % (t.shape, self.max_B, self.max_S))
         return t, B, S_
 
+    @_one_call
     def observe(self, tokens, step=0, model=None):
         """Computes the observed stream of tokens[B, S] at thinking step `step`
         once (ebt_observe); energy/hvp/think_observed then reuse it."""
@@ -192,6 +220,7 @@ class Workspace:
         self._check(LIB.ebt_observe(ws, mp, A.ptr(t), B, S_, A.cint(step, "step")))
         self._obs = (B, S_, t.ndim == 2)
 
+    @_one_call
     def observe_append(self, tokens):
         """Appends tokens[n] to the observation of a single sequence (the KV
         cache; ebt_observe_append)."""
@@ -209,6 +238,7 @@ class Workspace:
         B, S_, batch = self._obs
         return (B, S_) if batch else (S_,)
 
+    @_one_call
     def energy(self, probs, grad=False):
         """E of probs [B, S, V] against the current observation (ebt_ws_energy);
         with grad=True returns (E, dE/dp)."""
@@ -220,6 +250,7 @@ class Workspace:
         self._check(LIB.ebt_ws_energy(ws, A.ptr(p), A.ptr(E), A.ptr(G)))
         return (E, G) if grad else E
 
+    @_one_call
     def hvp(self, probs, v, energy=False, grad=False):
         """H_pp v against the current observation (ebt_ws_hvp); with energy /
         grad also returns E and dE/dp: (hv, E, g) with None for those not asked."""
@@ -234,6 +265,7 @@ class Workspace:
         return (hv, E, G) if (energy or grad) else hv
 
     # ---- thinking ------------------------------------------------------
+    @_one_call
     def think(self, tokens, init_logits=None, outputs=None, out=None, model=None, opts=None, **kw):
         """Observes tokens[B, S] and thinks (ebt_think; docs/model.md section 5).
 
@@ -255,6 +287,7 @@ class Workspace:
         self._check(st)
         return self._think_result(res, keep, out)
 
+    @_one_call
     def think_observed(self, init_logits=None, outputs=None, out=None, opts=None, **kw):
         """Thinks about the current observation without recomputing it
         (ebt_think_observed); options and result as think()."""
@@ -313,6 +346,7 @@ class Workspace:
                            rows_budget=res.rows_budget, diverged=res.diverged)
 
     # ---- generation ----------------------------------------------------
+    @_one_call
     def generate(self, prompt, n_new, on_token=None, think=None, outputs=("energy", "probs"), model=None,
                  opts=None, **kw):
         """Continues prompt (1-D tokens) by n_new tokens (ebt_generate;

@@ -204,3 +204,67 @@ def test_gil_is_released_during_calls():
             count += 1
         th.join()
         assert count > 1000, (count, time.perf_counter() - t0)
+
+
+def test_one_call_at_a_time_per_workspace(model):
+    """A workspace used while a call runs on it, from its own on_token
+    callback or from another thread, raises StateError (no race)."""
+    with model.workspace(1, 16) as ws:
+        with pytest.raises(ebt.StateError, match="in use"):
+            ws.generate([1, 2], 3, on_token=lambda t: ws.think([1, 2]))
+        with pytest.raises(ebt.StateError, match="in use"):
+            ws.generate([1, 2], 3, on_token=lambda t: ws.close())
+        assert not ws.closed and ws.generate([1, 2], 2).tokens.shape == (2,)
+        inside, release, errors = threading.Event(), threading.Event(), []
+
+        def hold(tok):
+            inside.set()
+            release.wait(10)
+
+        th = threading.Thread(target=lambda: ws.generate([1, 2], 1, on_token=hold))
+        th.start()
+        assert inside.wait(10)
+        for call in (lambda: ws.think([3, 4]), lambda: ws.observe([3]), ws.close, lambda: ws.threads):
+            try:
+                call()
+            except ebt.StateError as e:
+                errors.append(e)
+        release.set()
+        th.join()
+        assert len(errors) == 4 and not ws.closed
+    # the model's own calls from two threads wait for each other
+    t = np.arange(12, dtype=np.int32).reshape(2, 6) % V
+    p = softmax(np.random.default_rng(0).standard_normal((2, 6, V)))
+    ref = model.energy(t, p, grad=True)
+    out = []
+    ths = [threading.Thread(target=lambda: out.append([model.energy(t, p, grad=True) for _ in range(20)]))
+           for _ in range(2)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert all(np.array_equal(a[0], ref[0]) and np.array_equal(a[1], ref[1]) for run in out for a in run)
+
+
+def test_close_while_in_use_elsewhere():
+    """Closing a model while one of its workspaces generates in another
+    thread: the call completes on the C model the workspace holds, and
+    later calls raise StateError."""
+    m = ebt.Model.create(TINY, seed=1)
+    ws = m.workspace(1, 16)
+    inside, release, result = threading.Event(), threading.Event(), []
+
+    def hold(tok):
+        inside.set()
+        release.wait(10)
+
+    th = threading.Thread(target=lambda: result.append(ws.generate([1, 2], 3, on_token=hold)))
+    th.start()
+    assert inside.wait(10)
+    m.close()                       # returns at once: the running call is on the workspace
+    release.set()
+    th.join()
+    assert result and result[0].tokens.shape == (3,)
+    with pytest.raises(ebt.StateError, match="model is closed"):
+        ws.think([1])
+    ws.close()
