@@ -9,6 +9,8 @@ integer dtype (converted to int32 after a range check). Numpy arrays must be
 C-contiguous and aligned (no silent copy of a strided view). Shapes must
 match exactly. NaN/Inf are left to the library (EBT_ERR_NONFINITE).
 """
+import os
+
 import numpy as np
 
 from ._lib import DTYPE
@@ -97,7 +99,6 @@ def cint(x, name):
 
 def path(p, name="path"):
     """A filesystem path as bytes for the C calls."""
-    import os
     if p is None:
         raise ArgError("%s is None" % name)
     try:

@@ -91,6 +91,18 @@ def structs(real):
             "ebt_train_stats": TrainStats}
 
 
+def options(s, opts, kw, what, skip=()):
+    """Sets the struct s from opts (None, a dict, or a struct of s's type,
+    copied) and the keyword dict kw; see set_fields. Returns the struct."""
+    from .errors import ArgTypeError
+    if isinstance(opts, type(s)):
+        s = type(s).from_buffer_copy(opts)
+        opts = None
+    elif opts is not None and not isinstance(opts, dict):
+        raise ArgTypeError("%ss must be a dict or %s, got %r" % (what, type(s).__name__, opts))
+    return set_fields(s, dict(opts or {}, **kw), what, skip)
+
+
 def set_fields(s, values, what, skip=()):
     """Sets fields of the struct s from the dict values, refusing unknown
     names (and those in skip: pointers the wrappers set themselves) and

@@ -171,6 +171,8 @@ def write(path, ck):
     specs = tensor_specs(dict(cfg, arch=arch))
     out = []                                       # (name, float32 array)
     for name, shape in specs:
+        if name not in ck.tensors:
+            raise CheckpointError("tensor %r missing" % name)
         a = np.ascontiguousarray(ck.tensors[name], dtype="<f4")
         if a.shape != shape:
             raise CheckpointError("tensor %r has shape %s, expected %s" % (name, a.shape, shape))

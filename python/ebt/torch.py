@@ -21,7 +21,6 @@ same functions in float64 as the independent reference of the C library.
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 import torch

@@ -41,16 +41,18 @@ def exclusive(method):
 def train_options(opts=None, **kw):
     """An ebt_train_opts: ebt_train_default() updated with opts (a dict or an
     ebt_train_opts) and keyword fields; mode may be a name."""
-    if isinstance(opts, S.TrainOpts):
-        o, opts = S.TrainOpts.from_buffer_copy(opts), None
-    else:
-        o = LIB.ebt_train_default()
-    values = dict(opts or {}, **kw)
-    if isinstance(values.get("mode"), str):
-        if values["mode"] not in S.MODES:
-            raise ArgError("mode must be one of %s, got %r" % (", ".join(S.MODES), values["mode"]))
-        values["mode"] = S.MODES[values["mode"]]
-    return S.set_fields(o, values, "train option")
+    kw = dict(kw)
+    if isinstance(opts, dict) and isinstance(opts.get("mode"), str):
+        opts = dict(opts, mode=_mode(opts["mode"]))
+    if isinstance(kw.get("mode"), str):
+        kw["mode"] = _mode(kw["mode"])
+    return S.options(LIB.ebt_train_default(), opts, kw, "train option")
+
+
+def _mode(name):
+    if name not in S.MODES:
+        raise ArgError("mode must be one of %s, got %r" % (", ".join(S.MODES), name))
+    return S.MODES[name]
 
 
 @dataclass

@@ -31,28 +31,19 @@ def think_options(opts=None, **kw):
     """An ebt_think_opts: ebt_think_default() updated with opts (a dict or an
     ebt_think_opts) and keyword fields (steps, step_size, alpha_rand, noise,
     init_scale, energy_threshold, tol, restarts, last_only, seed)."""
-    if isinstance(opts, S.ThinkOpts):
-        o = S.ThinkOpts.from_buffer_copy(opts)
-        o.init_logits = None
-        opts = None
-    else:
-        o = LIB.ebt_think_default()
-    return S.set_fields(o, dict(opts or {}, **kw), "think option", skip=("init_logits",))
+    o = S.options(LIB.ebt_think_default(), opts, kw, "think option", skip=("init_logits",))
+    o.init_logits = None                 # (think() sets it from its init_logits argument)
+    return o
 
 
 def gen_options(opts=None, think=None, **kw):
     """An ebt_gen_opts: ebt_gen_default() updated with opts / keyword fields
     (temperature, top_p, seed, no_cache) and think (the thinking options
     per token, as for think_options)."""
-    if isinstance(opts, S.GenOpts):
-        o = S.GenOpts.from_buffer_copy(opts)
-        opts = None
-    else:
-        o = LIB.ebt_gen_default()
-    S.set_fields(o, dict(opts or {}, **kw), "generate option", skip=("think", "on_token", "user"))
+    o = S.options(LIB.ebt_gen_default(), opts, kw, "generate option", skip=("think", "on_token", "user"))
     if think is not None:
         o.think = think_options(think)
-    o.on_token, o.user = S.GenCallback(), None
+    o.on_token, o.user = S.GenCallback(), None     # (generate() sets its own trampoline)
     return o
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ebt
-from conftest import REPO, TINY, softmax
+from conftest import REPO, TINY
 
 
 def test_version_and_library():

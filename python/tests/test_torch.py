@@ -188,8 +188,9 @@ def test_reader_rejects_bad_files(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ck.CheckpointError):
             EBTModel.load(tmp_path / name)
-    with pytest.raises(KeyError):
+    with pytest.raises(ck.CheckpointError, match="missing"):
         ck.write(tmp_path / "missing", c)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_thinking_agrees(tmp_path):
