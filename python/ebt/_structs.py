@@ -49,6 +49,7 @@ class ThinkResult(Structure):
 def gen_token_struct(real):
     """ebt_gen_token for ebt_real = real (c_float or c_double)."""
     class GenToken(Structure):
+        """ebt_gen_token"""
         _fields_ = [("index", c_int), ("token", c_int32), ("probs", POINTER(real)), ("energy", real),
                     ("energies", POINTER(real)), ("steps", c_int), ("steps_taken", c_int), ("winner", c_int)]
     GenToken.__name__ = GenToken.__qualname__ = "GenToken_" + real.__name__

@@ -131,6 +131,7 @@ class Model(TrainingMixin):
 
     @property
     def closed(self):
+        """True after close()."""
         return self._h is None
 
     def __enter__(self):

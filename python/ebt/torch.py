@@ -131,18 +131,21 @@ def lm_logits(P, cfg, tokens):
 
 # ---------------------------------------------------------------- the module
 class RMSNorm(nn.Module):
+    """Holds an RMSNorm gain `weight` [D] (the math is rmsnorm())."""
     def __init__(self, D, **kw):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(D, **kw))
 
 
 class Attention(nn.Module):
+    """Holds wq, wk, wv, wo [D, D] (the math is run_layers())."""
     def __init__(self, D, **kw):
         super().__init__()
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False, **kw) for _ in range(4))
 
 
 class FeedForward(nn.Module):
+    """Holds the SwiGLU weights w1, w3 [F, D] and w2 [D, F]."""
     def __init__(self, D, F, **kw):
         super().__init__()
         self.w1, self.w2, self.w3 = nn.Linear(D, F, bias=False, **kw), nn.Linear(F, D, bias=False, **kw), \
@@ -150,6 +153,7 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
+    """One layer's parameters, named as in the checkpoint (layers.{l}.*)."""
     def __init__(self, D, F, **kw):
         super().__init__()
         self.attn_norm, self.attn = RMSNorm(D, **kw), Attention(D, **kw)
@@ -224,6 +228,7 @@ class EBTModel(nn.Module):
 
     @property
     def dtype(self):
+        """torch.float32 or torch.float64."""
         return self.tok_embed.weight.dtype
 
     # ---- checkpoints ----------------------------------------------------

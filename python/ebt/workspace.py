@@ -142,6 +142,7 @@ class Workspace:
 
     @property
     def closed(self):
+        """True after close()."""
         return self._h is None
 
     def __enter__(self):
