@@ -147,7 +147,7 @@ pytest: $(BUILD)/libebt.so.$(VERSION) $(BUILD)/$(SONAME)
 	  echo "python tests SKIPPED: $(PYTHON) with numpy and pytest not found (apt-get install python3-numpy python3-pytest)"; \
 	else \
 	  $(PYTHON) -c 'import torch' 2>/dev/null || echo "note: python3-torch not found, the PyTorch interop tests are skipped"; \
-	  env $(PYTEST_ENV) EBT_LIB=$(abspath $(BUILD))/$(SONAME) CC="$(CC)" $(PYTHON) -m pytest -q -p no:cacheprovider python/tests; \
+	  env $(PYTEST_ENV) EBT_LIB=$(abspath $(BUILD))/$(SONAME) CC="$(CC)" $(PYTHON) -m pytest -q -rs -p no:cacheprovider python/tests; \
 	fi
 
 # (the Python tests load the sanitized libebt.so into python3 with the
