@@ -8,8 +8,26 @@ OPT     ?= -O3 -g
 # so); `make OMP=` builds without it
 OMP     ?= -fopenmp
 STD      = -std=c99 -Wall -Wextra -Wpedantic
-CFLAGS  += $(STD) $(OPT) $(OMP)
-LDLIBS   = -lopenblas -lm
+# no fused multiply-adds, so every vector width gives the same bits; math
+# functions need not set errno (sqrt then vectorises)
+FPFLAGS  = -ffp-contract=off -fno-math-errno
+# the matrix-product backend: oneDNN's dnnl_sgemm (libdnnl-dev; it generates
+# its kernels for the CPU it finds) or CBLAS (OpenBLAS, libopenblas-dev).
+# The double-precision builds of the tests always use OpenBLAS's dgemm.
+GEMM    ?= onednn
+ifeq ($(GEMM),onednn)
+GEMMFLAGS = -DEBT_GEMM_ONEDNN
+GEMMLIBS  = -ldnnl
+else ifeq ($(GEMM),cblas)
+GEMMFLAGS = -DEBT_LM_OPENBLAS
+GEMMLIBS  = -lopenblas
+else
+$(error GEMM must be onednn or cblas, not '$(GEMM)')
+endif
+CFLAGS  += $(STD) $(OPT) $(FPFLAGS) $(OMP) $(GEMMFLAGS)
+LDLIBS   = $(GEMMLIBS) -lm
+# tests also link OpenBLAS: the double builds, and test_threads sets its threads
+TESTLIBS = -lcmocka $(LDLIBS) $(if $(filter onednn,$(GEMM)),-lopenblas)
 BUILD   ?= build
 
 # the version is read from ebt.h (EBT_VERSION_MAJOR/MINOR/PATCH); the shared
@@ -30,9 +48,9 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL    ?= install
 
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
-TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
+TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail
 
-.PHONY: all test asan fuzz bench clean ref install uninstall pytest
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall pytest
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
@@ -87,46 +105,64 @@ uninstall:
 $(BUILD)/minimal: examples/minimal.c $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
-$(BUILD)/ebt_lm: examples/ebt_lm.c examples/png.h $(BUILD)/libebt.a
+$(BUILD)/ebt_lm: examples/ebt_lm.c examples/lm_eval.h examples/png.h $(BUILD)/libebt.a
 	$(CC) $(CFLAGS) -I. -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
 
 # the minimal example again, with the library in double precision
 $(BUILD)/minimal_double: examples/minimal.c ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -I. -o $@ $< ebt.c $(TESTLIBS)
 
 # test_fd compiles the library itself in double precision (-DEBT_DOUBLE)
 $(BUILD)/test_fd: tests/test_fd.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< $(TESTLIBS)
+
+# finite differences at S = 70, with the library in double precision
+$(BUILD)/test_shapes: tests/test_shapes.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+
+# the PyTorch reference test again, with the library in double precision
+$(BUILD)/test_ref_double: tests/test_ref.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
 
 # the training test again, with the library in double precision
 $(BUILD)/test_train_double: tests/test_train.c tests/test_util.h tests/ref_vectors.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
+
+# the thinking-rules test again, with the library in double precision
+$(BUILD)/test_think_rules_double: tests/test_think_rules.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
 
 # the thinking test again, with the library in double precision
 $(BUILD)/test_think_double: tests/test_think.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -DEBT_DOUBLE -o $@ $< ebt.c $(TESTLIBS)
 
 # test_safetensors includes ebt.c to reach the internal reader and writer
 $(BUILD)/test_safetensors: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_badinput includes ebt.c to hash the optimiser state and replay buffer
 $(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_alloc includes ebt.c to replace its allocator (EBT_MALLOC/EBT_REALLOC/EBT_FREE)
 $(BUILD)/test_alloc: tests/test_alloc.c tests/test_util.h ebt.c ebt.h | $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $< -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
 # test_threads runs the evaluation calls on several threads at once
 $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -pthread -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -pthread -o $@ $< $(BUILD)/libebt.a $(TESTLIBS)
 
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/ref_vectors.h $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(TESTLIBS)
 
-test: all $(TESTS) $(BUILD)/minimal_double
-	@fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
+# `make test`: the whole suite with each matrix-product backend (oneDNN in
+# $(BUILD), CBLAS in $(BUILD)-cblas); `make test-suite` runs it once, with GEMM
+test:
+	@$(MAKE) --no-print-directory test-suite GEMM=onednn BUILD=$(BUILD) && \
+	 $(MAKE) --no-print-directory test-suite GEMM=cblas BUILD=$(BUILD)-cblas
+
+test-suite: all $(TESTS) $(BUILD)/minimal_double
+	@echo "== matrix products: GEMM=$(GEMM)"; fail=0; for t in $(TESTS); do echo "== $$t"; (cd tests && ../$$t) || fail=1; done; \
 	echo "== minimal example (float, double)"; \
 	$(BUILD)/minimal $(BUILD)/minimal.safetensors > /dev/null || fail=1; \
 	$(BUILD)/minimal_double $(BUILD)/minimal_double.safetensors > /dev/null || fail=1; \
@@ -153,7 +189,7 @@ pytest: $(BUILD)/libebt.so.$(VERSION) $(BUILD)/$(SONAME)
 # (the Python tests load the sanitized libebt.so into python3 with the
 # runtimes preloaded; Python's own allocations are not leak-checked)
 asan:
-	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  PYTEST_ENV="LD_PRELOAD=$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so) ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0"
 
 # `make fuzz`: the libFuzzer harnesses of tests/fuzz (checkpoint loader,
@@ -170,22 +206,23 @@ FUZZ_FLAGS    = -std=c99 -Wall -Wextra -Wpedantic -g -O1 -fno-omit-frame-pointer
 FUZZ_ENV      = OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 \
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 FUZZ_HARNESSES = fuzz_load fuzz_st fuzz_lm_args fuzz_lm_text
+FUZZ_LIBS     = -lopenblas -lm   # the harnesses build ebt.c with CBLAS products
 
 $(FUZZ_BUILD):
 	mkdir -p $(FUZZ_BUILD)
 
 # seed corpus generator: small valid checkpoints of every arch and option
 $(FUZZ_BUILD)/make_corpus: tests/fuzz/make_corpus.c ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(LDLIBS)
+	$(FUZZ_CC) $(STD) -O1 -g -I. -o $@ tests/fuzz/make_corpus.c ebt.c $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_load: tests/fuzz/fuzz_load.c tests/fuzz/fuzz_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_st: tests/test_safetensors.c tests/test_util.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DEBT_ST_FUZZ -o $@ $< $(FUZZ_LIBS)
 
-$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(LDLIBS)
+$(FUZZ_BUILD)/fuzz_lm_%: tests/fuzz/fuzz_lm_%.c tests/fuzz/fuzz_util.h examples/ebt_lm.c examples/lm_eval.h examples/png.h ebt.c ebt.h | $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< ebt.c $(FUZZ_LIBS)
 
 fuzz: $(FUZZ_BUILD)/make_corpus $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
 	@rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts && mkdir -p $(FUZZ_BUILD)/corpus/seeds $(FUZZ_BUILD)/artifacts
@@ -210,14 +247,16 @@ fuzz: $(FUZZ_BUILD)/make_corpus $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
 	if [ $$fail -ne 0 ]; then echo "FUZZING FOUND A PROBLEM"; fi; exit $$fail
 
 $(BUILD)/bench: bench/bench.c $(BUILD)/libebt.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libebt.a $(LDLIBS) -ldnnl -lopenblas
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench --all
 
-# regenerate the PyTorch reference vectors (needs python3-torch)
+# regenerate the PyTorch reference vectors (needs python3-torch); the same
+# bytes on every AVX2 machine (the scripts pin their float64 kernels)
 ref:
 	/usr/bin/python3 tests/ref/gen_ref.py
+	/usr/bin/python3 tests/ref/gen_train_ref.py
 
 clean:
-	rm -rf build build-asan $(FUZZ_BUILD) python/ebt/__pycache__ python/tests/__pycache__
+	rm -rf build build-cblas build-asan $(FUZZ_BUILD) python/ebt/__pycache__ python/tests/__pycache__

@@ -33,7 +33,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef EBT_NO_BLAS
+/* The matrix-product backend, chosen at build time (make GEMM=onednn|cblas):
+ *   -DEBT_GEMM_ONEDNN  oneDNN's dnnl_sgemm for float32 (it generates its
+ *                      kernels for the CPU it runs on); the double build
+ *                      (-DEBT_DOUBLE) still uses CBLAS's dgemm
+ *   (default)          CBLAS: OpenBLAS or any CBLAS
+ *   -DEBT_NO_BLAS      the naive loops of ebt__gemm (no library) */
+#if defined(EBT_GEMM_ONEDNN) && !defined(EBT_DOUBLE) && !defined(EBT_NO_BLAS)
+#define EBT__ONEDNN 1
+#include <oneapi/dnnl/dnnl.h>
+#elif !defined(EBT_NO_BLAS)
+#define EBT__CBLAS 1
 #include <cblas.h>
 #endif
 
@@ -131,11 +141,123 @@ static void *ebt__grow(void **buf, size_t *cap, size_t bytes)
     return *buf;
 }
 
-static int ebt__all_finite(const ebt_real *x, size_t n)
+/* ======================================================================
+ * SIMD: element-wise kernels written so that the compiler vectorises them
+ * (EBT__SIMD: one clone per x86 vector width, picked at load time) and
+ * gives the same bits at every width: no fused multiply-adds
+ * (-ffp-contract=off), and every reduction in EBT__LANES fixed lanes
+ * (lane l takes elements l, l + LANES, ...) combined in a fixed order.
+ * ====================================================================== */
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && !defined(EBT_NO_CLONES) && \
+    !defined(__clang__) && __GNUC__ >= 8
+#define EBT__SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EBT__SIMD
+#endif
+#define EBT__LANES 16
+
+/* sum_j a_j b_j */
+static inline ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j in double */
+static inline double ebt__dot_d(const ebt_real *a, const ebt_real *b, int n)
+{
+    double acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += (double)a[j + l] * b[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* sum_j a_j b_j c_j */
+static inline ebt_real ebt__dot3(const ebt_real *a, const ebt_real *b, const ebt_real *c, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += a[j + l] * b[j + l] * c[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* max_j a_j (n >= 1; NaN entries are skipped unless all are NaN) */
+static inline ebt_real ebt__max(const ebt_real *a, int n)
+{
+    ebt_real acc[EBT__LANES], m;
+    int j = 0;
+    for (int l = 0; l < EBT__LANES; l++) acc[l] = a[0];
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    for (int l = 0; j + l < n; l++) acc[l] = a[j + l] > acc[l] ? a[j + l] : acc[l];
+    m = acc[0];
+    for (int l = 1; l < EBT__LANES; l++) m = acc[l] > m ? acc[l] : m;
+    return m;
+}
+static inline void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#ifdef EBT_DOUBLE
+static inline double ebt__exp(double x) { return exp(x); }
+#else
+/* exp(x) for float x without calls or branches (vectorisable): x = n ln2 + r,
+ * |r| <= ln2/2, exp(r) by the minimax polynomial of Cephes' expf, 2^n by
+ * the exponent bits. Relative error <= 2 float ulps (2.4e-7) against the
+ * correctly rounded exp on [-87.3, 88.3] (tests/test_kernels.c measures
+ * it); exactly 0 below -87.33 (no denormals), exp(88.376) = 2.4e38 above
+ * 88.376 (callers pass max-subtracted arguments <= 0, or -z in a sigmoid). */
+static inline float ebt__exp(float x)
+{
+    float xc = x > 88.3762626f ? 88.3762626f : x < -87.33654f ? -87.33654f : x;   /* n in [-126, 127] */
+    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round(x / ln2) */
+    float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;      /* x - n ln2, in two parts */
+    float p = 1.9875691500e-4f, sc;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    memcpy(&sc, &bits, sizeof sc);
+    return x < -87.33654f ? 0.0f : p * sc;
+}
+#endif
+
+/* 1 / (1 + exp(-z)) */
+static inline ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + ebt__exp(-z)); }
+
+/* 1 if every x[i] is finite (x - x is 0 for them, NaN for Inf and NaN) */
+EBT__SIMD static int ebt__all_finite(const ebt_real *x, size_t n)
+{
+    ebt_real acc[EBT__LANES] = { 0 };
+    size_t i = 0;
+    for (; i + EBT__LANES <= n; i += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; i + (size_t)l < n; l++) acc[l] += x[i + l] - x[i + l];
+    for (int l = 0; l < EBT__LANES; l++)
+        if (acc[l] != 0) return 0;
     return 1;
+}
+
+/* (value, index) pairs sorted by value, largest first (ties: index order) */
+typedef struct { ebt_real w; int i; } ebt__pair;
+static int ebt__pair_desc(const void *a, const void *b)
+{
+    ebt_real x = ((const ebt__pair *)a)->w, y = ((const ebt__pair *)b)->w;
+    if (x != y) return x < y ? 1 : -1;
+    return ((const ebt__pair *)a)->i - ((const ebt__pair *)b)->i;
 }
 
 const char *ebt_version(void) { return EBT_VERSION; }
@@ -162,23 +284,44 @@ const char *ebt_status_str(ebt_status s)
  * ta/tb = 1 means the stored matrix is transposed.
  * ====================================================================== */
 
+#ifdef EBT__ONEDNN
+/* dnnl_sgemm on the calling thread only: outside an OpenMP parallel region
+ * oneDNN would spread the product over every core, so the calling thread's
+ * thread count is set to 1 for the call and restored (inside ebt's own
+ * parallel loops oneDNN runs single-threaded by itself) */
+static void ebt__dnnl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef _OPENMP
+    int top = !omp_in_parallel(), saved = top ? omp_get_max_threads() : 1;
+    if (saved != 1) omp_set_num_threads(1);
+#endif
+    dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef _OPENMP
+    if (saved != 1) omp_set_num_threads(saved);
+#endif
+}
+#endif
+
 static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
                       const ebt_real *A, int lda, const ebt_real *B, int ldb,
                       ebt_real beta, ebt_real *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
-#ifndef EBT_NO_BLAS
     if (K > 0) {
-#ifdef EBT_DOUBLE
+#if defined(EBT__ONEDNN)
+        ebt__dnnl(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+#elif defined(EBT__CBLAS) && defined(EBT_DOUBLE)
         cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
+        return;
+#elif defined(EBT__CBLAS)
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#endif
         return;
-    }
 #endif
+    }
     /* naive reference (also the K == 0 case) */
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -193,17 +336,50 @@ static void ebt__gemm(int ta, int tb, int M, int N, int K, ebt_real alpha,
         }
 }
 
-/* The thread count of a call's kernels: the workspace's count when the
- * BLAS runs single-threaded (then ebt also splits the large products
- * itself), else 0: OpenBLAS threads the products whole and every other
- * kernel stays on the caller's thread, so that two pools of spinning
- * threads never compete for the cores. */
+/* The thread count of a call's kernels: the workspace's count, unless
+ * OpenBLAS threads the products itself (then 0: OpenBLAS runs the products
+ * whole and every other kernel stays on the caller's thread, so that two
+ * pools of spinning threads never compete for the cores). With oneDNN,
+ * ebt always splits the products itself. */
 static int ebt__nt(int threads)
 {
-#if defined(OPENBLAS_VERSION) && defined(_OPENMP)
+#if defined(EBT__CBLAS) && defined(OPENBLAS_VERSION) && defined(_OPENMP)
     if (openblas_get_num_threads() > 1) return 0;
 #endif
     return threads;
+}
+
+const char *ebt_gemm_backend(void)
+{
+#if defined(EBT__ONEDNN)
+    return "onednn";
+#elif defined(EBT__CBLAS)
+    return "cblas";
+#else
+    return "naive";
+#endif
+}
+
+void ebt_gemm_info(char *buf, size_t n)
+{
+    if (!buf || n == 0) return;
+#if defined(EBT__ONEDNN)
+    {
+        const dnnl_version_t *v = dnnl_version();
+        int isa = (int)dnnl_get_effective_cpu_isa();
+        const char *name = isa == dnnl_cpu_isa_avx512_core_amx ? "avx512_core_amx" : isa == dnnl_cpu_isa_avx512_core_bf16 ? "avx512_core_bf16" :
+                           isa == dnnl_cpu_isa_avx512_core_vnni ? "avx512_core_vnni" : isa == dnnl_cpu_isa_avx512_core ? "avx512_core" :
+                           isa == dnnl_cpu_isa_avx2_vnni ? "avx2_vnni" : isa == dnnl_cpu_isa_avx2 ? "avx2" :
+                           isa == dnnl_cpu_isa_avx ? "avx" : "sse41 or other";
+        snprintf(buf, n, "oneDNN %d.%d.%d dnnl_sgemm, ISA %s", v->major, v->minor, v->patch, name);
+    }
+#elif defined(EBT__CBLAS) && defined(OPENBLAS_VERSION)
+    snprintf(buf, n, "CBLAS: OpenBLAS%s(core %s, %d threads)", OPENBLAS_VERSION, openblas_get_corename(), openblas_get_num_threads());
+#elif defined(EBT__CBLAS)
+    snprintf(buf, n, "CBLAS");
+#else
+    snprintf(buf, n, "naive loops (EBT_NO_BLAS)");
+#endif
 }
 
 /* A large product (nt >= 1) split by rows of C into blocks of
@@ -682,7 +858,7 @@ static void ebt__pemb_tbwd(ebt_real *tdp, ebt_real *tdW, const ebt_real *tdh, co
  * ====================================================================== */
 
 /* y = g * x * r with the cached r (the backward recomputes y with it) */
-static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
@@ -691,87 +867,102 @@ static void ebt__rmsnorm_apply(ebt_real *y, const ebt_real *x, const ebt_real *r
     });
 }
 /* y(N,D), rs(N) cached r; x(N,D); g(D) */
-static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
-                             int N, int D, ebt_real eps, int nt)
+EBT__SIMD static void ebt__rmsnorm_fwd(ebt_real *y, ebt_real *rs, const ebt_real *x, const ebt_real *g,
+                                       int N, int D, ebt_real eps, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D;
-        ebt_real ss = 0;
-        for (int j = 0; j < D; j++) ss += xr[j] * xr[j];
-        rs[n] = 1 / sqrt(ss / D + eps);
+        ebt_real *yr = y + (size_t)n * D, r = 1 / sqrt(ebt__dot(xr, xr, D) / D + eps);
+        rs[n] = r;
+        for (int j = 0; j < D; j++) yr[j] = g[j] * xr[j] * r;
     });
-    ebt__rmsnorm_apply(y, x, rs, g, N, D, nt);
 }
 /* dg(D) += sum_n dy(n,j) x(n,j) r_n, split by column blocks (each column
  * summed in row order, as a serial loop would) */
-static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
-                        int N, int D, int nt)
+EBT__SIMD static void ebt__colsum(ebt_real *dg, const ebt_real *dy, const ebt_real *x, const ebt_real *r,
+                                  int N, int D, int nt)
 {
-    int nb = (D + 15) / 16;
+    int nb = (D + 63) / 64;
     EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-        int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
-        for (int n = 0; n < N; n++)
-            for (int j = j0; j < j1; j++) dg[j] += dy[(size_t)n * D + j] * x[(size_t)n * D + j] * r[n];
+        int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
+        for (int n = 0; n < N; n++) {
+            const ebt_real *dyr = dy + (size_t)n * D, *xr = x + (size_t)n * D;
+            ebt_real rn = r[n];
+            for (int j = j0; j < j1; j++) dg[j] += dyr[j] * xr[j] * rn;
+        }
     });
 }
 /* bwd: c = g*dy;  dx(N,D) += r c - (r^3/D)(c.x) x ;  dg(D) += sum_n dy * x * r (if dg) */
-static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
-                             const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_bwd(ebt_real *dx, ebt_real *dg, const ebt_real *dy, const ebt_real *x,
+                                       const ebt_real *rs, const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *dyr = dy + (size_t)n * D;
-        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], cx = 0;
-        for (int j = 0; j < D; j++) cx += g[j] * dyr[j] * xr[j];
-        ebt_real k = r * r * r * cx / D;
+        ebt_real *dxr = dx + (size_t)n * D, r = rs[n], k = r * r * r * ebt__dot3(g, dyr, xr, D) / D;
         for (int j = 0; j < D; j++) dxr[j] += r * g[j] * dyr[j] - k * xr[j];
     });
     if (dg) ebt__colsum(dg, dy, x, rs, N, D, nt);
 }
 /* tangent: tr = -r^3 (x.tx)/D ;  ty(N,D) = g (tx r + x tr) */
-static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                             const ebt_real *g, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tan(ebt_real *ty, const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                       const ebt_real *g, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         const ebt_real *xr = x + (size_t)n * D, *txr = tx + (size_t)n * D;
-        ebt_real *tyr = ty + (size_t)n * D, r = rs[n], xtx = 0;
-        for (int j = 0; j < D; j++) xtx += xr[j] * txr[j];
-        ebt_real tr = -r * r * r * xtx / D;
+        ebt_real *tyr = ty + (size_t)n * D, r = rs[n];
+        ebt_real tr = -r * r * r * ebt__dot(xr, txr, D) / D;
         for (int j = 0; j < D; j++) tyr[j] = g[j] * (txr[j] * r + xr[j] * tr);
     });
+}
+/* the three sums of a row of the RMSNorm tangent-of-backward:
+ * x.tx, c.x and tc.x + c.tx with c = g dy, tc = g tdy (tdy may be NULL) */
+static inline void ebt__rms_tbwd_sums(const ebt_real *x, const ebt_real *tx, const ebt_real *dy, const ebt_real *tdy,
+                                      const ebt_real *g, int D, ebt_real out[3])
+{
+    ebt_real a[EBT__LANES] = { 0 }, b[EBT__LANES] = { 0 }, c[EBT__LANES] = { 0 };
+    int j = 0;
+    for (; j + EBT__LANES <= D; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) {
+            a[l] += x[j + l] * tx[j + l];
+            b[l] += g[j + l] * dy[j + l] * x[j + l];
+            c[l] += g[j + l] * dy[j + l] * tx[j + l];
+        }
+    for (int l = 0; j + l < D; l++) {
+        a[l] += x[j + l] * tx[j + l];
+        b[l] += g[j + l] * dy[j + l] * x[j + l];
+        c[l] += g[j + l] * dy[j + l] * tx[j + l];
+    }
+    out[0] = out[1] = out[2] = 0;
+    for (int l = 0; l < EBT__LANES; l++) { out[0] += a[l]; out[1] += b[l]; out[2] += c[l]; }
+    if (tdy) out[2] += ebt__dot3(g, tdy, x, D);
 }
 /* tangent of bwd (tdy may be NULL = 0):
  *   tdx += tr c + r tc - (3 r^2 tr/D)(c.x) x - (r^3/D)(tc.x + c.tx) x - (r^3/D)(c.x) tx
  *   tdg += tdy x r + dy (tx r + x tr)          (if tdg; trs (N) is scratch for tr) */
-static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
-                              const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
-                              const ebt_real *g, ebt_real *trs, int N, int D, int nt)
+EBT__SIMD static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy, const ebt_real *dy,
+                                        const ebt_real *tx, const ebt_real *x, const ebt_real *rs,
+                                        const ebt_real *g, ebt_real *trs, int N, int D, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * D, int n = 0, n < N, n++, {
         size_t o = (size_t)n * D;
         const ebt_real *xr = x + o, *txr = tx + o, *dyr = dy + o, *tdyr = tdy ? tdy + o : NULL;
-        ebt_real *tdxr = tdx + o, r = rs[n], xtx = 0, cx = 0, tcx = 0;
-        for (int j = 0; j < D; j++) {
-            xtx += xr[j] * txr[j];
-            cx += g[j] * dyr[j] * xr[j];
-            tcx += g[j] * dyr[j] * txr[j] + (tdyr ? g[j] * tdyr[j] * xr[j] : 0);
-        }
-        ebt_real r3 = r * r * r, tr = -r3 * xtx / D;
-        ebt_real kx = (3 * r * r * tr * cx + r3 * tcx) / D, ktx = r3 * cx / D;
+        ebt_real *tdxr = tdx + o, r = rs[n], sums[3];
+        ebt__rms_tbwd_sums(xr, txr, dyr, tdyr, g, D, sums);
+        ebt_real r3 = r * r * r, tr = -r3 * sums[0] / D;
+        ebt_real kx = (3 * r * r * tr * sums[1] + r3 * sums[2]) / D, ktx = r3 * sums[1] / D;
         trs[n] = tr;
-        for (int j = 0; j < D; j++) {
-            ebt_real c = g[j] * dyr[j], tc = tdyr ? g[j] * tdyr[j] : 0;
-            tdxr[j] += tr * c + r * tc - kx * xr[j] - ktx * txr[j];
-        }
+        if (tdyr) for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] + r * g[j] * tdyr[j] - kx * xr[j] - ktx * txr[j];
+        else for (int j = 0; j < D; j++) tdxr[j] += tr * g[j] * dyr[j] - kx * xr[j] - ktx * txr[j];
     });
     if (tdg) {   /* tdg += tdy x r + dy (tx r + x tr), by column blocks */
-        int nb = (D + 15) / 16;
+        int nb = (D + 63) / 64;
         EBT__FOR_BLOCKS(nt, (size_t)N * D, int blk = 0, blk < nb, blk++, {
-            int j0 = blk * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+            int j0 = blk * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
             for (int n = 0; n < N; n++) {
                 size_t o = (size_t)n * D;
                 ebt_real r = rs[n], tr = trs[n];
-                for (int j = j0; j < j1; j++)
-                    tdg[j] += (tdy ? tdy[o + j] * x[o + j] * r : 0) + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                if (tdy) for (int j = j0; j < j1; j++) tdg[j] += tdy[o + j] * x[o + j] * r + dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
+                else for (int j = j0; j < j1; j++) tdg[j] += dy[o + j] * (tx[o + j] * r + x[o + j] * tr);
             }
         });
     }
@@ -785,10 +976,11 @@ static void ebt__rmsnorm_tbwd(ebt_real *tdx, ebt_real *tdg, const ebt_real *tdy,
 /* x: N rows, row stride ld, columns [0,D) = H heads of Dh. Row r sits at
  * position pos[r], or (pos NULL) pos0 + r % T (blocks of T rows).
  * inverse=1 applies R^T. */
-static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
-                      const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
+EBT__SIMD static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos0, int H, int Dh,
+                                const ebt_real *cosv, const ebt_real *sinv, int inverse, int nt)
 {
     int half = Dh / 2;
+    ebt_real sg = inverse ? -1 : 1;
     EBT__FOR_ROWS(nt, (size_t)N * H * Dh, int r = 0, r < N, r++, {
         int p = pos ? pos[r] : pos0 + r % T;
         ebt_real *row = x + (size_t)r * ld;
@@ -796,7 +988,7 @@ static void ebt__rope(ebt_real *x, int ld, int N, const int *pos, int T, int pos
         for (int h = 0; h < H; h++) {
             ebt_real *u = row + h * Dh;
             for (int m = 0; m < half; m++) {
-                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = inverse ? -s[m] : s[m];
+                ebt_real u0 = u[2 * m], u1 = u[2 * m + 1], sn = sg * s[m];
                 u[2 * m] = u0 * c[m] - u1 * sn;
                 u[2 * m + 1] = u0 * sn + u1 * c[m];
             }
@@ -866,19 +1058,48 @@ static int ebt__attn_chunk(const ebt__attn_dims *d, int i0, int *i1)
     return ebt__attn_lim(d, *i1 - 1) + 1;
 }
 
-static ebt_real ebt__dot(const ebt_real *a, const ebt_real *b, int n)
+
+/* row helpers of the attention kernels (each a pass over one row of P) */
+/* p[j] = exp(p[j] - mx) for j < n; returns their sum */
+static inline ebt_real ebt__exp_sum(ebt_real *p, int n, ebt_real mx)
 {
-    ebt_real s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; j + l < n; l++) { p[j + l] = ebt__exp(p[j + l] - mx); acc[l] += p[j + l]; }
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
     return s;
 }
-static void ebt__axpy(ebt_real *y, ebt_real a, const ebt_real *x, int n)
+/* t[j] = P[j] (t[j] - m) for j < n */
+static inline void ebt__softmax_jvp(ebt_real *t, const ebt_real *P, ebt_real m, int n)
 {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+    for (int j = 0; j < n; j++) t[j] = P[j] * (t[j] - m);
+}
+/* G[j] -= m; dS[j] = P[j] G[j] for j < n */
+static inline void ebt__softmax_vjp(ebt_real *G, ebt_real *dS, const ebt_real *P, ebt_real m, int n)
+{
+    for (int j = 0; j < n; j++) { G[j] -= m; dS[j] = P[j] * G[j]; }
+}
+/* sum_j tP_j (G_j + mu) + P_j T_j for j < n */
+static inline ebt_real ebt__tmu(const ebt_real *tP, const ebt_real *G, const ebt_real *P, const ebt_real *T, ebt_real mu, int n)
+{
+    ebt_real acc[EBT__LANES] = { 0 }, s = 0;
+    int j = 0;
+    for (; j + EBT__LANES <= n; j += EBT__LANES)
+        for (int l = 0; l < EBT__LANES; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += tP[j + l] * (G[j + l] + mu) + P[j + l] * T[j + l];
+    for (int l = 0; l < EBT__LANES; l++) s += acc[l];
+    return s;
+}
+/* T[j] = tP[j] G[j] + P[j] (T[j] - tm) for j < n */
+static inline void ebt__softmax_tvjp(ebt_real *T, const ebt_real *tP, const ebt_real *G, const ebt_real *P, ebt_real tm, int n)
+{
+    for (int j = 0; j < n; j++) T[j] = tP[j] * G[j] + P[j] * (T[j] - tm);
 }
 
 /* fwd: o(nq,Dh), P(nq,nk+1) from q(nq,Dh) k,v(nk,Dh) ks,vs(nq,Dh) */
-static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
+EBT__SIMD static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
                           const ebt__attn_dims *d)
 {
@@ -888,13 +1109,13 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
         ebt__gemm(0, 1, i1 - i0, kc, Dh, d->scale, q + (size_t)i0 * d->ld, d->ld, k, d->ld, 0,
                   P + (size_t)i0 * lp, lp);                                    /* P = scale q @ k^T */
         for (int i = i0; i < i1; i++) {
-            ebt_real *Pi = P + (size_t)i * lp, mx, sum = 0;
+            ebt_real *Pi = P + (size_t)i * lp, mx, sum;
             int lim = ebt__attn_lim(d, i);
             Pi[nk] = d->self ? d->scale * ebt__dot(q + (size_t)i * d->ld, ks + (size_t)i * d->ld, Dh) : 0;
-            mx = d->self ? Pi[nk] : Pi[0];
-            for (int j = 0; j <= lim; j++) mx = Pi[j] > mx ? Pi[j] : mx;
-            for (int j = 0; j <= lim; j++) { Pi[j] = exp(Pi[j] - mx); sum += Pi[j]; }
-            if (d->self) { Pi[nk] = exp(Pi[nk] - mx); sum += Pi[nk]; }
+            mx = ebt__max(Pi, lim + 1);
+            mx = d->self && Pi[nk] > mx ? Pi[nk] : mx;
+            sum = ebt__exp_sum(Pi, lim + 1, mx);
+            if (d->self) { Pi[nk] = ebt__exp(Pi[nk] - mx); sum += Pi[nk]; }
             for (int j = 0; j <= lim; j++) Pi[j] /= sum;
             for (int j = lim + 1; j < kc; j++) Pi[j] = 0;
             Pi[nk] = d->self ? Pi[nk] / sum : 0;
@@ -909,7 +1130,7 @@ static void ebt__attn_fwd(ebt_real *o, ebt_real *P, const ebt_real *q, const ebt
 
 /* tangent: to(nq,Dh), tP(nq,nk+1) from tq, tks, tvs (k, v constant)
  *   tA = scale [tq.k_j, tq.ks + q.tks] ; tP = P (tA - sum P tA) ; to = tP v + tP_s vs + P_s tvs */
-static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
+EBT__SIMD static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
                           const ebt_real *tvs, const ebt_real *P, const ebt_real *q,
                           const ebt_real *k, const ebt_real *v, const ebt_real *ks,
                           const ebt_real *vs, const ebt__attn_dims *d)
@@ -921,12 +1142,11 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
                   tP + (size_t)i0 * lp, lp);                                   /* tA = scale tq @ k^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *tPi = tP + (size_t)i * lp, m = 0;
+            ebt_real *tPi = tP + (size_t)i * lp, m;
             size_t r = (size_t)i * d->ld;
             tPi[nk] = d->self ? d->scale * (ebt__dot(tq + r, ks + r, Dh) + ebt__dot(q + r, tks + r, Dh)) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * tPi[j];
-            m += Pi[nk] * tPi[nk];
-            for (int j = 0; j < kc; j++) tPi[j] = Pi[j] * (tPi[j] - m);
+            m = ebt__dot(Pi, tPi, kc) + Pi[nk] * tPi[nk];
+            ebt__softmax_jvp(tPi, Pi, m, kc);
             tPi[nk] = Pi[nk] * (tPi[nk] - m);
         }
         ebt__gemm(0, 0, i1 - i0, Dh, kc, 1, tP + (size_t)i0 * lp, lp, v, d->ld, 0,
@@ -945,7 +1165,7 @@ static void ebt__attn_tan(ebt_real *to, ebt_real *tP, const ebt_real *tq, const 
  *   dq += scale (dS k + dS_s ks) ; dks += scale dS_s q ; dvs += P_s do
  *   dk += scale dS^T q (if dk) ; dv += P^T do (if dv)
  * Saves G, dS (nq,nk+1) and mu (nq) for the tangent of bwd. */
-static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
+EBT__SIMD static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dks, ebt_real *dvs,
                           ebt_real *G, ebt_real *dS, ebt_real *mu, const ebt_real *dout,
                           const ebt_real *P, const ebt_real *q, const ebt_real *k,
                           const ebt_real *v, const ebt_real *ks, const ebt_real *vs,
@@ -960,12 +1180,11 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
         ebt__gemm(0, 1, nr, kc, Dh, 1, dout + (size_t)i0 * d->ldo, d->ldo, v, d->ld, 0, G + c0, lp); /* dP = do @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp;
-            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m = 0;
+            ebt_real *Gi = G + (size_t)i * lp, *dSi = dS + (size_t)i * lp, m;
             Gi[nk] = d->self ? ebt__dot(dout + (size_t)i * d->ldo, vs + (size_t)i * d->ld, Dh) : 0;
-            for (int j = 0; j < kc; j++) m += Pi[j] * Gi[j];
-            m += Pi[nk] * Gi[nk];
+            m = ebt__dot(Pi, Gi, kc) + Pi[nk] * Gi[nk];
             mu[i] = m;
-            for (int j = 0; j < kc; j++) { Gi[j] -= m; dSi[j] = Pi[j] * Gi[j]; }
+            ebt__softmax_vjp(Gi, dSi, Pi, m, kc);
             Gi[nk] -= m;
             dSi[nk] = Pi[nk] * Gi[nk];
         }
@@ -988,7 +1207,7 @@ static void ebt__attn_bwd(ebt_real *dq, ebt_real *dk, ebt_real *dv, ebt_real *dk
  *   tdS = tP G + P (tdP - tmu)   (computed in place in T (nq,nk+1))
  *   tdq += scale (tdS k + tdS_s ks + dS_s tks) ; tdks += scale (tdS_s q + dS_s tq)
  *   tdvs += tP_s do + P_s tdo ; tdk += scale (tdS^T q + dS^T tq) ; tdv += tP^T do + P^T tdo */
-static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
+EBT__SIMD static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real *tdks,
                            ebt_real *tdvs, ebt_real *T, const ebt_real *G, const ebt_real *dS,
                            const ebt_real *mu, const ebt_real *tdout, const ebt_real *dout,
                            const ebt_real *tP, const ebt_real *tq, const ebt_real *tks,
@@ -1005,13 +1224,12 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
         ebt__gemm(0, 1, nr, kc, Dh, 1, tdout + o0, d->ldo, v, d->ld, 0, T + c0, lp);   /* tdP = tdo @ v^T */
         for (int i = i0; i < i1; i++) {
             const ebt_real *Pi = P + (size_t)i * lp, *tPi = tP + (size_t)i * lp, *Gi = G + (size_t)i * lp;
-            ebt_real *Ti = T + (size_t)i * lp, tm = 0;
+            ebt_real *Ti = T + (size_t)i * lp, tm;
             size_t r = (size_t)i * d->ld;
             Ti[nk] = d->self ? ebt__dot(tdout + (size_t)i * d->ldo, vs + r, Dh) +
                                ebt__dot(dout + (size_t)i * d->ldo, tvs + r, Dh) : 0;
-            for (int j = 0; j < kc; j++) tm += tPi[j] * (Gi[j] + mu[i]) + Pi[j] * Ti[j];
-            tm += tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
-            for (int j = 0; j < kc; j++) Ti[j] = tPi[j] * Gi[j] + Pi[j] * (Ti[j] - tm);
+            tm = ebt__tmu(tPi, Gi, Pi, Ti, mu[i], kc) + tPi[nk] * (Gi[nk] + mu[i]) + Pi[nk] * Ti[nk];
+            ebt__softmax_tvjp(Ti, tPi, Gi, Pi, tm, kc);
             Ti[nk] = tPi[nk] * Gi[nk] + Pi[nk] * (Ti[nk] - tm);
         }
         ebt__gemm(0, 0, nr, Dh, kc, d->scale, T + c0, lp, k, d->ld, 1, tdq + q0, d->ld);       /* tdq += scale tdS @ k */
@@ -1042,10 +1260,9 @@ static void ebt__attn_tbwd(ebt_real *tdq, ebt_real *tdk, ebt_real *tdv, ebt_real
  *   silu'' = s (1 - s) (2 + z (1 - 2 s))
  * ====================================================================== */
 
-static ebt_real ebt__sigmoid(ebt_real z) { return 1 / (1 + exp(-z)); }
 
 /* u(N,F) */
-static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1054,7 +1271,7 @@ static void ebt__swiglu_fwd(ebt_real *u, const ebt_real *z13, int N, int F, int 
     });
 }
 /* tangent: tu = silu'(z1) tz1 z3 + silu(z1) tz3 */
-static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
+EBT__SIMD static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *z13, int N, int F, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         const ebt_real *z1 = z13 + (size_t)n * 2 * F, *z3 = z1 + F;
@@ -1073,27 +1290,45 @@ static void ebt__swiglu_tan(ebt_real *tu, const ebt_real *tz13, const ebt_real *
  * dz13 from du (bwd), tdz13 from tdu (tangent of bwd, if tdz13); with
  * want_u, du and tdu are then overwritten with u and tu, which the weight
  * gradients of W2 need (they are not stored by the forward). */
-static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
-                            const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
+/* one row of the backward: d1, d3 from g = du; with want_u, du = u after */
+static inline void ebt__swiglu_bwd_row(ebt_real *restrict d1, ebt_real *restrict d3, ebt_real *restrict du,
+                                       const ebt_real *restrict z1, const ebt_real *restrict z3, int F, int want_u)
+{
+    for (int j = 0; j < F; j++) {
+        ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[j];
+        d1[j] = g * z3[j] * s1;
+        d3[j] = g * z * s;
+        du[j] = want_u ? z * s * z3[j] : g;
+    }
+}
+/* one row of the backward and its tangent: d1, d3 from g = du; e1, e3 from
+ * tg = tdu; with want_u, du = u and tdu = tu after */
+static inline void ebt__swiglu_tbwd_row(ebt_real *restrict d1, ebt_real *restrict d3, ebt_real *restrict e1,
+                                        ebt_real *restrict e3, ebt_real *restrict du, ebt_real *restrict tdu,
+                                        const ebt_real *restrict z1, const ebt_real *restrict z3,
+                                        const ebt_real *restrict t1, const ebt_real *restrict t3, int F, int want_u)
+{
+    for (int j = 0; j < F; j++) {
+        ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[j], tg = tdu[j];
+        ebt_real s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
+        d1[j] = g * z3[j] * s1;
+        d3[j] = g * z * s;
+        e1[j] = tg * z3[j] * s1 + g * (t3[j] * s1 + z3[j] * s2 * t1[j]);
+        e3[j] = tg * z * s + g * s1 * t1[j];
+        tdu[j] = want_u ? s1 * t1[j] * z3[j] + z * s * t3[j] : tg;
+        du[j] = want_u ? z * s * z3[j] : g;
+    }
+}
+EBT__SIMD static void ebt__swiglu_rev(ebt_real *dz13, ebt_real *tdz13, ebt_real *du, ebt_real *tdu,
+                                      const ebt_real *z13, const ebt_real *tz13, int N, int F, int want_u, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * F, int n = 0, n < N, n++, {
         size_t o2 = (size_t)n * 2 * F, o1 = (size_t)n * F;
-        const ebt_real *z1 = z13 + o2, *z3 = z1 + F;
-        ebt_real *d1 = dz13 + o2, *d3 = d1 + F;
-        for (int j = 0; j < F; j++) {
-            ebt_real z = z1[j], s = ebt__sigmoid(z), s1 = s * (1 + z * (1 - s)), g = du[o1 + j];
-            d1[j] = g * z3[j] * s1;
-            d3[j] = g * z * s;
-            if (tdz13) {
-                const ebt_real *t1 = tz13 + o2, *t3 = t1 + F;
-                ebt_real *e1 = tdz13 + o2, *e3 = e1 + F, tg = tdu[o1 + j];
-                ebt_real s2 = s * (1 - s) * (2 + z * (1 - 2 * s));
-                e1[j] = tg * z3[j] * s1 + g * (t3[j] * s1 + z3[j] * s2 * t1[j]);
-                e3[j] = tg * z * s + g * s1 * t1[j];
-                if (want_u) tdu[o1 + j] = s1 * t1[j] * z3[j] + z * s * t3[j];
-            }
-            if (want_u) du[o1 + j] = z * s * z3[j];
-        }
+        if (tdz13)
+            ebt__swiglu_tbwd_row(dz13 + o2, dz13 + o2 + F, tdz13 + o2, tdz13 + o2 + F, du + o1, tdu + o1,
+                                 z13 + o2, z13 + o2 + F, tz13 + o2, tz13 + o2 + F, F, want_u);
+        else
+            ebt__swiglu_bwd_row(dz13 + o2, dz13 + o2 + F, du + o1, z13 + o2, z13 + o2 + F, F, want_u);
     });
 }
 
@@ -2031,17 +2266,19 @@ ebt_think_opts ebt_think_default(void)
     o.tol = -1;
     o.restarts = 1;
     o.seed = 0x5eed;
+    o.rel_drop = -INFINITY;
+    o.grad_tol = -1;
     return o;
 }
 
 /* row-wise softmax of y(N,V) into p */
-static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
+EBT__SIMD static void ebt__softmax_rows(ebt_real *p, const ebt_real *y, size_t N, int V, int nt)
 {
     EBT__FOR_ROWS(nt, N * (size_t)V, size_t n = 0, n < N, n++, {
         const ebt_real *yr = y + n * V;
-        ebt_real *pr = p + n * V, mx = yr[0], s = 0;
-        for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-        for (int j = 0; j < V; j++) { pr[j] = exp(yr[j] - mx); s += pr[j]; }
+        ebt_real *pr = p + n * V, mx = ebt__max(yr, V), s;
+        if (pr != yr) memcpy(pr, yr, sizeof(ebt_real) * V);
+        s = ebt__exp_sum(pr, V, mx);
         for (int j = 0; j < V; j++) pr[j] /= s;
     });
 }
@@ -2068,6 +2305,11 @@ static ebt_status ebt__check_think_opts(const ebt_think_opts *o, char *err)
     if (isnan(o->energy_threshold)) EBT__BAD("energy_threshold is NaN");
     if (isnan(o->tol)) EBT__BAD("tol is NaN");
     if (o->last_only != 0 && o->last_only != 1) EBT__BAD("last_only must be 0 or 1");
+    if (isnan(o->rel_drop) || o->rel_drop == INFINITY) EBT__BAD("rel_drop must be a number below +Inf");
+    if (isnan(o->grad_tol) || o->grad_tol == INFINITY) EBT__BAD("grad_tol must be a number below +Inf");
+    if (o->row_budget < 0) EBT__BAD("row_budget must be >= 0");
+    if (!isfinite(o->clamp) || o->clamp < 0) EBT__BAD("clamp must be finite and >= 0");
+    if (o->keep_best != 0 && o->keep_best != 1) EBT__BAD("keep_best must be 0 or 1");
     return EBT_OK;
 #undef EBT__BAD
 }
@@ -2084,31 +2326,60 @@ static void ebt__observe_step(ebt_workspace *ws, int k)
 /* One thinking call: options, sizes and the scratch (one block kept in
  * ws->xscr, laid out by ebt__think_begin). Rows r = 0..NP-1 are the
  * positions thought about ((b, i), or (b, S-1) with last_only); the
- * moving rows of a step are compacted into pa, ga in row order. */
+ * moving rows of a step are compacted into pa, ga in row order. Each row's
+ * states are logits: y (being evaluated, then updated), yeval (the last one
+ * evaluated with a finite energy and gradient), yprev (the one before it,
+ * for the curvature), ykeep/ykprev (keep_best: the lowest-energy one and
+ * its predecessor), best_y/best_prev (the answer of the best start). */
 typedef struct {
     ebt_workspace *ws;
     ebt_think_opts o;
     ebt_think_result *res;
-    int NP, S, V, K, n_active;
+    int NP, S, V, K, n_active, curv;
     size_t nv;                     /* NP * V */
     ebt__rng rng;                  /* the current start's stream */
-    ebt_real *y;                   /* (NP,V) y_k; once step k is evaluated, the logits it evaluated (noise included) */
-    ebt_real *yeval;               /* (NP,V) the logits last evaluated with finite energy and gradient */
+    ebt_real *y, *yeval, *yprev, *ykeep, *ykprev, *best_y, *best_prev;   /* (NP,V); some NULL when unused */
     ebt_real *pa, *ga;             /* (n,V) p and dE/dp of the moving rows */
-    ebt_real *best_y;              /* (NP,V) the answer of the best start so far */
     ebt_real *hist, *best_hist;    /* (NP,K+1) E_k of this start, of the best start */
-    ebt_real *best_E, *alpha_i;    /* (NP) */
-    int *rows, *done_k, *best_k, *best_w; /* (NP) */
-    unsigned char *active;         /* (NP) still moving */
+    ebt_real *best_E, *alpha_i, *keep_E;   /* (NP) */
+    int *rows, *done_k, *best_k, *best_w, *keep_k, *order;   /* (NP) */
+    ebt__pair *pairs;              /* (NP) row_budget's sort */
+    unsigned char *active, *moved, *kmoved, *best_moved;      /* (NP) */
 } ebt__thinker;
+
+/* lays out the scratch: the (NP,V) blocks the options need, then the rest */
+static ebt_status ebt__think_scratch(ebt__thinker *t)
+{
+    ebt_workspace *ws = t->ws;
+    size_t NP = (size_t)t->NP, nh, bytes, nblk = 5 + (t->o.keep_best ? 1 : 0) + (t->curv ? 2 + t->o.keep_best : 0);
+    int ovf = 0;
+    ebt_real *mem, *b;
+    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
+    bytes = ebt__mul(t->nv, nblk * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
+            NP * (3 * sizeof(ebt_real) + 6 * sizeof(int) + sizeof(ebt__pair) + 4) + 64 + 16;
+    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
+    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
+    b = mem;
+    t->y = b; b += t->nv; t->yeval = b; b += t->nv; t->pa = b; b += t->nv; t->ga = b; b += t->nv;
+    t->best_y = b; b += t->nv;
+    t->ykeep = t->o.keep_best ? b : NULL; b += t->o.keep_best ? t->nv : 0;
+    t->yprev = t->curv ? b : NULL; b += t->curv ? t->nv : 0;
+    t->best_prev = t->curv ? b : NULL; b += t->curv ? t->nv : 0;
+    t->ykprev = t->curv && t->o.keep_best ? b : NULL; b += t->curv && t->o.keep_best ? t->nv : 0;
+    t->hist = b; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
+    t->keep_E = t->alpha_i + NP;
+    t->rows = (int *)(void *)(t->keep_E + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP;
+    t->best_w = t->best_k + NP; t->keep_k = t->best_w + NP; t->order = t->keep_k + NP;
+    t->pairs = (ebt__pair *)(void *)(((uintptr_t)(t->order + NP) + 15) & ~(uintptr_t)15);
+    t->active = (unsigned char *)(t->pairs + NP); t->moved = t->active + NP; t->kmoved = t->moved + NP;
+    t->best_moved = t->kmoved + NP;
+    return EBT_OK;
+}
 
 /* checks the call and lays out the scratch (grown on demand) */
 static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt_think_opts *opts, ebt_think_result *res)
 {
     ebt_status st = ebt__ws_ready(ws);
-    size_t nh, bytes, NP;
-    int ovf = 0;
-    ebt_real *mem;
     if (st != EBT_OK) return st;
     if (!opts || !res) { ebt__seterr(ws->err, EBT__ERRLEN, "opts or res is NULL"); return EBT_ERR_ARG; }
     memset(t, 0, sizeof *t);
@@ -2116,22 +2387,13 @@ static ebt_status ebt__think_begin(ebt__thinker *t, ebt_workspace *ws, const ebt
     if ((st = ebt__check_think_opts(&t->o, ws->err)) != EBT_OK) return st;
     t->S = ws->S; t->V = ws->m->cfg.vocab_size; t->K = t->o.steps;
     t->NP = ws->B * (t->o.last_only ? 1 : t->S);
-    NP = (size_t)t->NP;
-    t->nv = NP * t->V;
+    t->nv = (size_t)t->NP * t->V;
+    t->curv = res->curvature != NULL;
     if (t->o.init_logits && !ebt__all_finite(t->o.init_logits, t->nv * t->o.restarts)) {
         ebt__seterr(ws->err, EBT__ERRLEN, "init_logits contain NaN or Inf");
         return EBT_ERR_NONFINITE;
     }
-    /* 5 (NP,V) blocks, 2 (NP,K+1) histories, 2 (NP) reals, 4 (NP) ints, NP flags */
-    nh = ebt__mul(NP, (size_t)t->K + 1, &ovf);
-    bytes = ebt__mul(t->nv, 5 * sizeof(ebt_real), &ovf) + ebt__mul(nh, 2 * sizeof(ebt_real), &ovf) +
-            NP * (2 * sizeof(ebt_real) + 4 * sizeof(int) + 1) + 64;
-    mem = ovf ? NULL : (ebt_real *)ebt__grow(&ws->xscr, &ws->xscr_bytes, bytes);
-    if (!mem) { ebt__seterr(ws->err, EBT__ERRLEN, "out of memory for thinking scratch"); return EBT_ERR_NOMEM; }
-    t->y = mem; t->yeval = t->y + t->nv; t->pa = t->yeval + t->nv; t->ga = t->pa + t->nv; t->best_y = t->ga + t->nv;
-    t->hist = t->best_y + t->nv; t->best_hist = t->hist + nh; t->best_E = t->best_hist + nh; t->alpha_i = t->best_E + NP;
-    t->rows = (int *)(void *)(t->alpha_i + NP); t->done_k = t->rows + NP; t->best_k = t->done_k + NP; t->best_w = t->best_k + NP;
-    t->active = (unsigned char *)(t->best_w + NP);
+    if ((st = ebt__think_scratch(t)) != EBT_OK) return st;
     res->rows_evaluated = 0;
     res->rows_budget = (long long)t->o.restarts * t->NP * (t->K + 1);
     res->diverged = 0;
@@ -2150,9 +2412,35 @@ static void ebt__think_start(ebt__thinker *t, int s)
         double u = o->alpha_rand > 1 ? 1 / o->alpha_rand + ebt__rng_unif(&t->rng) * (o->alpha_rand - 1 / o->alpha_rand) : 1;
         t->alpha_i[r] = (ebt_real)(alpha * u);
         t->active[r] = 1;
-        t->done_k[r] = t->K;
+        t->moved[r] = t->kmoved[r] = 0;
+        t->done_k[r] = t->keep_k[r] = t->K;
     }
     t->n_active = t->NP;
+}
+
+/* row r leaves the moving set at the state it evaluated at step `steps` */
+static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+{
+    t->active[r] = 0;
+    t->done_k[r] = steps;
+    t->n_active--;
+}
+
+/* row_budget: before step k >= 1, if the moving rows would overrun what is
+ * left, the highest-energy ones (E_{k-1}) go on and the others stop at k-1 */
+static void ebt__think_budget(ebt__thinker *t, int k)
+{
+    long long left = t->o.row_budget - t->res->rows_evaluated;
+    int n = 0;
+    if (t->o.row_budget <= 0 || k == 0 || left >= t->n_active) return;
+    for (int r = 0; r < t->NP; r++)
+        if (t->active[r]) { t->pairs[n].w = t->hist[(size_t)r * (t->K + 1) + k - 1]; t->pairs[n++].i = r; }
+    qsort(t->pairs, (size_t)n, sizeof *t->pairs, ebt__pair_desc);
+    for (int i = left > 0 ? (int)left : 0; i < n; i++) {
+        int r = t->pairs[i].i;
+        memcpy(t->y + (size_t)r * t->V, t->yeval + (size_t)r * t->V, sizeof(ebt_real) * t->V);
+        ebt__think_stop(t, r, k - 1);
+    }
 }
 
 /* step k: Langevin noise into the moving rows' logits, their softmax, the
@@ -2177,42 +2465,67 @@ static int ebt__think_eval(ebt__thinker *t, int k)
     return n;
 }
 
-/* row r leaves the moving set having made `steps` updates */
-static void ebt__think_stop(ebt__thinker *t, int r, int steps)
+/* 1 if a stopping rule holds for row r after evaluating E_k (hr its history, gq its gradient) */
+static int ebt__think_rules(const ebt__thinker *t, const ebt_real *hr, const ebt_real *gq, int k)
 {
-    t->active[r] = 0;
-    t->done_k[r] = steps;
-    t->n_active--;
+    const ebt_think_opts *o = &t->o;
+    double E = hr[k], Ep = k >= 1 ? hr[k - 1] : 0;
+    if (k == t->K || E <= o->energy_threshold) return 1;
+    if (k >= 1 && (fabs(E - Ep) <= o->tol || Ep - E <= o->rel_drop * fabs(Ep))) return 1;
+    return o->grad_tol >= 0 && sqrt(ebt__dot_d(gq, gq, t->V) / t->V) <= o->grad_tol;
+}
+
+/* a finite state evaluated at step k: it becomes yeval (its predecessor
+ * yprev), and with keep_best the kept state if its energy is the lowest */
+static void ebt__think_record(ebt__thinker *t, int r, int k, ebt_real E)
+{
+    size_t o = (size_t)r * t->V, sz = sizeof(ebt_real) * t->V;
+    if (t->curv && k > 0) { memcpy(t->yprev + o, t->yeval + o, sz); t->moved[r] = 1; }
+    memcpy(t->yeval + o, t->y + o, sz);
+    t->hist[(size_t)r * (t->K + 1) + k] = E;
+    if (t->o.keep_best && (k == 0 || E < t->keep_E[r])) {
+        t->keep_E[r] = E;
+        t->keep_k[r] = k;
+        memcpy(t->ykeep + o, t->y + o, sz);
+        if (t->curv) { t->kmoved[r] = t->moved[r]; if (t->moved[r]) memcpy(t->ykprev + o, t->yprev + o, sz); }
+    }
+}
+
+/* y_{k+1} = p_k - alpha_i g_k for row r (each entry of alpha_i g_k clamped
+ * to [-clamp, clamp] when clamp > 0); 0 if the result is not finite */
+static int ebt__think_update(ebt__thinker *t, int r, const ebt_real *pq, const ebt_real *gq)
+{
+    ebt_real *yr = t->y + (size_t)r * t->V, a = t->alpha_i[r], c = (ebt_real)t->o.clamp;
+    if (c > 0)
+        for (int j = 0; j < t->V; j++) { ebt_real d = a * gq[j]; yr[j] = pq[j] - (d > c ? c : d < -c ? -c : d); }
+    else
+        for (int j = 0; j < t->V; j++) yr[j] = pq[j] - a * gq[j];
+    return ebt__all_finite(yr, (size_t)t->V);
 }
 
 /* after ebt__think_eval(k): per moving row, record E_k, then stop (the
- * rules, or a non-finite value: back to the last finite state) or update
- * y_{k+1} = p_k - alpha_i g_k */
+ * rules, or a non-finite value: back to the last finite state) or update */
 static void ebt__think_scatter(ebt__thinker *t, int k)
 {
     int V = t->V, K = t->K;
     for (int r = 0, q = 0; r < t->NP; r++) {
-        ebt_real *yr = t->y + (size_t)r * V, *ye = t->yeval + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
+        ebt_real *yr = t->y + (size_t)r * V, *hr = t->hist + (size_t)r * (K + 1);
         const ebt_real *pq = t->pa + (size_t)q * V, *gq = t->ga + (size_t)q * V;
         ebt_real E;
         if (!t->active[r]) continue;
         E = t->ws->energy[q++];
         if (!isfinite(E) || (k < K && !ebt__all_finite(gq, (size_t)V))) {   /* blew up */
-            if (k > 0) memcpy(yr, ye, sizeof(ebt_real) * V);
+            if (k > 0) memcpy(yr, t->yeval + (size_t)r * V, sizeof(ebt_real) * V);
             else hr[0] = (ebt_real)NAN;                                       /* no finite state */
+            if (k == 0 && t->o.keep_best) t->keep_E[r] = (ebt_real)NAN;
             t->res->diverged++;
             ebt__think_stop(t, r, k > 0 ? k - 1 : 0);
             continue;
         }
-        hr[k] = E;
-        if (k == K || E <= t->o.energy_threshold || (k >= 1 && fabs((double)E - (double)hr[k - 1]) <= t->o.tol)) {
-            ebt__think_stop(t, r, k);
-            continue;
-        }
-        memcpy(ye, yr, sizeof(ebt_real) * V);
-        for (int j = 0; j < V; j++) yr[j] = pq[j] - t->alpha_i[r] * gq[j];  /* y_{k+1} = p_k - alpha g_k */
-        if (!ebt__all_finite(yr, (size_t)V)) {   /* the step overflowed: stay at the state of E_k */
-            memcpy(yr, ye, sizeof(ebt_real) * V);
+        ebt__think_record(t, r, k, E);
+        if (ebt__think_rules(t, hr, gq, k)) { ebt__think_stop(t, r, k); continue; }
+        if (!ebt__think_update(t, r, pq, gq)) {   /* the step overflowed: stay at the state of E_k */
+            memcpy(yr, t->yeval + (size_t)r * V, sizeof(ebt_real) * V);
             t->res->diverged++;
             ebt__think_stop(t, r, k);
         }
@@ -2220,28 +2533,67 @@ static void ebt__think_scatter(ebt__thinker *t, int k)
 }
 
 /* after start s: the history held after each stop; keep the start whose
- * final energy is lowest (a finite energy beats NaN) */
+ * answer has the lowest energy (a finite energy beats NaN) */
 static void ebt__think_keep(ebt__thinker *t, int s)
 {
-    int V = t->V, K = t->K;
+    int V = t->V, K = t->K, kb = t->o.keep_best;
+    size_t sz = sizeof(ebt_real) * V;
     for (int r = 0; r < t->NP; r++) {
-        ebt_real *h = t->hist + (size_t)r * (K + 1);
+        ebt_real *h = t->hist + (size_t)r * (K + 1), E;
+        size_t o = (size_t)r * V;
         for (int k = t->done_k[r] + 1; k <= K; k++) h[k] = h[t->done_k[r]];
-        if (s == 0 || h[K] < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(h[K]))) {
-            t->best_E[r] = h[K];
-            t->best_k[r] = t->done_k[r];
+        E = kb ? t->keep_E[r] : h[K];
+        if (s == 0 || E < t->best_E[r] || (isnan(t->best_E[r]) && !isnan(E))) {
+            t->best_E[r] = E;
+            t->best_k[r] = kb ? t->keep_k[r] : t->done_k[r];
             t->best_w[r] = s;
-            memcpy(t->best_y + (size_t)r * V, t->y + (size_t)r * V, sizeof(ebt_real) * V);
+            memcpy(t->best_y + o, (kb ? t->ykeep : t->y) + o, sz);
             memcpy(t->best_hist + (size_t)r * (K + 1), h, sizeof(ebt_real) * (K + 1));
+            if (t->curv) {
+                t->best_moved[r] = kb ? t->kmoved[r] : t->moved[r];
+                if (t->best_moved[r]) memcpy(t->best_prev + o, (kb ? t->ykprev : t->yprev) + o, sz);
+            }
         }
     }
 }
 
+/* res->curvature: v.(H v)/v.v at each answer p with v = p - p_prev, one
+ * forward, tangent and reverse over the rows that moved (observed at the
+ * last step, which step-embedding models still hold) */
+static void ebt__think_curvature(ebt__thinker *t)
+{
+    ebt_workspace *ws = t->ws;
+    int n = 0, V = t->V;
+    ebt_real *p = t->pa, *v = t->ga, *hv = t->yeval;   /* free now: (n,V) each */
+    for (int r = 0; r < t->NP; r++) {
+        t->res->curvature[r] = (ebt_real)NAN;
+        if (!t->best_moved[r]) continue;
+        ebt__softmax_rows(p + (size_t)n * V, t->best_y + (size_t)r * V, 1, V, 1);
+        ebt__softmax_rows(v + (size_t)n * V, t->best_prev + (size_t)r * V, 1, V, 1);
+        for (int j = 0; j < V; j++) v[(size_t)n * V + j] = p[(size_t)n * V + j] - v[(size_t)n * V + j];
+        t->order[n] = r;
+        t->rows[n++] = t->o.last_only ? (r * t->S + t->S - 1) : r;
+    }
+    if (n == 0) return;
+    ebt__pred_rows(ws, t->rows, n);
+    ebt__pred_forward(ws, p);
+    ebt__pred_tangent(ws, v);
+    {
+        ebt__rev_args ra = { NULL, EBT__GRAD_NONE, 1, NULL, p, v, NULL, hv };
+        ebt__pred_reverse(ws, &ra);
+    }
+    for (int i = 0; i < n; i++) {
+        double vv = ebt__dot_d(v + (size_t)i * V, v + (size_t)i * V, V);
+        t->res->curvature[t->order[i]] = (ebt_real)(vv > 0 ? ebt__dot_d(v + (size_t)i * V, hv + (size_t)i * V, V) / vv : NAN);
+    }
+}
+
 /* the result fields the caller asked for */
-static void ebt__think_output(const ebt__thinker *t)
+static void ebt__think_output(ebt__thinker *t)
 {
     ebt_think_result *res = t->res;
     size_t NP = (size_t)t->NP;
+    if (t->curv) ebt__think_curvature(t);
     if (res->probs) ebt__softmax_rows(res->probs, t->best_y, NP, t->V, 1);
     if (res->logits) memcpy(res->logits, t->best_y, sizeof(ebt_real) * t->nv);
     if (res->energy) memcpy(res->energy, t->best_hist, sizeof(ebt_real) * NP * (t->K + 1));
@@ -2261,14 +2613,16 @@ static ebt_status ebt__think(ebt_workspace *ws, const ebt_think_opts *opts, ebt_
     for (int s = 0; s < t.o.restarts; s++) {
         ebt__think_start(&t, s);
         for (int k = 0; k <= t.K && t.n_active > 0; k++) {
+            ebt__think_budget(&t, k);
+            if (t.n_active == 0) break;
             ebt__think_eval(&t, k);
             ebt__think_scatter(&t, k);
         }
         ebt__think_keep(&t, s);
     }
+    ebt__think_output(&t);
     if (restore) ebt__observe_step(ws, step0);
     ebt__pred_rows(ws, NULL, 0);
-    ebt__think_output(&t);
     return EBT_OK;
 }
 
@@ -2312,23 +2666,28 @@ ebt_status ebt_observe_append(ebt_workspace *ws, const int32_t *tokens, int n)
  * lam = w (softmax(y) - onehot) / N (its gradient times w); lam may be y */
 /* one row: the cross-entropy, and lr = w (softmax - onehot) / N (lr may be yr;
  * the exponentials are kept in lr between the two passes) */
-static double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
+static inline double ebt__ce_row(const ebt_real *yr, int t, int V, int N, double w, ebt_real *lr)
 {
-    double mx = yr[0], s = 0, ce;
-    for (int j = 1; j < V; j++) mx = yr[j] > mx ? yr[j] : mx;
-    ce = mx - yr[t];
+    ebt_real mx = ebt__max(yr, V), acc[EBT__LANES] = { 0 }, sum = 0, a;
+    double ce = (double)mx - yr[t];
     if (!lr) {
-        for (int j = 0; j < V; j++) s += exp(yr[j] - mx);
-        return ce + log(s);
+        int j = 0;
+        for (; j + EBT__LANES <= V; j += EBT__LANES)
+            for (int l = 0; l < EBT__LANES; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; j + l < V; l++) acc[l] += ebt__exp(yr[j + l] - mx);
+        for (int l = 0; l < EBT__LANES; l++) sum += acc[l];
+        return ce + log((double)sum);
     }
-    for (int j = 0; j < V; j++) { double e = exp(yr[j] - mx); s += e; lr[j] = (ebt_real)e; }
-    for (int j = 0; j < V; j++) lr[j] = (ebt_real)(w * lr[j] / s / N);
+    if (lr != yr) memcpy(lr, yr, sizeof(ebt_real) * V);
+    sum = ebt__exp_sum(lr, V, mx);
+    a = (ebt_real)(w / ((double)sum * N));
+    for (int j = 0; j < V; j++) lr[j] *= a;
     lr[t] -= (ebt_real)(w / N);
-    return ce + log(s);
+    return ce + log((double)sum);
 }
 /* rowbuf (N doubles) lets the rows run on nt threads; the sum stays in row order */
-static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
-                           double *rowbuf, int nt)
+EBT__SIMD static double ebt__ce_rows(const ebt_real *y, const int32_t *tgt, int N, int V, double w, ebt_real *lam,
+                                     double *rowbuf, int nt)
 {
     double total = 0;
     if (!rowbuf) {
@@ -2436,13 +2795,6 @@ static void ebt__lm_last_logits(ebt_workspace *ws, ebt_real *logits)
     ebt__lin_fwd(logits, ws->o_nf + r * D, m->w.lm_head, 1, D, m->cfg.vocab_size, 0, 1); /* logits = nf @ lm_head^T */
 }
 
-typedef struct { ebt_real w; int i; } ebt__pair;
-static int ebt__pair_desc(const void *a, const void *b)
-{
-    ebt_real x = ((const ebt__pair *)a)->w, y = ((const ebt__pair *)b)->w;
-    if (x != y) return x < y ? 1 : -1;
-    return ((const ebt__pair *)a)->i - ((const ebt__pair *)b)->i;
-}
 
 /* a token from distribution q[V]: argmax (temperature 0), or sampled from
  * q^(1/T) renormalised and cut to its top-p nucleus; pr (V pairs) is scratch */
@@ -2668,13 +3020,11 @@ static ebt__tscratch ebt__tscratch_at(ebt_real *buf, int K, size_t N, size_t nv,
 }
 
 /* galpha += d/dalpha of -alpha_i g_k . ybar = -sum_n u_n (ybar_n . g_n) */
-static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
-                            double *rowbuf, int nt)
+EBT__SIMD static void ebt__alpha_grad(const ebt_real *ybar, const ebt_real *gk, const ebt_real *u, int N, int V, double *galpha,
+                                      double *rowbuf, int nt)
 {
     EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        double dot = 0;
-        for (int j = 0; j < V; j++) dot += (double)ybar[(size_t)n * V + j] * gk[(size_t)n * V + j];
-        rowbuf[n] = dot;
+        rowbuf[n] = ebt__dot_d(ybar + (size_t)n * V, gk + (size_t)n * V, V);
     });
     for (int n = 0; n < N; n++) *galpha -= u[n] * rowbuf[n];
 }
@@ -2692,6 +3042,33 @@ static void ebt__normal_rows(ebt_real *y, const ebt_real *add, double scale, uin
     });
 }
 
+/* y(N,V) = add + (a u_n) x, row by row (add may be NULL: 0) */
+EBT__SIMD static void ebt__scale_rows(ebt_real *y, const ebt_real *add, const ebt_real *x, const ebt_real *u, double a,
+                                      int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real an = (ebt_real)(a * u[n]), *yr = y + (size_t)n * V;
+        const ebt_real *xr = x + (size_t)n * V;
+        if (add) for (int j = 0; j < V; j++) yr[j] = add[(size_t)n * V + j] + an * xr[j];
+        else for (int j = 0; j < V; j++) yr[j] = an * xr[j];
+    });
+}
+
+/* one thinking step back through the softmax: pbar = ybar (+ hv when
+ * second); ybar = softmax'(y_k)^T pbar = p (pbar - p.pbar), row by row */
+EBT__SIMD static void ebt__softmax_back_rows(ebt_real *ybar, const ebt_real *p, const ebt_real *hv, int second,
+                                             int N, int V, int nt)
+{
+    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
+        ebt_real *yb = ybar + (size_t)n * V;
+        const ebt_real *pr = p + (size_t)n * V;
+        ebt_real dot;
+        if (second) for (int j = 0; j < V; j++) yb[j] += hv[(size_t)n * V + j];
+        dot = (ebt_real)ebt__dot_d(pr, yb, V);
+        for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - dot);
+    });
+}
+
 /* The second-order term of one thinking step whose forward (at p_k) is in
  * ws: alpha's gradient, then grads += grad_theta(v . g_k) and hv = H_k v
  * with v = -alpha_i ybar (ybar = d loss / d y_{k+1}). */
@@ -2702,10 +3079,7 @@ static void ebt__mixed_step(ebt_workspace *ws, ebt_model *m, const ebt_real *pk,
     int N = ws->np, V = m->cfg.vocab_size, nt = ebt__nt(ws->threads);
     ebt__rev_args ra = { m, EBT__GRAD_MIXED, 1, NULL, pk, vv, NULL, hv };
     ebt__alpha_grad(ybar, gk, u, N, V, galpha, rowbuf, nt);
-    EBT__FOR_ROWS(nt, (size_t)N * V, int n = 0, n < N, n++, {
-        ebt_real a = (ebt_real)(-alpha_eff * u[n]);
-        for (int j = 0; j < V; j++) vv[(size_t)n * V + j] = a * ybar[(size_t)n * V + j];
-    });
+    ebt__scale_rows(vv, NULL, ybar, u, -alpha_eff, N, V, nt);   /* v = -alpha_i ybar */
     ebt__pred_tangent(ws, vv);
     ebt__pred_reverse(ws, &ra);
     if (m->cfg.n_step_embed > 0) {   /* each step has its own observed stream */
@@ -2876,10 +3250,7 @@ static ebt_status ebt__train_forward(ebt__trainer *T)
         }
         if (k == 0) T->e_first = esum / N;
         T->e_last = esum / N;
-        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real a = (ebt_real)(T->alpha_eff * t->u[n]);
-            for (int j = 0; j < V; j++) y1[(size_t)n * V + j] = pk[(size_t)n * V + j] - a * gk[(size_t)n * V + j];
-        });
+        ebt__scale_rows(y1, pk, gk, t->u, -T->alpha_eff, N, V, nt);   /* y_{k+1} = p_k - alpha_i g_k */
         /* loss: mean over steps (detach, full) or the last step (truncate) */
         ce = ebt__ce_rows(y1, t->tgt, N, V, T->weight / K, early ? t->ybar : NULL, t->rowbuf, nt);
         if (k == 0) T->ce_first = ce;
@@ -2912,13 +3283,7 @@ static void ebt__train_backward(ebt__trainer *T)
             ebt__alpha_grad(ybar, gk, t->u, N, V, &T->galpha, t->rowbuf, nt);
         }
         /* pbar = ybar (I - alpha H) ; ybar_k = softmax'(y_k)^T pbar + lambda_k */
-        EBT__FOR_ROWS(nt, nv, int n = 0, n < N, n++, {
-            ebt_real *yb = ybar + (size_t)n * V;
-            const ebt_real *pr = pk + (size_t)n * V, *h = hv + (size_t)n * V;
-            double dot = 0;
-            for (int j = 0; j < V; j++) { if (second) yb[j] += h[j]; dot += (double)pr[j] * yb[j]; }
-            for (int j = 0; j < V; j++) yb[j] = pr[j] * (yb[j] - (ebt_real)dot);
-        });
+        ebt__softmax_back_rows(ybar, pk, hv, second, N, V, nt);
         if (k >= 1 && o->mode == EBT_MODE_FULL) {
             ebt__ce_rows(t->ys + k * nv, t->tgt, N, V, T->weight / K, t->vv, t->rowbuf, nt);
             for (size_t i = 0; i < nv; i++) ybar[i] += t->vv[i];
@@ -3052,7 +3417,7 @@ ebt_status ebt_train_grad(ebt_model *m, const ebt_train_opts *opts, const int32_
 
 /* AdamW on parameters [i0, i1) in blocks over nt threads: apply 0 only
  * checks that the update stays finite (returns 1 if not), apply 1 writes it */
-static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
+EBT__SIMD static int ebt__adamw(ebt_model *m, ebt_real *M, ebt_real *Vs, size_t i0, size_t i1, double scale,
                       const ebt_train_opts *o, double tlr, double wd, double b1t, double b2t, int apply, int nt)
 {
     int bad = 0;

@@ -153,6 +153,12 @@ typedef enum {
 
 EBT_API const char *ebt_status_str(ebt_status s);
 
+/* The matrix-product backend this library was built with: "onednn",
+ * "cblas" or "naive" (make GEMM=...), and a description of it (version,
+ * kernel, threads) written into buf[n]. */
+EBT_API const char *ebt_gemm_backend(void);
+EBT_API void ebt_gemm_info(char *buf, size_t n);
+
 typedef enum { EBT_ARCH_EBT = 0, EBT_ARCH_TRANSFORMER = 1 } ebt_arch;
 
 /* The blueprint of a model (checkpoint metadata, docs/model.md section 9.2). */
@@ -277,11 +283,12 @@ EBT_API ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const in
  * Gradient descent on the energy w.r.t. the candidate distribution, from
  * random or given logits: y <- y + sigma N(0,1); p = softmax(y);
  * y <- p - alpha_i dE/dp. A budget of K steps is K updates and K+1
- * energies. Per position, thinking stops at the energy threshold or when
- * the energy changes by no more than tol; a stopped position keeps its
- * state and is no longer computed (only moving rows are evaluated).
- * With several starts, each position keeps the start whose final energy is
- * lowest (self-verification). */
+ * energies. Per position, thinking stops by the rules below (energy
+ * threshold, change below tol, relative drop below rel_drop, gradient
+ * below grad_tol, a shared budget of row evaluations); a stopped position
+ * keeps its state and is no longer computed (only moving rows are
+ * evaluated). With several starts, each position keeps the start whose
+ * final energy is lowest (self-verification). */
 typedef struct {
     int steps;               /* K, updates per position (default 4) */
     double step_size;        /* alpha; <= 0: the model's max(alpha, 1e-4) (default 0) */
@@ -294,6 +301,17 @@ typedef struct {
     int last_only;           /* 1: think only at each sequence's last position (generation); 0 or 1 */
     uint64_t seed;           /* randomness of y_0, noise and alpha_i */
     const ebt_real *init_logits; /* [restarts * B*P*V] caller-given y_0, or NULL */
+    double rel_drop;         /* stop when E_{k-1} - E_k <= rel_drop |E_{k-1}|, k >= 1: the energy
+                                no longer falls by that fraction (default -INFINITY: off) */
+    double grad_tol;         /* stop at E_k when the RMS over V of dE/dp_k is <= grad_tol
+                                (default -1: off) */
+    long long row_budget;    /* > 0: at most max(row_budget, B*P) row evaluations per call, all
+                                starts together; when the moving positions would exceed what
+                                is left, only the highest-energy ones go on (default 0: off) */
+    double clamp;            /* > 0: each entry of alpha_i dE/dp is limited to [-clamp, clamp]
+                                in the update (the published code's step clamp; default 0: off) */
+    int keep_best;           /* 1: each position answers with the lowest-energy state it
+                                evaluated, not the last one (default 0); 0 or 1 */
 } ebt_think_opts;
 
 /* Options are required (start from ebt_think_default()); NULL is EBT_ERR_ARG,
@@ -310,6 +328,10 @@ typedef struct {
     ebt_real *final_energy;  /* [B*P] */
     int *steps_taken;        /* [B*P] updates the winning start made */
     int *winner;             /* [B*P] index of the winning start */
+    ebt_real *curvature;     /* [B*P] v.(H_pp v)/v.v at the answer, v = its last move in p
+                                (the curvature of the energy along the thinking direction,
+                                from the exact HVP; one extra pass; NaN where a position never
+                                moved; step-embedding models use the last step's token) */
     /* filled always: */
     long long rows_evaluated; /* predicted-row evaluations (energy+gradient) done, all starts */
     long long rows_budget;    /* the same without any stopping: restarts * B*P * (K+1) */

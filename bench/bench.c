@@ -47,6 +47,8 @@
  * within 1% for every call here (checked at S = 32 and S = 100). */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,30 +368,61 @@ static void in_child(void (*fn)(const job *, double *), const job *j, double *ou
     *rss_mb = buf[n];
 }
 
-/* median seconds of one cblas_sgemm M x N x K, each sample >= ~min_s */
-static double time_sgemm(int M, int N, int K, int reps, double min_s)
+/* one M x N x K product with OpenBLAS (dnnl 0) or oneDNN (dnnl 1) on nthr threads */
+static void sgemm_call(int dnnl, int M, int N, int K, const float *A, const float *B, float *C)
+{
+    if (dnnl) dnnl_sgemm('N', 'N', M, N, K, 1, A, K, B, N, 0, C, N);
+    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, A, K, B, N, 0, C, N);
+}
+
+/* median seconds of one sgemm M x N x K, each sample >= ~min_s, on nthr threads */
+static double time_sgemm(int dnnl, int nthr, int M, int N, int K, int reps, double min_s)
 {
     float *A = malloc(sizeof(float) * ((size_t)M * K + (size_t)K * N + (size_t)M * N)), *B = A + (size_t)M * K,
           *C = B + (size_t)K * N;
     double t[MAXREP];
     int iters = 1;
     if (!A) check(EBT_ERR_NOMEM, "malloc", "");
+    openblas_set_num_threads(nthr);
+    omp_set_num_threads(nthr);
     for (size_t i = 0; i < (size_t)M * K + (size_t)K * N; i++) A[i] = (float)(i % 7) * 0.1f - 0.3f;
-    for (int w = 0; w < 2; w++) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, A, K, B, N, 0, C, N);
+    for (int w = 0; w < 2; w++) sgemm_call(dnnl, M, N, K, A, B, C);
     for (;;) {   /* calibrate */
         double t0 = now(), dt;
-        for (int i = 0; i < iters; i++) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, A, K, B, N, 0, C, N);
+        for (int i = 0; i < iters; i++) sgemm_call(dnnl, M, N, K, A, B, C);
         dt = now() - t0;
         if (dt >= min_s || iters >= 1 << 20) break;
         iters *= dt > 0 && min_s / dt < 64 ? (int)(min_s / dt) + 1 : 64;
     }
     for (int r = 0; r < reps; r++) {
         double t0 = now();
-        for (int i = 0; i < iters; i++) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, A, K, B, N, 0, C, N);
+        for (int i = 0; i < iters; i++) sgemm_call(dnnl, M, N, K, A, B, C);
         t[r] = (now() - t0) / iters;
     }
     free(A);
     return median(t, reps);
+}
+
+/* the machine's float32 peak at 1 and nthr threads: the best of OpenBLAS's
+ * and oneDNN's sgemm on 512^3 and 2048x128x128 (GFLOP/s) */
+static void measure_peak(int nthr, int reps, double min_s, double peak[2])
+{
+    static const int sh[2][3] = { { 512, 512, 512 }, { 2048, 128, 128 } };
+    const char *lib[2] = { "OpenBLAS", "oneDNN" };
+    printf("sgemm GFLOP/s (the peak below is the best of these):\n");
+    for (int ti = 0; ti < 2; ti++) {
+        int t = ti ? nthr : 1;
+        peak[ti] = 0;
+        if (ti && nthr == 1) { peak[1] = peak[0]; break; }
+        for (int l = 0; l < 2; l++)
+            for (int k = 0; k < 2; k++) {
+                double g = 2.0 * sh[k][0] * sh[k][1] * sh[k][2] / time_sgemm(l, t, sh[k][0], sh[k][1], sh[k][2], reps, min_s) * 1e-9;
+                printf("  %-8s %d thread%s %4dx%dx%d: %7.1f\n", lib[l], t, t > 1 ? "s" : " ", sh[k][0], sh[k][1], sh[k][2], g);
+                peak[ti] = g > peak[ti] ? g : peak[ti];
+            }
+    }
+    omp_set_num_threads(nthr);
+    printf("peak: %.1f GFLOP/s on 1 thread, %.1f on %d\n", peak[0], peak[1], nthr);
 }
 
 static void machine_facts(int threads_arg)
@@ -409,8 +442,13 @@ static void machine_facts(int threads_arg)
         fclose(f);
     }
     printf("machine: nproc %ld | cpu %s | load avg %s\n", sysconf(_SC_NPROCESSORS_ONLN), cpu, load);
-    printf("OpenBLAS: %s | core %s | threads %d%s\n", openblas_get_config(), openblas_get_corename(),
-           openblas_get_num_threads(), threads_arg > 0 ? " (--threads: OPENBLAS_NUM_THREADS set)" : "");
+    {
+        char info[256];
+        ebt_gemm_info(info, sizeof info);
+        printf("ebt's matrix products: %s (backend \"%s\") | OpenBLAS on this machine: %s, core %s%s\n", info,
+               ebt_gemm_backend(), openblas_get_config(), openblas_get_corename(),
+               threads_arg > 0 ? " (--threads: OPENBLAS_NUM_THREADS set)" : "");
+    }
 }
 
 static void print_shape(const char *name, const shape *s)
@@ -457,20 +495,16 @@ int main(int argc, char **argv)
     printf("threads: ebt kernels %d, OpenBLAS %d%s\n", eth, bth,
            blas_mode ? " (--blas-threads)" : " (OpenBLAS set to 1 thread; ebt splits the products itself)");
 
-    /* sgemm reference, at the thread count the products get */
-    double sg[2], sgf[2] = { 2.0 * 512 * 512 * 512, 2.0 * 2048 * 128 * 128 };
-    openblas_set_num_threads(threads);
-    sg[0] = time_sgemm(512, 512, 512, reps, quick ? 0.005 : 0.05);
-    sg[1] = time_sgemm(2048, 128, 128, reps, quick ? 0.005 : 0.05);
+    /* the machine's peak: the best product available, at 1 and `threads` threads */
+    double peak[2];
+    measure_peak(threads, reps, quick ? 0.005 : 0.05, peak);
     openblas_set_num_threads(bth);
-    printf("sgemm on %d threads: 512x512x512 %.3f ms = %.1f GFLOP/s | 2048x128x128 (M x N x K) %.3f ms = %.1f GFLOP/s\n",
-           threads, 1e3 * sg[0], sgf[0] / sg[0] * 1e-9, 1e3 * sg[1], sgf[1] / sg[1] * 1e-9);
     printf("FLOP model: matrix products only, 2 x multiply-adds; Fo observed, Fp predicted stream forward;\n"
            "  Fe = p @ pred_embed (2BSVD); energy Fp, energy+dE/dp 2Fp, hvp 4Fp-Fe (fwd 1, dE/dp bwd 1, tangent 1,\n"
            "  tangent of bwd 1), train detach 3Fo+7K*Fp-K*Fe (per step: fwd, dE/dp, tangent, mixed reverse),\n"
            "  full 3Fo+(8K-1)Fp-K*Fe (+ re-forward of K-1 steps), truncate 3Fo+(2K+5)Fp-Fe (mixed reverse =\n"
            "  4x fwd: dX, tdX, 2 tdW; observed bwd with weights = 2x fwd),\n"
-           "  transformer++ 3 x fwd; %%sgemm = GFLOP/s relative to sgemm 2048x128x128;\n"
+           "  transformer++ 3 x fwd; %%peak = GFLOP/s relative to the peak at the same thread count;\n"
            "  each train step kind runs alone in a child process: RSS MB is its peak resident memory\n");
 
     double med[2][NOP], fl[2][NOP], rss[2][NOP];
@@ -488,11 +522,11 @@ int main(int argc, char **argv)
         op_flops(&cfg[c], fl[c]);
         printf("\n");
         print_shape(c == 0 ? "config A" : "config B", &cfg[c]);
-        printf("\n  %-32s %10s %12s %11s %9s %7s %8s\n", "call", "ms", "tokens/s", "GFLOP/call", "GFLOP/s", "%sgemm", "RSS MB");
+        printf("\n  %-32s %10s %12s %11s %9s %7s %8s\n", "call", "ms", "tokens/s", "GFLOP/call", "GFLOP/s", "%peak", "RSS MB");
         for (int op = 0; op < NOP; op++) {
             double gfs = fl[c][op] / med[c][op] * 1e-9;
             printf("  %-32s %10.3f %12.0f %11.3f %9.2f %6.0f%% %8.1f\n", op_name[op], 1e3 * med[c][op],
-                   cfg[c].B * cfg[c].S / med[c][op], fl[c][op] * 1e-9, gfs, 100 * gfs / (sgf[1] / sg[1] * 1e-9),
+                   cfg[c].B * cfg[c].S / med[c][op], fl[c][op] * 1e-9, gfs, 100 * gfs / peak[eth > 1 || bth > 1],
                    rss[c][op]);
         }
     }
@@ -510,12 +544,14 @@ int main(int argc, char **argv)
     if (threads > 1) {
         const int set[3][2] = { { threads, 1 }, { 1, threads }, { 1, 1 } };
         const char *sname[3] = { "ebt threads, OpenBLAS 1", "ebt 1, OpenBLAS threads", "1 thread" };
+        const int cblas = !strcmp(ebt_gemm_backend(), "cblas");
         const int tops[3] = { OP_ENG, OP_DET, OP_TPP };
         double tt[3][3];
         printf("\nthread settings, config A (ms; ebt threads = %d):\n  %-26s", threads, "setting");
         for (int o = 0; o < 3; o++) printf(" %26s", op_name[tops[o]]);
         printf("\n");
         for (int si = 0; si < 3; si++) {
+            if (si == 1 && !cblas) { printf("  %-26s (OpenBLAS's threads do not apply: ebt's products are oneDNN's)\n", sname[si]); continue; }
             printf("  %-26s", sname[si]);
             for (int o = 0; o < 3; o++) {
                 job t = { cfg[0], reps < 5 ? reps : 5, 0, 0, tops[o], set[si][0], set[si][1] };
@@ -527,14 +563,21 @@ int main(int argc, char **argv)
                 } else {
                     in_child(job_train, &t, &tt[si][o], 1, &r);
                 }
-                printf(" %26.1f", 1e3 * tt[si][o]);
+                {
+                    double f[NOP];
+                    op_flops(&cfg[0], f);
+                    printf(" %17.1f (%3.0f%%)", 1e3 * tt[si][o], 100 * f[tops[o]] / tt[si][o] * 1e-9 / peak[si == 0]);
+                }
             }
             printf("\n");
         }
+        printf("  (%%peak of the peak at the same thread count)\n");
         printf("  %-26s", "speed-up of ebt threads");
         for (int o = 0; o < 3; o++) printf(" %25.2fx", tt[2][o] / tt[0][o]);
-        printf("\n  %-26s", "speed-up of OpenBLAS's");
-        for (int o = 0; o < 3; o++) printf(" %25.2fx", tt[2][o] / tt[1][o]);
+        if (cblas) {
+            printf("\n  %-26s", "speed-up of OpenBLAS's");
+            for (int o = 0; o < 3; o++) printf(" %25.2fx", tt[2][o] / tt[1][o]);
+        }
         printf("\n");
     }
 
@@ -611,8 +654,8 @@ int main(int argc, char **argv)
     printf("\ntotal wall time %.1f s\n", now() - t_start);
     /* everything again, for scripts */
     printf("\nJSON: {\"quick\":%d,\"repeats\":%d,\"ebt_threads\":%d,\"blas_threads\":%d,\"nproc\":%ld,"
-           "\"sgemm_ms\":{\"512x512x512\":%.5f,\"2048x128x128\":%.5f}", quick, reps, eth, bth,
-           sysconf(_SC_NPROCESSORS_ONLN), 1e3 * sg[0], 1e3 * sg[1]);
+           "\"peak_gflops\":[%.1f,%.1f],\"backend\":\"%s\"", quick, reps, eth, bth,
+           sysconf(_SC_NPROCESSORS_ONLN), peak[0], peak[1], ebt_gemm_backend());
     for (int c = 0; c < 2; c++) {
         printf(",\"%s\":{\"shape\":[%d,%d,%d,%d,%d,%d,%d,%d]", cname[c], cfg[c].V, cfg[c].D,
                cfg[c].L, cfg[c].H, cfg[c].F, cfg[c].S, cfg[c].B, cfg[c].K);

@@ -40,7 +40,9 @@
    Exit status: 0 ok, 1 library or i/o failure, 2 bad usage or no corpus.
 */
 #define _POSIX_C_SOURCE 200809L
+#ifdef EBT_LM_OPENBLAS   /* the library's products run on OpenBLAS (make GEMM=cblas) */
 #include <cblas.h>
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -359,51 +361,72 @@ static int load_corpus(const char *path, corpus *c, int S)
 /* ---- evaluation --------------------------------------------------------- */
 
 typedef struct { const unsigned char *val; size_t n; int nb, B, S; } windows;   /* nb batches of B x S */
-typedef struct { double ce, energy, switched; } eval_out;
+/* means over the windows: CE (nats/byte), final energy, the fraction of
+ * positions won by a start other than 0, and row evaluations per position */
+typedef struct { double ce, energy, switched, rows; } eval_out;
+/* per-position results of an EBT evaluation (evaluate fills the arrays given) */
+typedef struct {
+    float *ce, *e_first, *e_final, *curv;   /* [nb*B*S] each, or NULL */
+    int *steps;                              /* [nb*B*S], or NULL */
+} eval_detail;
 
-/* Validation cross-entropy (nats/byte) over w's windows. EBT: thinks with th
- * on ws (made for B x S) at every position; transformer++: from the logits.
- * energy: mean final energy, switched: fraction of positions whose winning
- * start is not start 0 (both EBT only). */
-static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w,
-                           const ebt_think_opts *th, eval_out *out)
+/* CE of position i of batch results: -log p(target) (EBT) or from the logits */
+static double position_ce(const ebt_real *row, int t, int V, int is_ebt)
+{
+    if (is_ebt) { double q = row[t]; return -log(q > 1e-30 ? q : 1e-30); }
+    double mx = row[0], s = 0;   /* CE = logsumexp(row) - row[target] */
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j < V; j++) s += exp(row[j] - mx);
+    return log(s) + mx - row[t];
+}
+
+/* Validation over w's windows. EBT: thinks with th on ws (made for B x S)
+ * at every position; transformer++: from the logits. det (or NULL) gets
+ * the per-position numbers (EBT). */
+static ebt_status evaluate(ebt_model *m, ebt_workspace *ws, const windows *w, const ebt_think_opts *th,
+                           eval_out *out, const eval_detail *det)
 {
     const ebt_config *cfg = ebt_model_config(m);
-    const int V = cfg->vocab_size, N = w->B * w->S, is_ebt = cfg->arch == EBT_ARCH_EBT;
+    const int V = cfg->vocab_size, N = w->B * w->S, is_ebt = cfg->arch == EBT_ARCH_EBT, K1 = th->steps + 1;
     int32_t *tok = malloc((size_t)N * sizeof *tok), *tgt = malloc((size_t)N * sizeof *tgt);
     ebt_real *p = malloc((size_t)N * V * sizeof *p), *fe = malloc((size_t)N * sizeof *fe);
-    int *win = malloc((size_t)N * sizeof *win);
-    ebt_status st = (tok && tgt && p && fe && win) ? EBT_OK : EBT_ERR_NOMEM;
-    double ce = 0, en = 0, sw = 0;
+    ebt_real *hist = malloc((size_t)N * K1 * sizeof *hist), *cv = malloc((size_t)N * sizeof *cv);
+    int *win = malloc((size_t)N * sizeof *win), *stp = malloc((size_t)N * sizeof *stp);
+    ebt_status st = (tok && tgt && p && fe && hist && cv && win && stp) ? EBT_OK : EBT_ERR_NOMEM;
+    double ce = 0, en = 0, sw = 0, rows = 0;
     for (int b = 0; b < w->nb && st == EBT_OK; b++) {
+        size_t o = (size_t)b * N;
         fill_batch(w->val, w->n, w->B, w->S, batch_key(EVAL_SEED, (uint64_t)b, 0), tok, tgt);
         if (is_ebt) {
             ebt_think_result r;
             memset(&r, 0, sizeof r);
-            r.probs = p; r.final_energy = fe; r.winner = win;
+            r.probs = p; r.final_energy = fe; r.winner = win; r.energy = hist; r.steps_taken = stp;
+            r.curvature = det && det->curv ? cv : NULL;
             if ((st = ebt_think(ws, m, tok, w->B, w->S, th, &r)) != EBT_OK) break;
-            for (int i = 0; i < N; i++) {
-                double q = p[(size_t)i * V + tgt[i]];
-                ce -= log(q > 1e-30 ? q : 1e-30);
-                en += fe[i];
-                sw += win[i] != 0;
-            }
-        } else {
-            if ((st = ebt_lm_logits(m, tok, w->B, w->S, p)) != EBT_OK) break;
-            for (int i = 0; i < N; i++) {           /* CE = logsumexp(row) - row[target] */
-                const ebt_real *row = p + (size_t)i * V;
-                double mx = row[0], s = 0;
-                for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int j = 0; j < V; j++) s += exp(row[j] - mx);
-                ce += log(s) + mx - row[tgt[i]];
-            }
+            rows += (double)r.rows_evaluated;
+        } else if ((st = ebt_lm_logits(m, tok, w->B, w->S, p)) != EBT_OK) {
+            break;
+        }
+        for (int i = 0; i < N; i++) {
+            double c = position_ce(p + (size_t)i * V, tgt[i], V, is_ebt);
+            ce += c;
+            if (!is_ebt) continue;
+            en += fe[i];
+            sw += win[i] != 0;
+            if (!det) continue;
+            if (det->ce) det->ce[o + i] = (float)c;
+            if (det->e_first) det->e_first[o + i] = (float)hist[(size_t)i * K1];
+            if (det->e_final) det->e_final[o + i] = (float)fe[i];
+            if (det->curv) det->curv[o + i] = (float)cv[i];
+            if (det->steps) det->steps[o + i] = stp[i];
         }
     }
     double total = (double)w->nb * N;
     out->ce = ce / total;
     out->energy = is_ebt ? en / total : NAN;
     out->switched = is_ebt ? sw / total : NAN;
-    free(tok); free(tgt); free(p); free(fe); free(win);
+    out->rows = is_ebt ? rows / total : NAN;
+    free(tok); free(tgt); free(p); free(fe); free(hist); free(cv); free(win); free(stp);
     return st;
 }
 
@@ -620,7 +643,7 @@ static int train_validate(trainer *T, int nb, int final)
     windows w = T->w;
     ebt_status st;
     w.nb = nb;
-    if ((st = evaluate(T->m, T->ws, &w, &T->th, &T->ev)) != EBT_OK) return fail("validation", st, T->m, T->ws);
+    if ((st = evaluate(T->m, T->ws, &w, &T->th, &T->ev, NULL)) != EBT_OK) return fail("validation", st, T->m, T->ws);
     T->eval_per_batch = (now_s() - te) / nb;
     T->last_eval = T->step;
     if (T->tty) fputs("\r\033[K", stderr);
@@ -774,18 +797,23 @@ static const char SAMPLE_USAGE[] =
     "  --step-size A        thinking step size (default 0: the model's alpha)\n"
     "  --noise SIGMA        Langevin noise while thinking (default 0)\n"
     "  --init-scale X       spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
+    "  --clamp C            limit each entry of a thinking step to [-C, C] (default 0: off)\n"
+    "  --threshold E  --tol T  --rel-drop R  --grad-tol G  --keep-best\n"
+    "                       stop thinking about a byte early (energy <= E, change <= T, relative drop\n"
+    "                       <= R, gradient RMS <= G), answer with the lowest energy seen (default off)\n"
     "The text is streamed as it is generated (UTF-8 passed through); bytes/s and the mean\n"
     "final energy follow on stderr.\n";
 
 typedef struct { const char *ckpt, *prompt, *png; int n, trace; ebt_gen_opts g; const char *think_opt; } sample_args;
 
-static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", NULL };
+static const char *const THINK_OPTS[] = { "--steps", "--restarts", "--step-size", "--noise", "--init-scale", "--clamp",
+    "--threshold", "--tol", "--rel-drop", "--grad-tol", "--keep-best", NULL };
 
 /* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
 static int sample_parse(int argc, char **argv, sample_args *a)
 {
     const char *ckpt = "ebt.safetensors", *prompt = "ROMEO:", *png = NULL;
-    int n = 300, trace = 0;
+    int n = 300, trace = 0, keep = 0;
     ebt_gen_opts g = ebt_gen_default();
     g.think.steps = 4; g.think.restarts = 1; g.temperature = 0.8; g.top_p = 0.95; g.seed = 1;
     const opt_spec spec[] = {
@@ -795,11 +823,15 @@ static int sample_parse(int argc, char **argv, sample_args *a)
         {"--top-p", OPT_DBL, &g.top_p, 0, 1}, {"--seed", OPT_U64, &g.seed, 0, 0},
         {"--noise", OPT_DBL, &g.think.noise, 0, 1e6}, {"--init-scale", OPT_DBL, &g.think.init_scale, 0, 1e6},
         {"--trace", OPT_FLAG, &trace, 0, 0}, {"--trace-png", OPT_STR, &png, 0, 0},
+        {"--clamp", OPT_DBL, &g.think.clamp, 0, 1e9}, {"--threshold", OPT_DBL, &g.think.energy_threshold, -1e30, 1e30},
+        {"--tol", OPT_DBL, &g.think.tol, 0, 1e30}, {"--rel-drop", OPT_DBL, &g.think.rel_drop, -1e30, 1e30},
+        {"--grad-tol", OPT_DBL, &g.think.grad_tol, 0, 1e30}, {"--keep-best", OPT_FLAG, &keep, 0, 0},
     };
     unsigned char seen[N_OPTS(spec)];
     int rc = parse_opts(argc, argv, spec, N_OPTS(spec), SAMPLE_USAGE, seen);
     if (rc >= 0) return rc;
     g.think.seed = g.seed ^ 0x7417c0deULL;
+    g.think.keep_best = keep;
     *a = (sample_args){ .ckpt = ckpt, .prompt = prompt, .png = png, .n = n, .trace = trace, .g = g,
                         .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, THINK_OPTS) };
     return -1;
@@ -1030,229 +1062,10 @@ done:
     return rc;
 }
 
-/* ---- eval ----------------------------------------------------------------- */
+/* ---- eval: in examples/lm_eval.h ------------------------------------------ */
 
-static const char EVAL_USAGE[] =
-    "usage: ebt_lm eval [options]\n"
-    "  --ckpt FILE         checkpoint (default ebt.safetensors)\n"
-    "  --baseline FILE     a transformer++ checkpoint, evaluated on the same windows\n"
-    "  --data FILE         corpus (default: the fortunes; validation = last 10%)\n"
-    "  --batches N         validation batches (default 16)\n"
-    "  --batch B           windows per batch (default 16)\n"
-    "  --eval-steps K      thinking steps of the restarts table (default 4)\n"
-    "  --noise SIGMA       Langevin noise while thinking (default 0)\n"
-    "  --init-scale X      spread of the random starts, y0 ~ N(0, X^2) (default 1)\n"
-    "  --step-size A       thinking step size (default 0: the model's alpha)\n"
-    "  --plot FILE.png     line plot of CE against thinking steps and restarts\n";
-
-#define N_KS 5
-#define N_RS 3
-
-/* the plot: CE against thinking steps (left) and restarts (right), the
- * baseline (NAN if none) dashed in both */
-static int plot(const char *path, const int *ks, const double *ce_k, const int *rs, const double *ce_r,
-                int eval_steps, double base)
-{
-    const unsigned long BLACK = 0x000000, GRAY = 0xdddddd, BLUE = 0x1f5fbf, GREEN = 0x2a9d3a, RED = 0xc03030;
-    png_img im;
-    char buf[32];
-    double lo = base, hi = base;
-    for (int i = 0; i < N_KS + N_RS; i++) {
-        double y = i < N_KS ? ce_k[i] : ce_r[i - N_KS];
-        if (!(y >= lo)) lo = y;
-        if (!(y <= hi)) hi = y;
-    }
-    if (!(hi - lo > 1e-4)) { lo -= 0.05; hi += 0.05; }
-    double pad = 0.08 * (hi - lo);
-    lo -= pad; hi += pad;
-    if (png_init(&im, 840, 420)) return -1;
-    png_text(&im, 20, 12, "VALIDATION CE (NATS/BYTE)", 2, BLACK);
-    for (int panel = 0; panel < 2; panel++) {
-        const int *xs = panel ? rs : ks, n = panel ? N_RS : N_KS;
-        const double *ys = panel ? ce_r : ce_k;
-        int X0 = panel ? 600 : 80, X1 = panel ? 810 : 520, Y0 = 50, Y1 = 350;
-        double xmin = xs[0], xmax = xs[n - 1];
-        #define PX(x) (X0 + 15 + (int)(((x) - xmin) / (xmax - xmin) * (X1 - X0 - 30) + 0.5))
-        #define PY(y) (Y1 - (int)(((y) - lo) / (hi - lo) * (Y1 - Y0) + 0.5))
-        for (int t = 0; t <= 4; t++) {          /* y grid, ticks and labels */
-            double y = lo + (hi - lo) * t / 4;
-            png_line(&im, X0 + 1, PY(y), X1, PY(y), GRAY, 0);
-            png_line(&im, X0 - 5, PY(y), X0, PY(y), BLACK, 0);
-            snprintf(buf, sizeof buf, "%.3f", y);
-            png_text(&im, X0 - 8 - png_text_w(buf, 1), PY(y) - 3, buf, 1, BLACK);
-        }
-        png_line(&im, X0, Y0, X0, Y1, BLACK, 0);
-        png_line(&im, X0, Y1, X1, Y1, BLACK, 0);
-        for (int i = 0; i < n; i++) {           /* x ticks at the measured points */
-            png_line(&im, PX(xs[i]), Y1, PX(xs[i]), Y1 + 5, BLACK, 0);
-            snprintf(buf, sizeof buf, "%d", xs[i]);
-            png_text(&im, PX(xs[i]) - png_text_w(buf, 2) / 2, Y1 + 9, buf, 2, BLACK);
-        }
-        if (panel) snprintf(buf, sizeof buf, "RESTARTS (K=%d)", eval_steps);
-        png_text(&im, (X0 + X1) / 2 - png_text_w(panel ? buf : "THINK STEPS", 2) / 2, Y1 + 32,
-                 panel ? buf : "THINK STEPS", 2, BLACK);
-        if (!isnan(base))
-            for (int d = 0; d < 2; d++) png_line(&im, X0 + 1, PY(base) + d, X1, PY(base) + d, RED, 6);
-        for (int i = 0; i < n; i++) {
-            for (int d = 0; i + 1 < n && d < 9; d++)  /* 3 pixels thick */
-                png_line(&im, PX(xs[i]) + d % 3 - 1, PY(ys[i]) + d / 3 - 1, PX(xs[i + 1]) + d % 3 - 1,
-                         PY(ys[i + 1]) + d / 3 - 1, panel ? GREEN : BLUE, 0);
-            png_rect(&im, PX(xs[i]) - 3, PY(ys[i]) - 3, PX(xs[i]) + 3, PY(ys[i]) + 3, panel ? GREEN : BLUE);
-        }
-        #undef PX
-        #undef PY
-    }
-    png_rect(&im, 560, 14, 580, 16, BLUE);
-    png_text(&im, 588, 12, "EBT", 1, BLACK);
-    png_rect(&im, 620, 14, 640, 16, GREEN);
-    png_text(&im, 648, 12, "EBT RESTARTS", 1, BLACK);
-    if (!isnan(base)) {
-        png_line(&im, 560, 27, 580, 27, RED, 6);
-        png_text(&im, 588, 24, "TRANSFORMER++", 1, BLACK);
-    }
-    int r = png_save(&im, path);
-    png_free(&im);
-    return r;
-}
-
-/* one markdown row: label, CE, perplexity, energy [, won by start != 0] */
-static void table_row(const char *label, const eval_out *e, int with_switch)
-{
-    char ppl[32], en[32], sw[32];
-    snprintf(ppl, sizeof ppl, exp(e->ce) < 1e6 ? "%.3f" : "%.3g", exp(e->ce));
-    snprintf(en, sizeof en, isnan(e->energy) ? "-" : "%.4f", e->energy);
-    snprintf(sw, sizeof sw, isnan(e->switched) ? "-" : "%.1f%%", 100 * e->switched);
-    printf("| %13s | %18.4f | %10s | %17s |", label, e->ce, ppl, en);
-    printf(with_switch ? " %17s |\n" : "\n", sw);
-}
-
-typedef struct {
-    const char *ckpt, *base_path, *data, *plot_path;
-    long nb;
-    int B, eval_steps;
-    double noise, init_scale, step_size;
-    const char *think_opt;   /* the first thinking option given, or NULL */
-} eval_args;
-
-/* Returns -1 when *a is ready, else the exit code (0 after --help, 2 for bad usage). */
-static int eval_parse(int argc, char **argv, eval_args *a)
-{
-    const char *ckpt = "ebt.safetensors", *base_path = NULL, *data = NULL, *plot_path = NULL;
-    long nb = 16;
-    int B = 16, eval_steps = 4;
-    double noise = 0, init_scale = 1, step_size = 0;
-    const opt_spec spec[] = {
-        {"--ckpt", OPT_STR, &ckpt, 0, 0}, {"--baseline", OPT_STR, &base_path, 0, 0}, {"--data", OPT_STR, &data, 0, 0},
-        {"--plot", OPT_STR, &plot_path, 0, 0}, {"--batches", OPT_LONG, &nb, 1, 1e6}, {"--batch", OPT_INT, &B, 1, 1 << 20},
-        {"--eval-steps", OPT_INT, &eval_steps, 0, 1000}, {"--noise", OPT_DBL, &noise, 0, 1e6},
-        {"--init-scale", OPT_DBL, &init_scale, 0, 1e6}, {"--step-size", OPT_DBL, &step_size, 0, 1e9},
-    };
-    static const char *const think_opts[] = { "--eval-steps", "--noise", "--init-scale", "--step-size", NULL };
-    unsigned char seen[N_OPTS(spec)];
-    int rc = parse_opts(argc, argv, spec, N_OPTS(spec), EVAL_USAGE, seen);
-    if (rc >= 0) return rc;
-    *a = (eval_args){ .ckpt = ckpt, .base_path = base_path, .data = data, .plot_path = plot_path, .nb = nb, .B = B,
-                      .eval_steps = eval_steps, .noise = noise, .init_scale = init_scale, .step_size = step_size,
-                      .think_opt = opt_first_seen(spec, N_OPTS(spec), seen, think_opts) };
-    return -1;
-}
-
-static int cmd_eval(int argc, char **argv)
-{
-    eval_args a;
-    int rc = eval_parse(argc, argv, &a);
-    if (rc >= 0) return rc;
-    const char *ckpt = a.ckpt, *base_path = a.base_path, *data = a.data, *plot_path = a.plot_path;
-    const long nb = a.nb;
-    const int B = a.B, eval_steps = a.eval_steps;
-    const double noise = a.noise, init_scale = a.init_scale, step_size = a.step_size;
-    ebt_model *m = NULL, *base = NULL;
-    ebt_workspace *ws = NULL;
-    corpus c = {0};
-    rc = 1;
-    if (load_model(ckpt, &m) || (base_path && load_model(base_path, &base))) goto done;
-    const ebt_config *cfg = ebt_model_config(m);
-    int S = cfg->max_seq_len;
-    if (base && ebt_model_config(base)->max_seq_len < S) S = ebt_model_config(base)->max_seq_len;
-    if (base && ebt_model_config(base)->arch != EBT_ARCH_TRANSFORMER)
-        fprintf(stderr, "ebt_lm: note: --baseline %s is not a transformer++\n", base_path);
-    if (!batch_fits(B, S)) { rc = 2; goto done; }
-    if ((rc = load_corpus(data, &c, S)) != 0) goto done;
-    rc = 1;
-    windows w = {c.buf + c.n_train, c.n - c.n_train, (int)nb, B, S};
-    ebt_think_opts th = ebt_think_default();
-    th.restarts = 1;
-    th.seed = EVAL_SEED;
-    th.noise = noise;
-    th.init_scale = init_scale;
-    th.step_size = step_size;
-    eval_out base_ev = {NAN, NAN, NAN}, ek[N_KS], er[N_RS];
-    const int ks[N_KS] = {1, 2, 3, 4, 8}, rs[N_RS] = {1, 2, 4};
-    double ce_k[N_KS], ce_r[N_RS];
-    char label[16];
-    const int tty = isatty(fileno(stderr));
-    ebt_status st;
-    printf("validation: %ld batches x %d windows x %d bytes = %ld positions\n\n", nb, B, S, nb * B * S);
-    if (base && (st = evaluate(base, NULL, &w, &th, &base_ev)) != EBT_OK) { rc = fail("baseline", st, base, NULL); goto done; }
-    if (cfg->arch != EBT_ARCH_EBT) {
-        eval_out e;
-        if (a.think_opt) fprintf(stderr, "ebt_lm: warning: %s is ignored: %s is a transformer++ (it does not think)\n", a.think_opt, ckpt);
-        if ((st = evaluate(m, NULL, &w, &th, &e)) != EBT_OK) { rc = fail("validation", st, m, NULL); goto done; }
-        printf("| model         | val CE (nats/byte) |        ppl | mean final energy |\n");
-        printf("|--------------:|-------------------:|-----------:|------------------:|\n");
-        table_row(ckpt, &e, 0);
-        if (base) table_row(base_path, &base_ev, 0);
-        if (plot_path) fprintf(stderr, "ebt_lm: warning: --plot needs an EBT checkpoint; no plot written\n");
-        rc = 0;
-        goto done;
-    }
-    if ((st = ebt_workspace_create(m, B, S, &ws)) != EBT_OK) { rc = fail("ebt_workspace_create", st, m, NULL); goto done; }
-    for (int i = 0; i < N_KS + N_RS; i++) {
-        th.steps = i < N_KS ? ks[i] : eval_steps;
-        th.restarts = i < N_KS ? 1 : rs[i - N_KS];
-        eval_out *e = i < N_KS ? &ek[i] : &er[i - N_KS];
-        int same = -1;                            /* already measured in the steps table? */
-        for (int j = 0; i >= N_KS && th.restarts == 1 && j < N_KS; j++)
-            if (ks[j] == eval_steps) same = j;
-        if (same >= 0) {
-            *e = ek[same];
-        } else {
-            if (tty) fprintf(stderr, "\rebt_lm: thinking %d steps, %d restarts ...\033[K", th.steps, th.restarts);
-            if ((st = evaluate(m, ws, &w, &th, e)) != EBT_OK) { rc = fail("validation", st, m, ws); goto done; }
-        }
-        if (i < N_KS) ce_k[i] = e->ce; else ce_r[i - N_KS] = e->ce;
-    }
-    if (tty) fputs("\r\033[K", stderr);
-    printf("| think steps   | val CE (nats/byte) |        ppl | mean final energy |\n");
-    printf("|--------------:|-------------------:|-----------:|------------------:|\n");
-    for (int i = 0; i < N_KS; i++) {
-        snprintf(label, sizeof label, "%d", ks[i]);
-        table_row(label, &ek[i], 0);
-    }
-    if (base) table_row("transformer++", &base_ev, 0);
-    snprintf(label, sizeof label, "restarts K=%d", eval_steps);
-    printf("\n| %13s | val CE (nats/byte) |        ppl | mean final energy | won by start != 0 |\n", label);
-    printf("|--------------:|-------------------:|-----------:|------------------:|------------------:|\n");
-    for (int i = 0; i < N_RS; i++) {
-        snprintf(label, sizeof label, "%d", rs[i]);
-        table_row(label, &er[i], 1);
-    }
-    if (base) table_row("transformer++", &base_ev, 1);
-    if (plot_path) {
-        if (plot(plot_path, ks, ce_k, rs, ce_r, eval_steps, base_ev.ce) != 0) {
-            fprintf(stderr, "ebt_lm: cannot write %s: %s\n", plot_path, strerror(errno));
-            goto done;
-        }
-        fprintf(stderr, "ebt_lm: wrote %s\n", plot_path);
-    }
-    rc = 0;
-done:
-    ebt_workspace_free(ws);
-    ebt_free(m);
-    ebt_free(base);
-    free(c.buf);
-    return rc;
-}
+#define OOD_DEFAULT "/usr/share/common-licenses/GPL-3"
+#include "lm_eval.h"
 
 /* ---- export -------------------------------------------------------------- */
 
@@ -1313,9 +1126,11 @@ int main(int argc, char **argv)
         {"eval", cmd_eval, EVAL_USAGE}, {"export", cmd_export, EXPORT_USAGE},
     };
     const int nc = (int)(sizeof cmds / sizeof cmds[0]);
+#ifdef EBT_LM_OPENBLAS
     /* ebt splits products and kernels over its own threads; OpenBLAS
      * threading its products at the same time would compete for the cores */
     if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
+#endif
     if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) { print_version(); return 0; }
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         for (int i = 0; argc >= 3 && i < nc; i++)

@@ -1,7 +1,12 @@
-/* Reader of the reference vectors written by tests/ref/gen_ref.py:
- * records "<name> <count>" followed by count numbers; '#' lines are comments. */
+/* Reader of the reference vectors written by tests/ref/gen_ref.py and
+ * gen_train_ref.py. Text files (.txt): records "<name> <count>" followed by
+ * count numbers; '#' lines are comments. Binary files (.bin, the larger
+ * S = 70 configurations): a first line "EBTREF-BIN 1", '#' comment lines,
+ * then records "<name> <count>\n" each followed by count little-endian
+ * IEEE-754 doubles (8 bytes each). */
 #ifndef EBT_REF_VECTORS_H
 #define EBT_REF_VECTORS_H
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +22,62 @@ static inline void ref_free(ref_file *f)
     f->nr = 0;
 }
 
+/* a new record in f (NULL if out of memory) */
+static inline ref_rec *ref_add(ref_file *f, int *cap, const char *name, size_t n)
+{
+    if (f->nr == *cap) {
+        int c = *cap ? 2 * *cap : 64;
+        ref_rec *r = realloc(f->r, sizeof *r * (size_t)c);
+        if (!r) return NULL;
+        f->r = r;
+        *cap = c;
+    }
+    ref_rec *r = &f->r[f->nr];
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->n = n;
+    r->x = malloc(sizeof(double) * (n ? n : 1));
+    if (!r->x) return NULL;
+    f->nr++;
+    return r;
+}
+
+/* the binary records after the magic line; 0 on success */
+static inline int ref_load_bin(FILE *fp, ref_file *f)
+{
+    char line[256], name[96];
+    int cap = 0;
+    size_t n;
+    while (fgets(line, sizeof line, fp)) {
+        if (line[0] == '#') { while (!strchr(line, '\n') && fgets(line, sizeof line, fp)) {} continue; }
+        if (sscanf(line, "%95s %zu", name, &n) != 2 || n > ((size_t)1 << 28)) return -1;
+        ref_rec *r = ref_add(f, &cap, name, n);
+        if (!r) return -1;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char b[8];
+            uint64_t u = 0;
+            if (fread(b, 1, 8, fp) != 8) return -1;
+            for (int k = 7; k >= 0; k--) u = u << 8 | b[k];
+            memcpy(&r->x[i], &u, sizeof u);
+        }
+    }
+    return ferror(fp) ? -1 : 0;
+}
+
 /* 0 on success */
 static inline int ref_load(const char *path, ref_file *f)
 {
-    FILE *fp = fopen(path, "r");
+    FILE *fp = fopen(path, "rb");
     char line[256];
     int cap = 0;
     f->r = NULL;
     f->nr = 0;
     if (!fp) return -1;
+    if (fgets(line, sizeof line, fp) && strcmp(line, "EBTREF-BIN 1\n") == 0) {
+        if (ref_load_bin(fp, f) != 0) goto bad;
+        fclose(fp);
+        return 0;
+    }
+    rewind(fp);
     for (;;) {
         char name[96];
         size_t n;
@@ -35,18 +87,8 @@ static inline int ref_load(const char *path, ref_file *f)
         if (c == '\n' || c == ' ') continue;
         ungetc(c, fp);
         if (fscanf(fp, "%95s %zu", name, &n) != 2) goto bad;
-        if (f->nr == cap) {
-            cap = cap ? 2 * cap : 64;
-            ref_rec *r = realloc(f->r, sizeof *r * (size_t)cap);
-            if (!r) goto bad;
-            f->r = r;
-        }
-        ref_rec *r = &f->r[f->nr];
-        snprintf(r->name, sizeof r->name, "%s", name);
-        r->n = n;
-        r->x = malloc(sizeof(double) * (n ? n : 1));
-        if (!r->x) goto bad;
-        f->nr++;
+        ref_rec *r = ref_add(f, &cap, name, n);
+        if (!r) goto bad;
         for (size_t i = 0; i < n; i++)
             if (fscanf(fp, "%lf", &r->x[i]) != 1) goto bad;
     }

@@ -36,6 +36,43 @@ static inline int check_close(const char *what, const ebt_real *got, const doubl
     return ok;
 }
 
+/* Per-entry check: fails when any entry has |got - ref| > rtol |ref| + atol.
+ * Unlike check_close, a wrong small entry cannot hide behind a large one.
+ * Prints the share of the bound the worst entry uses ("bound use", fails
+ * above 1) and max|got - ref|/max|ref|; on failure, the first mismatch and
+ * the worst entry. NaN fails. */
+static inline int check_entries_atol(const char *what, const ebt_real *got, const double *ref, size_t n,
+                                     double rtol, double atol)
+{
+    double scale = 0, use = 0, maxerr = 0;
+    size_t worst = 0, firstbad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]), bound = rtol * fabs(ref[i]) + atol;
+        double u = bound > 0 ? e / bound : (e > 0 ? INFINITY : 0);
+        if (!(e <= maxerr)) maxerr = e;
+        if (!(u <= use)) { use = u; worst = i; }                    /* NaN counts as worst */
+        if (!(e <= bound) && firstbad == (size_t)-1) firstbad = i;
+    }
+    int ok = firstbad == (size_t)-1;
+    printf("  %-40s n=%-6zu bound use %8.2e (rtol %.0e atol %.1e)  max err/max|ref| %.2e\n", what, n, use, rtol,
+           atol, scale > 0 ? maxerr / scale : maxerr);
+    if (!ok)
+        printf("  FAIL %s: first mismatch [%zu] got %.17g ref %.17g; worst [%zu] got %.17g ref %.17g\n", what,
+               firstbad, (double)got[firstbad], ref[firstbad], worst, (double)got[worst], ref[worst]);
+    return ok;
+}
+/* the same with atol = afloor * max|ref|: a floor set per quantity, so that
+ * entries much smaller than the tensor's largest are held to the floor and
+ * the others to rtol */
+static inline int check_entries(const char *what, const ebt_real *got, const double *ref, size_t n, double rtol,
+                                double afloor)
+{
+    double scale = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    return check_entries_atol(what, got, ref, n, rtol, afloor * scale);
+}
+
 /* splitmix-based deterministic test randomness */
 static uint64_t test_rng_state = 12345;
 static inline double test_unif(void)

@@ -36,13 +36,15 @@ class ThinkOpts(Structure):
     """ebt_think_opts (init_logits: const ebt_real *)"""
     _fields_ = [("steps", c_int), ("step_size", c_double), ("alpha_rand", c_double), ("noise", c_double),
                 ("init_scale", c_double), ("energy_threshold", c_double), ("tol", c_double),
-                ("restarts", c_int), ("last_only", c_int), ("seed", c_uint64), ("init_logits", c_void_p)]
+                ("restarts", c_int), ("last_only", c_int), ("seed", c_uint64), ("init_logits", c_void_p),
+                ("rel_drop", c_double), ("grad_tol", c_double), ("row_budget", c_longlong), ("clamp", c_double),
+                ("keep_best", c_int)]
 
 
 class ThinkResult(Structure):
-    """ebt_think_result (the first four pointers are ebt_real *)"""
+    """ebt_think_result (probs, logits, energy, final_energy, curvature: ebt_real *; steps_taken, winner: int *)"""
     _fields_ = [("probs", c_void_p), ("logits", c_void_p), ("energy", c_void_p), ("final_energy", c_void_p),
-                ("steps_taken", c_void_p), ("winner", c_void_p), ("rows_evaluated", c_longlong),
+                ("steps_taken", c_void_p), ("winner", c_void_p), ("curvature", c_void_p), ("rows_evaluated", c_longlong),
                 ("rows_budget", c_longlong), ("diverged", c_int)]
 
 

@@ -23,14 +23,16 @@ from ._lib import DTYPE, LIB, GenToken as _CGenToken
 from .errors import ArgError, ArgTypeError, StateError, error
 from .model import Model, _bs, _Handle
 
-RESULT_ARRAYS = ("probs", "logits", "energy", "final_energy", "steps_taken", "winner")
+RESULT_ARRAYS = ("probs", "logits", "energy", "final_energy", "steps_taken", "winner", "curvature")
+DEFAULT_OUTPUTS = RESULT_ARRAYS[:-1]     # the curvature costs an extra HVP pass: ask for it
 INT = np.dtype(np.intc)
 
 
 def think_options(opts=None, **kw):
     """An ebt_think_opts: ebt_think_default() updated with opts (a dict or an
     ebt_think_opts) and keyword fields (steps, step_size, alpha_rand, noise,
-    init_scale, energy_threshold, tol, restarts, last_only, seed)."""
+    init_scale, energy_threshold, tol, restarts, last_only, seed, rel_drop,
+    grad_tol, row_budget, clamp, keep_best; ebt.h documents each)."""
     o = S.options(LIB.ebt_think_default(), opts, kw, "think option", skip=("init_logits",))
     o.init_logits = None                 # (think() sets it from its init_logits argument)
     return o
@@ -58,13 +60,14 @@ def _short_repr(self):
 class ThinkResult:
     """What ebt_think reports. Arrays are [B, P, ...] (P = S, or 1 with
     last_only; no B axis for 1-D tokens); a field not asked for in
-    `outputs` is None."""
+    `outputs` is None (curvature is only computed when asked for)."""
     probs: Optional[np.ndarray]          # [B, P, V] answer softmax(y) of the winning start
     logits: Optional[np.ndarray]         # [B, P, V] its logits y
     energy: Optional[np.ndarray]         # [B, P, K+1] E_k of the winning start, k = 0..K
     final_energy: Optional[np.ndarray]   # [B, P]
     steps_taken: Optional[np.ndarray]    # [B, P] updates the winning start made (int)
     winner: Optional[np.ndarray]         # [B, P] index of the winning start (int)
+    curvature: Optional[np.ndarray]      # [B, P] v.(H_pp v)/v.v along the answer's last move (NaN: never moved)
     rows_evaluated: int                  # predicted-row evaluations done, all starts
     rows_budget: int                     # the same without stopping: restarts * B*P * (K+1)
     diverged: int                        # positions stopped by a non-finite value
@@ -263,9 +266,11 @@ class Workspace:
 
         Options: opts (dict or ebt_think_opts) and keywords: steps, step_size,
         alpha_rand, noise, init_scale, energy_threshold, tol, restarts,
-        last_only, seed. init_logits: the caller's y_0, shape
-        [restarts, B, P, V] (or [B, P, V] for one start). outputs: names of
-        the arrays wanted (default all of RESULT_ARRAYS). out: a ThinkResult
+        last_only, seed, rel_drop, grad_tol, row_budget, clamp, keep_best.
+        init_logits: the caller's y_0, shape [restarts, B, P, V] (or
+        [B, P, V] for one start). outputs: names of the arrays wanted
+        (default all of RESULT_ARRAYS but "curvature", which costs one more
+        H_pp v pass). out: a ThinkResult
         of an earlier call of the same shapes whose arrays are written again
         (no new memory; its None fields stay None) and returned. Returns a
         ThinkResult."""
@@ -296,14 +301,14 @@ class Workspace:
         P = 1 if o.last_only == 1 else S_
         rows = (B, P) if batch else (P,)
         K = o.steps
-        outputs = RESULT_ARRAYS if outputs is None else tuple(outputs)
+        outputs = DEFAULT_OUTPUTS if outputs is None else tuple(outputs)
         for name in outputs:
             if name not in RESULT_ARRAYS:
                 raise ArgError("unknown output %r (known: %s)" % (name, ", ".join(RESULT_ARRAYS)))
         if K < 0 or o.restarts < 1:     # (upper bounds: the library's)
             raise ArgError("think steps must be >= 0 and restarts >= 1, got %d, %d" % (K, o.restarts))
         shapes = {"probs": rows + (V,), "logits": rows + (V,), "energy": rows + (K + 1,), "final_energy": rows,
-                  "steps_taken": rows, "winner": rows}
+                  "steps_taken": rows, "winner": rows, "curvature": rows}
         dtypes = {n: INT if n in ("steps_taken", "winner") else DTYPE for n in RESULT_ARRAYS}
         if out is None:
             keep = {n: np.empty(shapes[n], dtypes[n]) for n in outputs}

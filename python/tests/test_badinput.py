@@ -50,6 +50,14 @@ class Ctx:
             m.close()
 
 
+def out_with(**arrays):
+    """A ThinkResult holding only the given arrays (for out=)."""
+    from ebt.workspace import RESULT_ARRAYS
+    fields = dict.fromkeys(RESULT_ARRAYS)
+    fields.update(arrays)
+    return ebt.ThinkResult(**fields, rows_evaluated=0, rows_budget=0, diverged=0)
+
+
 def f64(a):
     return a.astype(np.float64)
 
@@ -271,10 +279,16 @@ CASES += [
     ("generate_think_type", lambda c: c.m.generate([1], 2, think=[1]), ArgTypeError),
     ("train_opts_type", lambda c: c.m.train_step(c.t, c.t, opts="full"), ArgTypeError),
     ("think_out_type", lambda c: c.ws.think(c.t, out=5), ArgTypeError),
-    ("think_out_dtype", lambda c: c.ws.think(c.t, out=ebt.ThinkResult(f64(c.p), None, None, None, None, None, 0, 0, 0)),
+    ("think_out_dtype", lambda c: c.ws.think(c.t, out=out_with(probs=f64(c.p))), ArgError),
+    ("think_out_readonly", lambda c: c.ws.think(c.t, out=out_with(probs=np.broadcast_to(c.p, c.p.shape))), ArgError),
+    ("think_out_curvature_shape", lambda c: c.ws.think(c.t, out=out_with(curvature=np.zeros(6, np.float32))),
      ArgError),
-    ("think_out_readonly", lambda c: c.ws.think(c.t, out=ebt.ThinkResult(np.broadcast_to(c.p, c.p.shape), None, None,
-                                                                         None, None, None, 0, 0, 0)), ArgError),
+    ("think_rel_drop_nan", lambda c: c.m.think(c.t, rel_drop=float("nan")), ArgError),
+    ("think_grad_tol_inf", lambda c: c.m.think(c.t, grad_tol=float("inf")), ArgError),
+    ("think_row_budget_negative", lambda c: c.m.think(c.t, row_budget=-1), ArgError),
+    ("think_row_budget_float", lambda c: c.m.think(c.t, row_budget=1.5), ArgTypeError),
+    ("think_clamp_negative", lambda c: c.m.think(c.t, clamp=-1), ArgError),
+    ("think_keep_best_2", lambda c: c.m.think(c.t, keep_best=2), ArgError),
     ("think_observed_option", lambda c: c.ws.think_observed(restarts=-1), ArgError),
     # generation
     ("generate_prompt_2d", lambda c: c.m.generate(c.t, 3), ArgError),

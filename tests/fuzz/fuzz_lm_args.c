@@ -37,7 +37,8 @@ static void check_seed(int argc, char **argv, uint64_t seed)
         if (!strncmp(argv[i], "--seed=", 7)) v = argv[i] + 7;
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) v = argv[++i];
         else if (strchr(argv[i], '=') || !strcmp(argv[i], "--resume") || !strcmp(argv[i], "--tie") ||
-                 !strcmp(argv[i], "--no-learn-alpha") || !strcmp(argv[i], "--trace")) continue;
+                 !strcmp(argv[i], "--no-learn-alpha") || !strcmp(argv[i], "--trace") ||
+                 !strcmp(argv[i], "--keep-best") || !strcmp(argv[i], "--rules")) continue;
         else i++;  /* every other option takes a value */
     if (!v) return;
     while (v[0] == '0' && v[1]) v++;
@@ -81,7 +82,9 @@ static void check_eval(const eval_args *a)
     if (!a->ckpt) FAIL("eval: no checkpoint");
     if (a->nb < 1 || a->nb > 1000000 || a->B < 1 || a->B > (1 << 20)) FAIL("eval: batches %ld x %d", a->nb, a->B);
     if (a->eval_steps < 0 || a->eval_steps > 1000) FAIL("eval: eval_steps %d", a->eval_steps);
-    if (!(a->noise >= 0) || !(a->init_scale >= 0) || !(a->step_size >= 0) || !isfinite(a->noise + a->init_scale + a->step_size))
+    if (!(a->th.noise >= 0) || !(a->th.init_scale >= 0) || !(a->th.step_size >= 0) ||
+        !isfinite(a->th.noise + a->th.init_scale + a->th.step_size + a->th.clamp) || a->th.row_budget < 0 ||
+        (a->th.keep_best != 0 && a->th.keep_best != 1))
         FAIL("eval: thinking options");
 }
 
