@@ -21,6 +21,7 @@ same functions in float64 as the independent reference of the C library.
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 import torch
@@ -169,6 +170,7 @@ class ThinkOutput:
     final_energy: torch.Tensor      # [B, P]
     steps_taken: torch.Tensor       # [B, P] long
     winner: torch.Tensor            # [B, P] long
+    curvature: Optional[torch.Tensor]   # [B, P] (with curvature=True), NaN where the answer never moved
     rows_evaluated: int
     rows_budget: int
     diverged: int
@@ -329,41 +331,64 @@ class EBTModel(nn.Module):
         return lm_logits(self.tensors(), self.config, self._tok(tokens))
 
     # ---- thinking (section 5) -------------------------------------------------
-    def _energy_grad_rows(self, t, y, step, last_only):
-        """E and dE/dp of p = softmax(y) for rows [B, P] (P = S, or 1 = the last position)."""
+    def _rows(self, t, p, last_only):
+        """The full [B, S, V] candidates for rows p [B, P, V] (P = 1: the last
+        position; the others are uniform and do not affect its energy)."""
+        if not last_only:
+            return p
         V = self.config["vocab_size"]
+        return torch.cat((torch.full(t.shape[:1] + (t.shape[1] - 1, V), 1.0 / V, dtype=p.dtype), p), 1)
+
+    def _energy_grad_rows(self, t, y, step, last_only):
+        """p = softmax(y), E and dE/dp for rows [B, P] (P = S, or 1: the last position)."""
         with torch.enable_grad():
             p = torch.softmax(y, -1).detach().requires_grad_(True)
-            if last_only:
-                full = torch.cat((torch.full(t.shape[:1] + (t.shape[1] - 1, V), 1.0 / V, dtype=y.dtype), p), 1)
-                E = energy(self.tensors(), self.config, t, full, step)[:, -1:]
-            else:
-                E = energy(self.tensors(), self.config, t, p, step)
+            E = energy(self.tensors(), self.config, t, self._rows(t, p, last_only), step)[:, -p.shape[1]:]
             g, = torch.autograd.grad(E.sum(), p)
         return p.detach(), E.detach(), g
+
+    def _hvp_rows(self, t, p, v, step, last_only):
+        """H_pp v for rows [B, P] at p."""
+        with torch.enable_grad():
+            p = p.detach().requires_grad_(True)
+            E = energy(self.tensors(), self.config, t, self._rows(t, p, last_only), step)[:, -p.shape[1]:]
+            g, = torch.autograd.grad(E.sum(), p, create_graph=True)
+            hv, = torch.autograd.grad((g * v).sum(), p)
+        return hv
 
     @torch.no_grad()
     def think(self, tokens, steps=4, step_size=0.0, alpha_rand=1.0, noise=0.0, init_scale=1.0,
               energy_threshold=-math.inf, tol=-1.0, restarts=1, last_only=False, init_logits=None,
+              rel_drop=-math.inf, grad_tol=-1.0, row_budget=0, clamp=0.0, keep_best=False, curvature=False,
               generator=None):
-        """Gradient descent on the energy over the candidates, as ebt_think:
-        y <- y + noise N(0,1); p = softmax(y); y <- p - alpha_i dE/dp; per
-        position stopping at energy_threshold / tol, non-finite values stop a
-        position at its last finite state, the lowest final energy over
-        `restarts` starts wins (the earlier on ties). init_logits:
+        """Gradient descent on the energy over the candidates, as ebt_think
+        (ebt.h documents every option): y <- y + noise N(0,1); p = softmax(y);
+        y <- p - alpha_i dE/dp (each entry of alpha_i dE/dp within +-clamp
+        when clamp > 0). A position stops at energy_threshold, when the
+        energy changes by <= tol or falls by <= rel_drop |E_{k-1}|, when the
+        RMS of dE/dp is <= grad_tol, or when row_budget (row evaluations per
+        call, all starts) runs out for it (the highest-energy positions go
+        on); a non-finite value stops it at its last finite state. The lowest
+        final energy over `restarts` starts wins (the earlier on ties);
+        keep_best answers with the lowest-energy state evaluated. curvature:
+        v.(H v)/v.v at the answer along its last move. init_logits:
         [restarts, B, P, V] or [B, P, V]. Returns ThinkOutput."""
         t = self._tok(tokens)
         B, S = t.shape
         V, K, dt = self.config["vocab_size"], int(steps), self.dtype
-        P = 1 if last_only else S
-        ns = self.config["n_step_embed"]
+        P, ns = (1 if last_only else S), self.config["n_step_embed"]
         alpha = float(step_size) if step_size > 0 else max(float(self.alpha.detach()[0]), 1e-4)
-        if init_logits is not None:
-            init = torch.as_tensor(init_logits, dtype=dt).reshape(restarts, B, P, V)
+        init = None if init_logits is None else torch.as_tensor(init_logits, dtype=dt).reshape(restarts, B, P, V)
+        nan = torch.tensor(float("nan"), dtype=dt)
+        col = torch.arange(K + 1)
+        rows_eval = diverged = last_k = 0
         best = None
-        rows_eval, diverged = 0, 0
+
+        def where(mask, a, b):                        # per-row choice of [B, P, ...] states
+            return torch.where(mask.reshape(mask.shape + (1,) * (a.dim() - 2)), a, b)
+
         for s in range(restarts):
-            y = init[s].clone() if init_logits is not None else \
+            y = init[s].clone() if init is not None else \
                 init_scale * torch.randn(B, P, V, generator=generator, dtype=dt)
             u = torch.ones(B, P, 1, dtype=dt)
             if alpha_rand > 1:
@@ -372,56 +397,100 @@ class EBTModel(nn.Module):
             active = torch.ones(B, P, dtype=torch.bool)
             done = torch.full((B, P), K, dtype=torch.long)
             hist = torch.zeros(B, P, K + 1, dtype=dt)
-            y_eval = y.clone()
+            y_eval, y_prev, moved = y.clone(), y.clone(), torch.zeros(B, P, dtype=torch.bool)
+            keep_E, keep_k, y_keep = torch.full((B, P), float("nan"), dtype=dt), done.clone(), y.clone()
+            y_kprev, kmoved = y.clone(), moved.clone()
             for k in range(K + 1):
+                if row_budget > 0 and k > 0:          # the budget: the highest-energy rows go on
+                    left = row_budget - rows_eval
+                    if left < int(active.sum()):
+                        idx = torch.nonzero(active.flatten()).flatten()
+                        e = hist[..., k - 1].flatten()[idx].tolist()
+                        order = sorted(range(len(idx)), key=lambda i: (-e[i], int(idx[i])))
+                        cut = torch.zeros(B * P, dtype=torch.bool)
+                        cut[idx[[order[i] for i in range(max(left, 0), len(idx))]]] = True
+                        cut = cut.reshape(B, P)
+                        y = where(cut, y_eval, y)
+                        done = torch.where(cut, torch.tensor(k - 1), done)
+                        active &= ~cut
                 if not active.any():
                     break
                 if k < K and noise > 0:
-                    y = torch.where(active[..., None], y + noise * torch.randn(y.shape, generator=generator, dtype=dt), y)
+                    y = where(active, y + noise * torch.randn(y.shape, generator=generator, dtype=dt), y)
                 step = min(k, ns - 1) if ns > 0 else 0
                 p, E, g = self._energy_grad_rows(t, y, step, last_only)
                 rows_eval += int(active.sum())
+                last_k = k
                 bad = ~torch.isfinite(E)
                 if k < K:
                     bad |= ~torch.isfinite(g).all(-1)
                 bad &= active
-                if bad.any():                              # back to the state of E_{k-1}
+                if bad.any():                          # back to the last finite state
                     diverged += int(bad.sum())
                     if k > 0:
-                        y = torch.where(bad[..., None], y_eval, y)
+                        y = where(bad, y_eval, y)
                     else:
-                        hist[..., 0] = torch.where(bad, torch.tensor(float("nan"), dtype=dt), hist[..., 0])
+                        hist[..., 0] = torch.where(bad, nan, hist[..., 0])
+                        keep_E = torch.where(bad, nan, keep_E)
                     done = torch.where(bad, torch.tensor(max(k - 1, 0)), done)
                     active &= ~bad
+                # record the finite states of E_k
+                if curvature and k > 0:
+                    y_prev, moved = where(active, y_eval, y_prev), moved | active
+                y_eval = where(active, y, y_eval)
                 hist[..., k] = torch.where(active, E, hist[..., k])
-                stop = active & ((E <= energy_threshold) | torch.tensor(k == K))
+                if keep_best:
+                    better = active & ((k == 0) | (E < keep_E))
+                    keep_E, keep_k = torch.where(better, E, keep_E), torch.where(better, torch.tensor(k), keep_k)
+                    y_keep = where(better, y, y_keep)
+                    if curvature:
+                        kmoved = torch.where(better, moved, kmoved)
+                        y_kprev = where(better & moved, y_prev, y_kprev)
+                # the stopping rules
+                stop = (E <= energy_threshold) | torch.tensor(k == K)
                 if k >= 1:
-                    stop |= active & ((E.double() - hist[..., k - 1].double()).abs() <= tol)
+                    Ep = hist[..., k - 1].double()
+                    stop |= ((E.double() - Ep).abs() <= tol) | (Ep - E.double() <= rel_drop * Ep.abs())
+                if grad_tol >= 0 and k < K:
+                    stop |= g.double().pow(2).mean(-1).sqrt() <= grad_tol
+                stop &= active
                 done = torch.where(stop, torch.tensor(k), done)
                 active &= ~stop
-                y_eval = torch.where(active[..., None], y, y_eval)
-                y_new = p - a_i * g
+                # the update of the moving rows
+                d = a_i * g
+                if clamp > 0:
+                    d = d.clamp(-clamp, clamp)
+                y_new = p - d
                 over = active & ~torch.isfinite(y_new).all(-1)
-                if over.any():                             # the step overflowed: stay at E_k's state
+                if over.any():                         # the step overflowed: stay at E_k's state
                     diverged += int(over.sum())
                     done = torch.where(over, torch.tensor(k), done)
                     active &= ~over
-                y = torch.where(active[..., None], y_new, y)
-            after = torch.arange(K + 1) > done[..., None]              # histories hold after a stop
-            hist = torch.where(after, hist.gather(-1, done[..., None]), hist)
-            fin = hist[..., K]
+                y = where(active, y_new, y)
+            hist = torch.where(col > done[..., None], hist.gather(-1, done[..., None]), hist)   # held after a stop
+            E_ans = keep_E if keep_best else hist[..., K]
+            k_ans, y_ans = (keep_k, y_keep) if keep_best else (done, y)
+            m_ans, prev_ans = (kmoved, y_kprev) if keep_best else (moved, y_prev)
             if best is None:
-                best = dict(y=y.clone(), hist=hist.clone(), E=fin.clone(), k=done.clone(),
-                            w=torch.zeros(B, P, dtype=torch.long))
-            else:
-                win = (fin < best["E"]) | (torch.isnan(best["E"]) & ~torch.isnan(fin))
-                best["y"] = torch.where(win[..., None], y, best["y"])
-                best["hist"] = torch.where(win[..., None], hist, best["hist"])
-                best["E"] = torch.where(win, fin, best["E"])
-                best["k"] = torch.where(win, done, best["k"])
-                best["w"] = torch.where(win, torch.tensor(s), best["w"])
+                win = torch.ones(B, P, dtype=torch.bool)
+                best = dict(y=y_ans, hist=hist, E=E_ans, k=k_ans, w=torch.zeros(B, P, dtype=torch.long),
+                            moved=m_ans, prev=prev_ans)
+                continue
+            win = (E_ans < best["E"]) | (torch.isnan(best["E"]) & ~torch.isnan(E_ans))
+            for key, new in (("y", y_ans), ("hist", hist), ("E", E_ans), ("k", k_ans), ("moved", m_ans),
+                             ("prev", prev_ans)):
+                best[key] = where(win, new, best[key])
+            best["w"] = torch.where(win, torch.tensor(s), best["w"])
+        curv = None
+        if curvature:                                 # v.(H v)/v.v along the answer's last move
+            p = torch.softmax(best["y"], -1)
+            v = p - torch.softmax(best["prev"], -1)
+            hv = self._hvp_rows(t, p, v, min(last_k, ns - 1) if ns > 0 else 0, last_only)
+            vv = (v.double() * v.double()).sum(-1)
+            c = (v.double() * hv.double()).sum(-1) / vv
+            curv = torch.where(best["moved"] & (vv > 0), c, torch.tensor(float("nan"), dtype=torch.float64)).to(dt)
         return ThinkOutput(torch.softmax(best["y"], -1), best["y"], best["hist"], best["E"], best["k"], best["w"],
-                           rows_eval, restarts * B * P * (K + 1), diverged)
+                           curv, rows_eval, restarts * B * P * (K + 1), diverged)
 
 
 def load(path, dtype=torch.float32, with_state=False):

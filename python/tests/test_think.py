@@ -59,6 +59,11 @@ def test_think_fields(model, batch):
     assert r4 is r3 and r4.probs is probs and np.array_equal(probs, r.probs) and r4.logits is None
     with pytest.raises(ebt.ArgError):
         model.think(t, steps=2, out=r)                  # energy has K+1 = 4 columns, not 3
+    # the curvature only when asked for; NaN where the answer never moved
+    assert r.curvature is None
+    rc = model.think(t, steps=3, seed=5, outputs=("final_energy", "curvature"))
+    assert rc.curvature.shape == (2, 6) and np.all(np.isfinite(rc.curvature))
+    assert np.all(np.isnan(model.think(t, steps=0, outputs=("curvature",)).curvature))
     # 1-D tokens: no batch axis
     r1 = model.think(t[0], steps=3, seed=5)
     assert r1.probs.shape == (6, V) and r1.energy.shape == (6, 4)

@@ -250,3 +250,44 @@ def test_defaults_match_the_library():
     tm = EBTModel(vocab_size=11, d_model=8, n_layers=1, n_heads=2, d_ff=8)
     assert list(tm.tensors()) == [s[0] for s in ck.tensor_specs(tm.config)]
     assert set(tm.state_dict()) == set(tm.tensors())          # state_dict keys are the checkpoint names
+
+
+THINK_OPTIONS = [dict(clamp=0.05), dict(keep_best=1), dict(keep_best=1, restarts=2), dict(rel_drop=0.05),
+                 dict(grad_tol="mid"), dict(row_budget=40), dict(row_budget=40, restarts=2),
+                 dict(clamp=0.02, keep_best=1, row_budget=50, restarts=2), dict(last_only=1, keep_best=1)]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_step_embed=3, tie_pred_embed=1)], ids=["plain", "step_tied"])
+def test_thinking_options_agree(tmp_path, kw):
+    """Every thinking option of ebt_think_opts, and the curvature, in C and in
+    EBTModel.think from the same y_0: the same stops, winners and row counts,
+    the same numbers to float32 rounding."""
+    from ebt.workspace import RESULT_ARRAYS
+    with ebt.Model.create(TINY, seed=16, **kw) as m:
+        m.save(tmp_path / "m.safetensors")
+        tm = EBTModel.load(tmp_path / "m.safetensors", dtype=torch.float64)
+        rng = np.random.default_rng(4)
+        tok = rng.integers(0, V, (2, 8)).astype(np.int32)
+        y0 = rng.standard_normal((2, 2, 8, V)).astype(np.float32)
+        _, g = m.energy(tok, softmax(y0[0]), grad=True)
+        rms = np.sort(np.sqrt((g.astype(np.float64) ** 2).mean(-1)).ravel())
+        for opts in THINK_OPTIONS:
+            opts = dict(opts)
+            if opts.get("grad_tol") == "mid":           # half the positions stop at step 0
+                opts["grad_tol"] = float(rms[len(rms) // 2 - 1] + rms[len(rms) // 2]) / 2
+            R = opts.get("restarts", 1)
+            y = y0[:R] if R > 1 else y0[0]
+            if opts.get("last_only"):
+                y = np.ascontiguousarray(y[..., -1:, :])
+            r = m.think(tok, steps=4, init_logits=y, outputs=RESULT_ARRAYS, **opts)
+            to = dict(opts, last_only=bool(opts.get("last_only")), keep_best=bool(opts.get("keep_best")))
+            rt = tm.think(T(tok, torch.long), steps=4, init_logits=T(y), curvature=True, **to)
+            name = ",".join(sorted(opts))
+            assert np.array_equal(r.steps_taken, rt.steps_taken.numpy()), name
+            assert np.array_equal(r.winner, rt.winner.numpy()), name
+            assert r.rows_evaluated == rt.rows_evaluated and r.diverged == rt.diverged, name
+            check("think options: energies", r.energy, rt.energy, 1e-4)
+            check("think options: answers", r.probs, rt.probs, 1e-4)
+            assert np.array_equal(np.isnan(r.curvature), np.isnan(rt.curvature.numpy())), name
+            ok = ~np.isnan(r.curvature)
+            check("think curvature", r.curvature[ok], rt.curvature.numpy()[ok], 1e-3)
