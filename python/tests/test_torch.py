@@ -283,11 +283,33 @@ def test_thinking_options_agree(tmp_path, kw):
             to = dict(opts, last_only=bool(opts.get("last_only")), keep_best=bool(opts.get("keep_best")))
             rt = tm.think(T(tok, torch.long), steps=4, init_logits=T(y), curvature=True, **to)
             name = ",".join(sorted(opts))
-            assert np.array_equal(r.steps_taken, rt.steps_taken.numpy()), name
-            assert np.array_equal(r.winner, rt.winner.numpy()), name
+            # near-ties are float32's to break: a keep_best choice between two steps, or a
+            # winner between two starts, whose energies are within 1e-4 (of the largest)
+            sure = ~near_tie(tm, tok, y, to)
+            assert np.array_equal(r.steps_taken[sure], rt.steps_taken.numpy()[sure]), name
+            assert np.array_equal(r.winner[sure], rt.winner.numpy()[sure]), name
             assert r.rows_evaluated == rt.rows_evaluated and r.diverged == rt.diverged, name
-            check("think options: energies", r.energy, rt.energy, 1e-4)
-            check("think options: answers", r.probs, rt.probs, 1e-4)
-            assert np.array_equal(np.isnan(r.curvature), np.isnan(rt.curvature.numpy())), name
-            ok = ~np.isnan(r.curvature)
-            check("think curvature", r.curvature[ok], rt.curvature.numpy()[ok], 1e-3)
+            check("think options: energies", r.energy[sure], rt.energy.numpy()[sure], 1e-4)
+            check("think options: answers", r.probs[sure], rt.probs.numpy()[sure], 1e-4)
+            c, ct = r.curvature[sure], rt.curvature.numpy()[sure]
+            assert np.array_equal(np.isnan(c), np.isnan(ct)), name
+            check("think curvature", c[~np.isnan(c)], ct[~np.isnan(c)], 1e-3)
+
+
+def near_tie(tm, tok, y, opts, rel_gap=1e-4):
+    """[B, P] mask of the positions where a keep_best or restart choice is a near-tie."""
+    R = opts.get("restarts", 1)
+    runs = [tm.think(T(tok, torch.long), steps=4, init_logits=T(y[s] if R > 1 else y), **dict(opts, restarts=1))
+            for s in range(R)]
+    scale = max(float(r.energy.abs().max()) for r in runs)
+    tie = np.zeros(runs[0].final_energy.shape, bool)
+    if opts.get("keep_best"):
+        for r in runs:                                  # the best two states each position evaluated
+            E = r.energy.numpy()
+            for ix in np.ndindex(tie.shape):
+                e = np.unique(E[ix])                        # (held values repeat: distinct states only)
+                tie[ix] |= len(e) > 1 and e[1] - e[0] < rel_gap * scale
+    if R > 1:
+        f = np.sort(np.stack([r.final_energy.numpy() for r in runs]), 0)
+        tie |= f[1] - f[0] < rel_gap * scale
+    return tie
