@@ -52,7 +52,7 @@ TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
            $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
 
-.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi
+.PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi pytest
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
 
 $(BUILD):
@@ -209,10 +209,29 @@ test-suite: all $(TESTS) $(BUILD)/minimal_double $(BUILD)/ckpt_diff
 	echo "== MPI test"; if [ "$(GEMM)" != onednn ]; then echo "(run with GEMM=onednn only)"; elif [ -z "$(MPI_SKIP)" ]; then \
 	  $(MAKE) --no-print-directory $(BUILD)/ebt_lm_mpi && bash tests/mpi_test.sh $(BUILD) || fail=1; \
 	else echo "skipped: $(MPI_SKIP)"; fi; \
+	echo "== python tests"; $(MAKE) --no-print-directory pytest || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "SOME TESTS FAILED"; fi; exit $$fail
 
+# `make pytest`: the Python package's tests (python/tests) against $(BUILD)'s
+# libebt.so, with Debian's python3 (numpy, pytest; python3-torch for the
+# PyTorch interop tests, python3-venv/pip for the install test). Skipped,
+# with the reason, when python3, numpy or pytest is missing. PYTEST_ENV runs
+# them under a preloaded sanitizer runtime (make asan).
+PYTHON     ?= /usr/bin/python3
+PYTEST_ENV ?=
+pytest: $(BUILD)/libebt.so.$(VERSION) $(BUILD)/$(SONAME)
+	@if ! $(PYTHON) -c 'import numpy, pytest' 2>/dev/null; then \
+	  echo "python tests SKIPPED: $(PYTHON) with numpy and pytest not found (apt-get install python3-numpy python3-pytest)"; \
+	else \
+	  $(PYTHON) -c 'import torch' 2>/dev/null || echo "note: python3-torch not found, the PyTorch interop tests are skipped"; \
+	  env $(PYTEST_ENV) EBT_LIB=$(abspath $(BUILD))/$(SONAME) CC="$(CC)" $(PYTHON) -m pytest -q -rs -p no:cacheprovider python/tests; \
+	fi
+
+# (the Python tests load the sanitized libebt.so into python3 with the
+# runtimes preloaded; Python's own allocations are not leak-checked)
 asan:
-	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	  PYTEST_ENV="LD_PRELOAD=$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so) ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0"
 
 # `make fuzz`: the libFuzzer harnesses of tests/fuzz (checkpoint loader,
 # safetensors reader, ebt_lm's options and corpus reader) built with clang,
@@ -286,4 +305,4 @@ ref:
 	/usr/bin/python3 tests/ref/gen_train_ref.py
 
 clean:
-	rm -rf build build-cblas build-asan $(FUZZ_BUILD)
+	rm -rf build build-cblas build-asan $(FUZZ_BUILD) python/ebt/__pycache__ python/tests/__pycache__

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Independent PyTorch (float64, autograd) reference for the EBT spec
 (docs/model.md sections 1-4, 8, 9); writes small test vectors for the C library.
+The energy and transformer++ functions are those of the Python package
+(python/ebt/torch.py: energy, lm_logits), run in float64.
 
 Run from the repo root:   /usr/bin/python3 tests/ref/gen_ref.py
 (/usr/bin/python3 is the Debian interpreter with python3-torch installed.)
@@ -25,11 +27,14 @@ Arrays are row-major: (b, i, vocab) and parameters [out, in].
 import os
 os.environ['OPENBLAS_CORETYPE'] = 'Haswell'      # before torch loads OpenBLAS
 os.environ['ATEN_CPU_CAPABILITY'] = 'avx2'
-import json, math, struct
+import json, math, struct, sys
 import torch
 
 torch.set_default_dtype(torch.float64)
 OUT = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True     # leave no __pycache__ in tests/ref or python/ebt
+sys.path.insert(0, os.path.join(OUT, '..', '..', 'python'))
+import ebt.torch as ebt_torch      # the model's math (needs torch, not libebt)
 
 CFGS = {
     'a': dict(arch='ebt', V=11, D=16, H=2, F=24, L=2, max_seq_len=8, n_step_embed=3,
@@ -93,76 +98,22 @@ def init_params(c):
     return P
 
 # ---------------------------------------------------------------- model
-def rmsnorm(h, g, eps):
-    return h / torch.sqrt((h * h).mean(-1, keepdim=True) + eps) * g
-
-def rope_tables(pos, Dh, theta):
-    """cos/sin [N, Dh/2]: angle and trig in float64 (libm), rounded once to float32."""
-    cos = [[0.0] * (Dh // 2) for _ in pos]; sin = [[0.0] * (Dh // 2) for _ in pos]
-    for r, p in enumerate(pos):
-        for m in range(Dh // 2):
-            ang = p * math.pow(theta, -2.0 * m / Dh)
-            cos[r][m], sin[r][m] = math.cos(ang), math.sin(ang)
-    return f32(torch.tensor(cos)), f32(torch.tensor(sin))
-
-def rope(x, cos, sin):
-    """x [B, N, H, Dh]; interleaved pairs (x[2m], x[2m+1])."""
-    u0, u1 = x[..., 0::2], x[..., 1::2]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((u0 * c - u1 * s, u0 * s + u1 * c), dim=-1).reshape(x.shape)
-
-def run_layers(P, c, X, pos, allowed):
-    """All rows (both streams concatenated) through the layers.
-    X [B, N, D]; pos: N RoPE positions; allowed [N, N] bool: row r may attend key col."""
-    B, N, D = X.shape
-    H = c['H']; Dh = D // H; eps = c['eps']
-    cos, sin = rope_tables(pos, Dh, c['theta'])
-    for l in range(c['L']):
-        W = lambda n: P['layers.%d.%s' % (l, n)]
-        a = rmsnorm(X, W('attn_norm.weight'), eps)
-        q = rope((a @ W('attn.wq.weight').T).reshape(B, N, H, Dh), cos, sin)
-        k = rope((a @ W('attn.wk.weight').T).reshape(B, N, H, Dh), cos, sin)
-        v = (a @ W('attn.wv.weight').T).reshape(B, N, H, Dh)
-        sc = torch.einsum('bnhd,bmhd->bhnm', q, k) / math.sqrt(Dh)
-        sc = sc.masked_fill(~allowed[None, None], float('-inf'))
-        att = torch.softmax(sc, dim=-1)
-        o = torch.einsum('bhnm,bmhd->bnhd', att, v).reshape(B, N, D)
-        X = X + o @ W('attn.wo.weight').T
-        f = rmsnorm(X, W('ffn_norm.weight'), eps)
-        g = f @ W('ffn.w1.weight').T
-        X = X + (g * torch.sigmoid(g) * (f @ W('ffn.w3.weight').T)) @ W('ffn.w2.weight').T
-    return X
+# The math lives in the package (python/ebt/torch.py, functional and
+# dtype-agnostic); this script runs it in float64 with its own configs.
+def lib_cfg(c):
+    """gen_ref's config keys -> the ebt_config field names ebt.torch uses."""
+    return dict(arch=c['arch'], vocab_size=c['V'], d_model=c['D'], n_heads=c['H'], d_ff=c['F'],
+                n_layers=c['L'], max_seq_len=c.get('max_seq_len', 0), n_step_embed=c.get('n_step_embed', 0),
+                tie_pred_embed=c.get('tie', 0), rope_theta=c['theta'], norm_eps=c['eps'])
 
 def energy(P, c, tokens, probs, step):
     """tokens [B,S] long, probs [B,S,V] -> E [B,S]."""
-    B, S = tokens.shape
-    off = 1 if c['n_step_embed'] > 0 else 0
-    obs = P['tok_embed.weight'][tokens]                              # [B,S,D]
-    if off:
-        st = P['step_embed.weight'][min(step, c['n_step_embed'] - 1)]
-        obs = torch.cat((st.expand(B, 1, -1), obs), dim=1)           # step token first
-    pe = P['tok_embed.weight'] if c['tie'] else P['pred_embed.weight']
-    pred = probs @ pe                                                # [B,S,D]
-    So = S + off
-    X = torch.cat((obs, pred), dim=1)                                # rows: So observed, S predicted
-    pos = list(range(So)) + [i + 1 + off for i in range(S)]          # observed index == position
-    N = So + S
-    allowed = torch.zeros(N, N, dtype=torch.bool)
-    for r in range(So):                                              # observed: causal over observed
-        allowed[r, :r + 1] = True
-    for i in range(S):                                               # predicted i: observed 0..i+off, itself
-        allowed[So + i, :i + off + 1] = True
-        allowed[So + i, So + i] = True
-    X = run_layers(P, c, X, pos, allowed)
-    hp = rmsnorm(X[:, So:], P['final_norm.weight'], c['eps'])
-    return (hp @ P['energy_head.weight'].T)[..., 0]
+    return ebt_torch.energy(P, lib_cfg(c), tokens, probs, step)
 
 def ar_forward(P, c, tokens, targets):
     """transformer++: logits [B,S,V], mean CE loss."""
     B, S = tokens.shape
-    allowed = torch.tril(torch.ones(S, S, dtype=torch.bool))
-    X = run_layers(P, c, P['tok_embed.weight'][tokens], list(range(S)), allowed)
-    logits = rmsnorm(X, P['final_norm.weight'], c['eps']) @ P['lm_head.weight'].T
+    logits = ebt_torch.lm_logits(P, lib_cfg(c), tokens)
     loss = torch.nn.functional.cross_entropy(logits.reshape(B * S, -1), targets.reshape(-1))
     return logits, loss
 

@@ -59,6 +59,7 @@ sys.path.insert(0, OUT)
 sys.dont_write_bytecode = True     # leave no __pycache__ in tests/ref
 import gen_ref                   # energy(), f32(), cdiff(); sets default dtype float64
 from gen_ref import energy, f32, cdiff
+import ebt.checkpoint as ebt_checkpoint   # python/ (gen_ref put it on sys.path)
 
 MODES = ('detach', 'truncate', 'full')
 U_RANGE = (0.0002, 0.0008)
@@ -72,22 +73,17 @@ CFGS = {
 
 # ---------------------------------------------------------------- inputs
 def read_safetensors(path):
-    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in file order."""
-    raw = open(path, 'rb').read()
-    n = struct.unpack('<Q', raw[:8])[0]
-    hd = json.loads(raw[8:8 + n]); m = hd.pop('__metadata__')
-    c = dict(arch=m['arch'], V=int(m['vocab_size']), D=int(m['d_model']), H=int(m['n_heads']),
-             F=int(m['d_ff']), L=int(m['n_layers']), theta=float(m['rope_theta']),
-             eps=float(m['norm_eps']), n_step_embed=int(m['n_step_embed']),
-             tie=int(m['tie_pred_embed']))
-    P = {}
-    for name, e in sorted(hd.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-        assert e['dtype'] == 'F32', name
-        a, b = e['data_offsets']
-        vals = struct.unpack('<%df' % ((b - a) // 4), raw[8 + n + a:8 + n + b])
-        P[name] = torch.tensor(vals, dtype=torch.float64).reshape(e['shape'])
-    assert [s[0] for s in gen_ref.param_specs(c)] == list(P), 'unexpected tensor set/order'
-    return c, P
+    """-> (config dict as gen_ref uses it, {name: float64 tensor}) in gen_ref's order.
+    Any checkpoint the library writes (tensor order, optim.* and replay tensors
+    are the reader's business: python/ebt/checkpoint.py)."""
+    ck = ebt_checkpoint.read(path)
+    m = ck.config
+    c = dict(arch=m['arch'], V=m['vocab_size'], D=m['d_model'], H=m['n_heads'], F=m['d_ff'],
+             L=m['n_layers'], theta=m['rope_theta'], eps=m['norm_eps'], n_step_embed=m['n_step_embed'],
+             tie=m['tie_pred_embed'])
+    names = [s[0] for s in gen_ref.param_specs(c)]       # gen_ref's order (that of the .txt records)
+    assert sorted(names) == sorted(ck.tensors), 'unexpected tensor set'
+    return c, {name: torch.tensor(ck.tensors[name], dtype=torch.float64) for name in names}
 
 def read_vectors(path):
     """gen_ref.py's .txt or .bin records -> {name: [float]}"""
