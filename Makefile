@@ -50,7 +50,7 @@ INSTALL    ?= install
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
-           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths
+           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths $(BUILD)/test_train_parts
 
 .PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi pytest
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)

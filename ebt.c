@@ -2575,7 +2575,12 @@ static void ebt__think_scatter(ebt__thinker *t, int k)
         if (!isfinite(E) || (k < K && !ebt__all_finite(gq, (size_t)V))) {   /* blew up */
             if (k > 0) memcpy(yr, t->yeval + (size_t)r * V, sizeof(ebt_real) * V);
             else hr[0] = (ebt_real)NAN;                                       /* no finite state */
-            if (k == 0 && t->o.keep_best) t->keep_E[r] = (ebt_real)NAN;
+            if (k == 0 && t->o.keep_best) {   /* no finite state: the start answers, as without keep_best */
+                t->keep_E[r] = (ebt_real)NAN;
+                t->keep_k[r] = 0;
+                t->kmoved[r] = 0;
+                memcpy(t->ykeep + (size_t)r * V, yr, sizeof(ebt_real) * V);
+            }
             t->res->diverged++;
             ebt__think_stop(t, r, k > 0 ? k - 1 : 0);
             continue;
@@ -2957,7 +2962,7 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
     pr = (ebt__pair *)(void *)(((uintptr_t)(ctx + n_prompt + n_new) + 15) & ~(uintptr_t)15);
     q = (ebt_real *)(void *)(pr + V);
     hist = q + V;
-    memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    if (n_prompt > 0) memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);   /* (checked: silences gcc -O3) */
     ebt__rng_stream(&rng, o.seed, 0x73616d706c65ULL, 0);
     start = n_prompt > maxS ? n_prompt - maxS : 0;
     len = n_prompt - start;
@@ -3251,13 +3256,18 @@ static void ebt__train_setup(ebt__trainer *T, const int32_t *tokens, const int32
     memcpy(T->t.tgt, targets, sizeof(int32_t) * (size_t)T->N);
     if (init_logits) memcpy(T->t.ys, init_logits, sizeof(ebt_real) * T->nv);
     else ebt__normal_rows(T->t.ys, NULL, o->init_scale, T->d.y0, row0, T->N, V, T->nt);
-    /* replay: the last sequences of the micro-batch continue past ones from their final logits */
+    /* replay: the last round(replay_frac G) sequences of the global batch of
+     * G = B / weight sequences continue past ones from their final logits
+     * (decided by global index, so a split of the batch replays the same
+     * sequences, from this model's own ring) */
     if (o->replay_capacity > 0 && o->replay_frac > 0 && m->rb.count > 0 && m->rb.S == S) {
-        nrep = (int)(o->replay_frac * B + 0.5);
+        long G = (long)(B / T->weight + 0.5), first = T->first_seq;
+        nrep = (int)(o->replay_frac * (double)G + 0.5);
         nrep = nrep < m->rb.count ? nrep : m->rb.count;
-        for (int i = 0; i < nrep; i++) {
-            int b = B - nrep + i, e;
+        for (int b = 0; b < B; b++) {
+            int e;
             ebt__rng r;
+            if (first + b < G - nrep) continue;
             ebt__rng_stream(&r, T->d.rep, 0x7265706cULL, (uint64_t)(T->first_seq + b));
             e = (int)(ebt__rng_u64(&r) % (uint64_t)m->rb.count);
             memcpy(T->t.tok + (size_t)b * S, m->rb.tok + (size_t)e * S, sizeof(int32_t) * S);

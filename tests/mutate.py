@@ -6,8 +6,8 @@ Each mutant in tests/mutants.txt names the exact text it replaces (which must
 occur exactly once in ebt.c, so a stale mutant is an error, not a pass), its
 replacement, and the test programs to run. The copy of the repository is
 built with `make test`'s rules (BUILD=build-mutate, -O1, GEMM=$GEMM) in a
-temporary directory. A mutant is caught when one of its tests fails (or
-does not build); the report lists each mutant with the test that caught it.
+temporary directory. A mutant is caught when one of its tests fails; one
+that does not compile counts as not caught (it proves nothing); the report lists each mutant with the test that caught it.
 Exit status: 0 when every mutant is caught, 1 otherwise, 2 on a bad list.
 
     python3 tests/mutate.py [--jobs N] [--only ID,...] [--keep]
@@ -70,8 +70,8 @@ def run_mutant(m, src, gemm):
         targets = ['build-mutate/' + t for t in m['tests']]
         b = subprocess.run(['make', '-s', 'BUILD=build-mutate', 'OPT=-O1', 'GEMM=' + gemm] + targets,
                            cwd=work, capture_output=True, text=True, env=env)
-        if b.returncode != 0:
-            return m['id'], 'build', 'does not build: ' + (b.stderr.strip().splitlines() or ['?'])[-1], time.time() - t0
+        if b.returncode != 0:   # a mutant must compile: a broken one proves nothing
+            return m['id'], None, 'does not build: ' + (b.stderr.strip().splitlines() or ['?'])[-1], time.time() - t0
         for t in m['tests']:
             r = subprocess.run(['../build-mutate/' + t], cwd=os.path.join(work, 'tests'), capture_output=True,
                                text=True, env=env, timeout=600)
