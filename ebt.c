@@ -261,6 +261,7 @@ static int ebt__pair_desc(const void *a, const void *b)
 }
 
 const char *ebt_version(void) { return EBT_VERSION; }
+size_t ebt_real_size(void) { return sizeof(ebt_real); }
 
 const char *ebt_status_str(ebt_status s)
 {
@@ -1635,7 +1636,9 @@ const char *ebt_ws_last_error(const ebt_workspace *ws) { return ws ? ws->err : "
 
 ebt_status ebt_workspace_set_threads(ebt_workspace *ws, int n)
 {
-    if (!ws || n < 0 || n > 1024) return EBT_ERR_ARG;
+    if (!ws) return EBT_ERR_ARG;
+    ws->err[0] = 0;
+    if (n < 0 || n > 1024) { ebt__seterr(ws->err, EBT__ERRLEN, "threads must be in [0, 1024], got %d", n); return EBT_ERR_ARG; }
     if (n == 0) n = ebt__default_threads();
 #ifndef _OPENMP
     n = 1;

@@ -131,6 +131,8 @@ extern "C" {
 #define EBT_VERSION EBT__STR(EBT_VERSION_MAJOR) "." EBT__STR(EBT_VERSION_MINOR) "." \
                     EBT__STR(EBT_VERSION_PATCH)               /* "0.2.0" */
 EBT_API const char *ebt_version(void);
+/* sizeof(ebt_real) the library was built with: 4, or 8 with -DEBT_DOUBLE (bindings check it) */
+EBT_API size_t ebt_real_size(void);
 
 #ifdef EBT_DOUBLE
 typedef double ebt_real;
@@ -407,7 +409,10 @@ typedef struct {
 EBT_API ebt_gen_opts ebt_gen_default(void);
 
 /* Writes n_new tokens continuing prompt[n_prompt] (n_prompt >= 1, any
- * length: only its last max_S tokens are seen) into
+ * length: only its last max_S tokens are seen, but the thinking seed of
+ * each new token derives from its absolute position n_prompt + t, so a
+ * long prompt and its last max_S tokens think from different random
+ * starts) into
  * out[n_new]; energy[n_new] (or NULL) receives the final energy of each
  * token's thinking (NaN for transformer++), probs[n_new*V] (or NULL) the
  * distribution each token was sampled from (before temperature/top-p).

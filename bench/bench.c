@@ -425,6 +425,13 @@ static void measure_peak(int nthr, int reps, double min_s, double peak[2])
     printf("peak: %.1f GFLOP/s on 1 thread, %.1f on %d\n", peak[0], peak[1], nthr);
 }
 
+/* in a child: measure_peak with the job's reps and threads (op = quick) */
+static void job_peak(const job *j, double *out)
+{
+    measure_peak(j->ebt_threads, j->reps, j->op ? 0.005 : 0.05, out);
+    fflush(stdout);
+}
+
 static void machine_facts(int threads_arg)
 {
     char line[256], cpu[128] = "?", load[64] = "?";
@@ -495,10 +502,14 @@ int main(int argc, char **argv)
     printf("threads: ebt kernels %d, OpenBLAS %d%s\n", eth, bth,
            blas_mode ? " (--blas-threads)" : " (OpenBLAS set to 1 thread; ebt splits the products itself)");
 
-    /* the machine's peak: the best product available, at 1 and `threads` threads */
-    double peak[2];
-    measure_peak(threads, reps, quick ? 0.005 : 0.05, peak);
-    openblas_set_num_threads(bth);
+    /* the machine's peak: the best product available, at 1 and `threads` threads,
+     * measured in a child like everything else (the parent never starts an
+     * OpenMP thread pool: a child forked after one would hang in libgomp) */
+    double peak[2], prss;
+    {
+        job pj = { cfg[0], reps, 0, 0, quick, threads, 0 };
+        in_child(job_peak, &pj, peak, 2, &prss);
+    }
     printf("FLOP model: matrix products only, 2 x multiply-adds; Fo observed, Fp predicted stream forward;\n"
            "  Fe = p @ pred_embed (2BSVD); energy Fp, energy+dE/dp 2Fp, hvp 4Fp-Fe (fwd 1, dE/dp bwd 1, tangent 1,\n"
            "  tangent of bwd 1), train detach 3Fo+7K*Fp-K*Fe (per step: fwd, dE/dp, tangent, mixed reverse),\n"

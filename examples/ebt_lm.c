@@ -87,23 +87,23 @@ typedef struct {
     int replay;              /* replay capacity (sequences) */
     double replay_frac;
     int step_embed;          /* n_step_embed */
-    int think_steps;         /* how the trained model thinks in eval / sample by default */
-    double think_noise;
+    double think_noise;      /* Langevin noise when the trained model thinks in eval / sample (it
+                                thinks k_max steps by default) */
 } recipe;
 
 static const recipe RECIPES[] = {
     { "default", "this library's recipe for short runs: truncate, 2-3 steps, a step embedding per step, "
       "alpha learnt, x[1/2, 2], noise 1, replay 256 x 1/4",
-      EBT_MODE_TRUNCATE, 2, 3, 0.3, 1, 10, 2, 1.0, 256, 0.25, 3, 3, 0 },
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 1, 10, 2, 1.0, 256, 0.25, 3, 0 },
     { "s1", "the published System 1 recipe (alexiglad/EBT job_scripts/nlp/pretrain/ebt_s1.sh): detach, "
       "2 steps, a step embedding per step, alpha learnt with a large learning rate, no noise, no replay",
-      EBT_MODE_DETACH, 2, 2, 0.3, 1, 10, 1, 0, 0, 0, 2, 2, 0 },
+      EBT_MODE_DETACH, 2, 2, 0.3, 1, 10, 1, 0, 0, 0, 2, 0 },
     { "s2", "the published System 2 recipe (ebt_s2.sh): truncate, 2-3 steps, one step embedding, "
       "alpha fixed x[1/2, 2], Langevin noise 3 (also when thinking later), replay 192 x 1/3",
-      EBT_MODE_TRUNCATE, 2, 3, 0.3, 0, 1, 2, 3.0, 192, 0.33, 1, 3, 3.0 },
+      EBT_MODE_TRUNCATE, 2, 3, 0.3, 0, 1, 2, 3.0, 192, 0.33, 1, 3.0 },
     { "s3", "this library's earlier default: full (back-propagation through every step), 2-4 steps, "
       "alpha learnt x[1/2, 2], noise 0.3, replay 256 x 1/4, no step embedding",
-      EBT_MODE_FULL, 2, 4, 0.3, 1, 1, 2, 0.3, 256, 0.25, 0, 4, 0 },
+      EBT_MODE_FULL, 2, 4, 0.3, 1, 1, 2, 0.3, 256, 0.25, 0, 0 },
 };
 #define N_RECIPES ((int)(sizeof RECIPES / sizeof RECIPES[0]))
 
@@ -721,7 +721,7 @@ static int train_record_recipe(trainer *T)
     line[89] = 0;   /* a metadata value is under 90 bytes */
     st = ebt_meta_set(T->m, "recipe", r->name);
     if (st == EBT_OK) st = ebt_meta_set(T->m, "recipe.options", line);
-    snprintf(num, sizeof num, "%d", T->a.eval_steps ? T->a.eval_steps : r->think_steps);
+    snprintf(num, sizeof num, "%d", T->a.eval_steps ? T->a.eval_steps : T->a.to.k_max);
     if (st == EBT_OK) st = ebt_meta_set(T->m, "think.steps", num);
     snprintf(num, sizeof num, "%.6g", r->think_noise);
     if (st == EBT_OK) st = ebt_meta_set(T->m, "think.noise", num);
