@@ -270,12 +270,31 @@ def report(rows, a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--only', help='comma list of ' + ','.join(WORKLOADS))
-    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--threads', default='1,2',
+                    help='torch thread count, or a comma list: each runs in turn, then the best per workload '
+                         '(default 1,2)')
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--K', type=int, default=2, help='thinking steps in the EBT train steps')
     ap.add_argument('--tiny', action='store_true', help='V=32 D=16 L=1 H=2 F=16 S=8 B=2 for every workload')
     ap.add_argument('--check', action='store_true', help='correctness check vs tests/ref, then exit')
     a = ap.parse_args()
+    if ',' in a.threads:               # each thread count in its own run, then PyTorch's best setting
+        best = {}
+        for t in a.threads.split(','):
+            cmd = [sys.executable, os.path.abspath(__file__), '--threads', t, '--repeats', str(a.repeats),
+                   '--K', str(a.K)] + (['--tiny'] if a.tiny else []) + (['--only', a.only] if a.only else [])
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+            print('==== torch threads %s\n%s' % (t, out))
+            for r in json.loads([l for l in out.splitlines() if l.startswith('JSON: ')][-1][6:])['rows']:
+                key = '%s %s' % (r['workload'], r['op'])
+                med = r.get('median_s', r.get('median'))
+                if med is not None and (key not in best or med < best[key][0]):
+                    best[key] = (med, t)
+        print('==== PyTorch best setting per row (median s, threads)')
+        for k, (med, t) in best.items():
+            print('  %-34s %9.4f s  (%s thread%s)' % (k, med, t, '' if t == '1' else 's'))
+        return
+    a.threads = int(a.threads)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.check:
