@@ -4221,25 +4221,22 @@ static void ebt__fsync_dir(const char *path, char *buf)
 #endif
 }
 
-static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, int n_meta,
-                                const ebt__st_out *t, int nt, char *err, size_t errlen)
+/* what is wrong with a write's arguments, or NULL (*nomem set if the
+ * duplicate check ran out of memory): never write a file our own reader
+ * would reject */
+static const char *ebt__st_check_out(const char *path, const char *const *meta_kv, int n_meta,
+                                     const ebt__st_out *t, int nt, int *nomem)
 {
-    ebt__st_buf b = { NULL, 0, 0, 0 };
-    unsigned char out[4096], b8[8];
-    char num[64], *tmp = NULL;
     const char *bad = NULL;
-    uint64_t off = 0, cnt, e;
-    size_t i, j;
-    int k, d, fd = -1, saved;
-    FILE *f = NULL;
-    /* validate everything first, so we never write a file our own reader would reject */
+    uint64_t off = 0, cnt;
+    int k, d;
     if (!path || !*path || n_meta < 0 || nt < 0 || nt > EBT__ST_MAX_TENSORS || n_meta > EBT__ST_MAX_META ||
-        (n_meta && !meta_kv) || (nt && !t)) bad = "bad arguments";
-    for (k = 0; !bad && k < 2 * n_meta; k++)
-        if (!meta_kv[k] || strlen(meta_kv[k]) >= (size_t)(k & 1 ? EBT__ST_VAL_MAX : EBT__ST_NAME_MAX)) bad = "metadata key/value NULL or too long";
+        (n_meta && !meta_kv) || (nt && !t)) return "bad arguments";
+    for (k = 0; k < 2 * n_meta; k++)
+        if (!meta_kv[k] || strlen(meta_kv[k]) >= (size_t)(k & 1 ? EBT__ST_VAL_MAX : EBT__ST_NAME_MAX)) return "metadata key/value NULL or too long";
     for (k = 0; !bad && k < nt; k++) {
         if (!t[k].name || strlen(t[k].name) >= EBT__ST_NAME_MAX || !strcmp(t[k].name, "__metadata__") ||
-            t[k].ndim < 0 || t[k].ndim > EBT__ST_MAX_DIMS) { bad = "tensor name or ndim invalid"; break; }
+            t[k].ndim < 0 || t[k].ndim > EBT__ST_MAX_DIMS) return "tensor name or ndim invalid";
         for (cnt = 1, d = 0; d < t[k].ndim; d++) {
             if (t[k].shape[d] < 0 || (uint64_t)t[k].shape[d] > EBT__ST_DIM_MAX) bad = "shape entry out of range";
             else if (t[k].shape[d] && cnt > UINT64_MAX / 4 / (uint64_t)t[k].shape[d]) bad = "shape too large";
@@ -4250,58 +4247,59 @@ static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, in
     }
     if (!bad && (nt > 1 || n_meta > 1)) {  /* duplicates would make the file unreadable */
         const char **v = (const char **)EBT_MALLOC((size_t)(nt > n_meta ? nt : n_meta) * sizeof *v);
-        if (!v) { ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
+        if (!v) { *nomem = 1; return "out of memory"; }
         for (k = 0; k < n_meta; k++) v[k] = meta_kv[2 * k];
         if (ebt__st_dup(v, n_meta)) bad = "duplicate metadata key";
         for (k = 0; k < nt; k++) v[k] = t[k].name;
         if (!bad && ebt__st_dup(v, nt)) bad = "duplicate tensor name";
         EBT_FREE(v);
     }
-    if (bad) { ebt__seterr(err, errlen, "safetensors write '%s': %s", path ? path : "(null)", bad); return EBT_ERR_ARG; }
+    return bad;
+}
 
-    /* header JSON, then space padding so the data starts 8-byte aligned */
-    ebt__st_puts(&b, "{");
+/* the header JSON into b, space-padded so the data start 8-byte aligned */
+static void ebt__st_header_json(ebt__st_buf *b, const char *const *meta_kv, int n_meta, const ebt__st_out *t, int nt)
+{
+    char num[64];
+    uint64_t off = 0, cnt;
+    ebt__st_puts(b, "{");
     if (n_meta) {
-        ebt__st_puts(&b, "\"__metadata__\":{");
-        for (k = 0; k < n_meta; k++) {
-            if (k) ebt__st_puts(&b, ",");
-            ebt__st_putq(&b, meta_kv[2 * k]); ebt__st_puts(&b, ":"); ebt__st_putq(&b, meta_kv[2 * k + 1]);
+        ebt__st_puts(b, "\"__metadata__\":{");
+        for (int k = 0; k < n_meta; k++) {
+            if (k) ebt__st_puts(b, ",");
+            ebt__st_putq(b, meta_kv[2 * k]); ebt__st_puts(b, ":"); ebt__st_putq(b, meta_kv[2 * k + 1]);
         }
-        ebt__st_puts(&b, nt ? "}," : "}");
+        ebt__st_puts(b, nt ? "}," : "}");
     }
-    for (off = 0, k = 0; k < nt; k++) {
-        if (k) ebt__st_puts(&b, ",");
-        ebt__st_putq(&b, t[k].name);
-        ebt__st_puts(&b, ":{\"dtype\":\"F32\",\"shape\":[");
-        for (cnt = 1, d = 0; d < t[k].ndim; d++) {
+    for (int k = 0; k < nt; k++) {
+        if (k) ebt__st_puts(b, ",");
+        ebt__st_putq(b, t[k].name);
+        ebt__st_puts(b, ":{\"dtype\":\"F32\",\"shape\":[");
+        cnt = 1;
+        for (int d = 0; d < t[k].ndim; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)t[k].shape[d]);
-            ebt__st_puts(&b, num);
+            ebt__st_puts(b, num);
             cnt *= (uint64_t)t[k].shape[d];
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (ebt__st_ull)off, (ebt__st_ull)(off + cnt * 4));
-        ebt__st_puts(&b, num);
+        ebt__st_puts(b, num);
         off += cnt * 4;
     }
-    ebt__st_puts(&b, "}");
-    while (!b.oom && b.n % 8) ebt__st_puts(&b, " ");
-    if (b.oom || b.n > EBT__ST_HEADER_MAX) {
-        EBT_FREE(b.p);
-        ebt__seterr(err, errlen, "safetensors write '%s': header too large or out of memory", path);
-        return b.oom ? EBT_ERR_NOMEM : EBT_ERR_ARG;
-    }
+    ebt__st_puts(b, "}");
+    while (!b->oom && b->n % 8) ebt__st_puts(b, " ");
+}
 
-    /* temp file in the same directory; O_EXCL never clobbers (or follows) an existing name */
-    if (!(tmp = (char *)EBT_MALLOC(strlen(path) + 48))) { EBT_FREE(b.p); ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
-    for (k = 0; k < 100; k++) {
-        snprintf(tmp, strlen(path) + 48, "%s.tmp.%ld.%d", path, (long)getpid(), k);
-        if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644)) >= 0 || errno != EEXIST) break;
-    }
-    if (fd < 0) { saved = errno; goto fail_notmp; }
-    if (!(f = fdopen(fd, "wb"))) { saved = errno; close(fd); goto fail; }
-    for (e = b.n, k = 0; k < 8; k++, e >>= 8) b8[k] = (unsigned char)(e & 0xFF);
-    if (fwrite(b8, 1, 8, f) != 8 || fwrite(b.p, 1, b.n, f) != b.n) goto fail_errno;
-    for (k = 0; k < nt; k++) {
-        for (cnt = 1, d = 0; d < t[k].ndim; d++) cnt *= (uint64_t)t[k].shape[d];
+/* header length, header and the tensors' little-endian float32 bytes to f; 0 or -1 (errno) */
+static int ebt__st_write_data(FILE *f, const ebt__st_buf *b, const ebt__st_out *t, int nt)
+{
+    unsigned char out[4096], b8[8];
+    uint64_t e = b->n, cnt;
+    size_t i, j;
+    for (int k = 0; k < 8; k++, e >>= 8) b8[k] = (unsigned char)(e & 0xFF);
+    if (fwrite(b8, 1, 8, f) != 8 || fwrite(b->p, 1, b->n, f) != b->n) return -1;
+    for (int k = 0; k < nt; k++) {
+        cnt = 1;
+        for (int d = 0; d < t[k].ndim; d++) cnt *= (uint64_t)t[k].shape[d];
         for (i = 0; i < (size_t)cnt;) {
             for (j = 0; j < sizeof out && i < (size_t)cnt; j += 4, i++) {
                 float fv = (float)t[k].data[i];
@@ -4310,10 +4308,37 @@ static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, in
                 out[j] = (unsigned char)u; out[j + 1] = (unsigned char)(u >> 8);
                 out[j + 2] = (unsigned char)(u >> 16); out[j + 3] = (unsigned char)(u >> 24);
             }
-            if (fwrite(out, 1, j, f) != j) goto fail_errno;
+            if (fwrite(out, 1, j, f) != j) return -1;
         }
     }
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) goto fail_errno;
+    return 0;
+}
+
+static ebt_status ebt__st_write(const char *path, const char *const *meta_kv, int n_meta,
+                                const ebt__st_out *t, int nt, char *err, size_t errlen)
+{
+    ebt__st_buf b = { NULL, 0, 0, 0 };
+    char *tmp = NULL;
+    int k, fd = -1, saved, nomem = 0;
+    FILE *f = NULL;
+    const char *bad = ebt__st_check_out(path, meta_kv, n_meta, t, nt, &nomem);
+    if (nomem) { ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
+    if (bad) { ebt__seterr(err, errlen, "safetensors write '%s': %s", path ? path : "(null)", bad); return EBT_ERR_ARG; }
+    ebt__st_header_json(&b, meta_kv, n_meta, t, nt);
+    if (b.oom || b.n > EBT__ST_HEADER_MAX) {
+        EBT_FREE(b.p);
+        ebt__seterr(err, errlen, "safetensors write '%s': header too large or out of memory", path);
+        return b.oom ? EBT_ERR_NOMEM : EBT_ERR_ARG;
+    }
+    /* temp file in the same directory; O_EXCL never clobbers (or follows) an existing name */
+    if (!(tmp = (char *)EBT_MALLOC(strlen(path) + 48))) { EBT_FREE(b.p); ebt__seterr(err, errlen, "safetensors: out of memory"); return EBT_ERR_NOMEM; }
+    for (k = 0; k < 100; k++) {
+        snprintf(tmp, strlen(path) + 48, "%s.tmp.%ld.%d", path, (long)getpid(), k);
+        if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644)) >= 0 || errno != EEXIST) break;
+    }
+    if (fd < 0) { saved = errno; goto fail_notmp; }
+    if (!(f = fdopen(fd, "wb"))) { saved = errno; close(fd); goto fail; }
+    if (ebt__st_write_data(f, &b, t, nt) != 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) goto fail_errno;
     k = fclose(f);
     f = NULL;
     if (k != 0 || rename(tmp, path) != 0) goto fail_errno;
@@ -4463,13 +4488,11 @@ static ebt_status ebt__check_tensors(const ebt__st_header *h, const ebt__tensor 
     return EBT_OK;
 }
 
-/* optimiser moments (all or none), optim.step, and the replay buffer */
-static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
+/* the optimiser moments (all or none) and optim.step */
+static ebt_status ebt__load_moments(FILE *f, const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
 {
     char nm[EBT__NAME_MAX + 8];
-    int nfound = 0, V = m->cfg.vocab_size;
-    const ebt__st_tensor *rt = ebt__st_find(h, "optim.replay.tokens"), *rg = ebt__st_find(h, "optim.replay.targets"),
-                         *rl = ebt__st_find(h, "optim.replay.logits");
+    int nfound = 0;
     ebt_status st = EBT_OK;
     for (int j = 0; j < h->nt; j++) nfound += strncmp(h->t[j].name, "optim.m.", 8) == 0 || strncmp(h->t[j].name, "optim.v.", 8) == 0;
     if (nfound > 0) {
@@ -4495,6 +4518,16 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         if (st != EBT_OK) return st;
         m->opt.step = step;
     }
+    return EBT_OK;
+}
+
+/* the replay buffer (its three tensors and metadata, all or none) */
+static ebt_status ebt__load_replay(FILE *f, const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
+{
+    int V = m->cfg.vocab_size;
+    const ebt__st_tensor *rt = ebt__st_find(h, "optim.replay.tokens"), *rg = ebt__st_find(h, "optim.replay.targets"),
+                         *rl = ebt__st_find(h, "optim.replay.logits");
+    ebt_status st = EBT_OK;
     if (rt || rg || rl) {
         int cap, next, cnt, S;
         size_t n;
@@ -4535,6 +4568,13 @@ static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_mo
         m->rb.cap = cap; m->rb.rows = m->rb.count = cnt; m->rb.next = next; m->rb.S = S;
     }
     return EBT_OK;
+}
+
+/* optimiser moments, optim.step and the replay buffer */
+static ebt_status ebt__load_train_state(FILE *f, const ebt__st_header *h, ebt_model *m, char *err, size_t errlen)
+{
+    ebt_status st = ebt__load_moments(f, h, m, err, errlen);
+    return st == EBT_OK ? ebt__load_replay(f, h, m, err, errlen) : st;
 }
 
 /* the caller's metadata ("user.<key>" entries) */
@@ -4618,40 +4658,26 @@ static void ebt__fmt_double(char *buf, size_t n, double v)
     }
 }
 
-ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t errlen)
+/* the metadata of m's checkpoint (docs/model.md section 9.2) as key/value
+ * pairs in kv (strings in vals and ukeys); returns the number of strings */
+static int ebt__save_meta(const ebt_model *m, char vals[13][32], char ukeys[][EBT__META_KEY + 8], const char **kv)
 {
-    char vals[13][32], (*names)[EBT__NAME_MAX + 8] = NULL, ukeys[EBT__META_MAX][EBT__META_KEY + 8];
-    const char *kv[32 + 2 * EBT__META_MAX];
-    ebt_real *rtok = NULL;
-    int no = m ? m->nt : 0;
+    static const char *names[] = { "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_step_embed", "tie_pred_embed" };
+    const ebt_config *c = &m->cfg;
+    int v[8] = { c->vocab_size, c->d_model, c->n_layers, c->n_heads, c->d_ff, c->max_seq_len, c->n_step_embed, c->tie_pred_embed };
     int nkv = 0;
-    ebt__st_out *o;
-    ebt_status st;
-    const ebt_config *c;
-    if (err && errlen) err[0] = 0;
-    if (!m || !path) { ebt__seterr(err, errlen, "model or path is NULL"); return EBT_ERR_ARG; }
-    if (!ebt__all_finite(m->params, m->n_params)) { ebt__seterr(err, errlen, "parameters contain NaN or Inf; not saved"); return EBT_ERR_NONFINITE; }
-    c = &m->cfg;
     kv[nkv++] = "format"; kv[nkv++] = "ebt";
     kv[nkv++] = "version"; kv[nkv++] = "1";
     kv[nkv++] = "arch"; kv[nkv++] = c->arch == EBT_ARCH_EBT ? "ebt" : "transformer++";
-    {
-        static const char *names[] = { "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_step_embed", "tie_pred_embed" };
-        int v[8];
-        v[0] = c->vocab_size; v[1] = c->d_model; v[2] = c->n_layers; v[3] = c->n_heads;
-        v[4] = c->d_ff; v[5] = c->max_seq_len; v[6] = c->n_step_embed; v[7] = c->tie_pred_embed;
-        for (int i = 0; i < (c->arch == EBT_ARCH_EBT ? 8 : 6); i++) {
-            snprintf(vals[i], sizeof vals[i], "%d", v[i]);
-            kv[nkv++] = names[i];
-            kv[nkv++] = vals[i];
-        }
-        ebt__fmt_double(vals[8], sizeof vals[8], c->rope_theta);
-        kv[nkv++] = "rope_theta"; kv[nkv++] = vals[8];
-        ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
-        kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
+    for (int i = 0; i < (c->arch == EBT_ARCH_EBT ? 8 : 6); i++) {
+        snprintf(vals[i], sizeof vals[i], "%d", v[i]);
+        kv[nkv++] = names[i]; kv[nkv++] = vals[i];
     }
-    /* optimiser state and the replay buffer (docs/model.md section 9.3) */
-    if (m->opt.m) {
+    ebt__fmt_double(vals[8], sizeof vals[8], c->rope_theta);
+    kv[nkv++] = "rope_theta"; kv[nkv++] = vals[8];
+    ebt__fmt_double(vals[9], sizeof vals[9], c->norm_eps);
+    kv[nkv++] = "norm_eps"; kv[nkv++] = vals[9];
+    if (m->opt.m) {   /* optimiser state and the replay buffer (section 9.3) */
         snprintf(vals[10], sizeof vals[10], "%ld", m->opt.step);
         kv[nkv++] = "optim.step"; kv[nkv++] = vals[10];
     }
@@ -4665,14 +4691,15 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         snprintf(ukeys[i], sizeof ukeys[i], "user.%s", m->meta[i].key);
         kv[nkv++] = ukeys[i]; kv[nkv++] = m->meta[i].val;
     }
-    o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
-    names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);
-    if (m->rb.count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb.count * m->rb.S);
-    if (!o || !names || (m->rb.count > 0 && !rtok)) {
-        EBT_FREE(o); EBT_FREE(names); EBT_FREE(rtok);
-        ebt__seterr(err, errlen, "out of memory");
-        return EBT_ERR_NOMEM;
-    }
+    return nkv;
+}
+
+/* the tensors of m's checkpoint into o (capacity 3 nt + 3): the parameters,
+ * the moments of each (names into names), the replay ring (ids as reals in
+ * rtok); returns their number */
+static int ebt__save_tensors(const ebt_model *m, ebt__st_out *o, char (*names)[EBT__NAME_MAX + 8], ebt_real *rtok)
+{
+    int no = m->nt;
     for (int i = 0; i < m->nt; i++) {
         memset(&o[i], 0, sizeof o[i]);
         o[i].name = m->t[i].name;
@@ -4680,14 +4707,11 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
         o[i].shape[0] = m->t[i].shape[0];
         o[i].shape[1] = m->t[i].shape[1];
         o[i].data = m->params + m->t[i].off;
-        if (m->opt.m) {
-            for (int w = 0; w < 2; w++) {
-                o[no] = o[i];
-                snprintf(names[2 * i + w], sizeof names[0], "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
-                o[no].name = names[2 * i + w];
-                o[no].data = (w ? m->opt.v : m->opt.m) + m->t[i].off;
-                no++;
-            }
+        for (int w = 0; m->opt.m && w < 2; w++) {
+            o[no] = o[i];
+            snprintf(names[2 * i + w], sizeof names[0], "optim.%c.%s", w ? 'v' : 'm', m->t[i].name);
+            o[no].name = names[2 * i + w];
+            o[no++].data = (w ? m->opt.v : m->opt.m) + m->t[i].off;
         }
     }
     if (m->rb.count > 0) {
@@ -4700,11 +4724,34 @@ ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t e
             o[no].ndim = w == 2 ? 3 : 2;
             o[no].shape[0] = m->rb.count;
             o[no].shape[1] = m->rb.S;
-            o[no].shape[2] = c->vocab_size;
-            o[no].data = w == 2 ? m->rb.y : rtok + (size_t)w * n;
-            no++;
+            o[no].shape[2] = m->cfg.vocab_size;
+            o[no++].data = w == 2 ? m->rb.y : rtok + (size_t)w * n;
         }
     }
+    return no;
+}
+
+ebt_status ebt_save_ex(const ebt_model *m, const char *path, char *err, size_t errlen)
+{
+    char vals[13][32], (*names)[EBT__NAME_MAX + 8] = NULL, ukeys[EBT__META_MAX][EBT__META_KEY + 8];
+    const char *kv[32 + 2 * EBT__META_MAX];
+    ebt_real *rtok = NULL;
+    ebt__st_out *o;
+    ebt_status st;
+    int nkv, no;
+    if (err && errlen) err[0] = 0;
+    if (!m || !path) { ebt__seterr(err, errlen, "model or path is NULL"); return EBT_ERR_ARG; }
+    if (!ebt__all_finite(m->params, m->n_params)) { ebt__seterr(err, errlen, "parameters contain NaN or Inf; not saved"); return EBT_ERR_NONFINITE; }
+    nkv = ebt__save_meta(m, vals, ukeys, kv);
+    o = (ebt__st_out *)EBT_MALLOC(sizeof(ebt__st_out) * (3 * (size_t)m->nt + 3));
+    names = (char (*)[EBT__NAME_MAX + 8])EBT_MALLOC(sizeof *names * 2 * (size_t)m->nt);
+    if (m->rb.count > 0) rtok = (ebt_real *)EBT_MALLOC(sizeof(ebt_real) * 2 * (size_t)m->rb.count * m->rb.S);
+    if (!o || !names || (m->rb.count > 0 && !rtok)) {
+        EBT_FREE(o); EBT_FREE(names); EBT_FREE(rtok);
+        ebt__seterr(err, errlen, "out of memory");
+        return EBT_ERR_NOMEM;
+    }
+    no = ebt__save_tensors(m, o, names, rtok);
     st = ebt__st_write(path, kv, nkv / 2, o, no, err, errlen);
     EBT_FREE(o);
     EBT_FREE(names);
