@@ -3,18 +3,20 @@
    file, sample from it, and measure how validation cross-entropy improves
    with thinking steps and restarts.
 
-     ebt_lm train  [options]   train (EBT by default, --arch transformer)
-     ebt_lm sample [options]   generate text from a checkpoint
-     ebt_lm eval   [options]   CE vs thinking steps / restarts (+ PNG plot)
-     ebt_lm <command> --help   options of a command
+     ebt_lm train  [options]   train (EBT by default, --recipe NAME, --arch transformer)
+     ebt_lm sample [options]   generate text, streamed (--trace: the model thinking)
+     ebt_lm eval   [options]   CE vs thinking steps / restarts, uncertainty, out of
+                               distribution, compute/quality of the stopping rules
+     ebt_lm export [options]   re-write a checkpoint (--weights-only)
+     ebt_lm help [command], ebt_lm <command> --help, ebt_lm --version
 
    EXAMPLES (from the repository root, after building build/ebt_lm)
-     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20
-     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 20 \
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 8
+     ./build/ebt_lm train --data data/tinyshakespeare.txt --minutes 8 \
          --arch transformer --out transformer.safetensors
      ./build/ebt_lm eval --ckpt ebt.safetensors --baseline transformer.safetensors \
-         --data data/tinyshakespeare.txt --plot thinking.png
-     ./build/ebt_lm sample --ckpt ebt.safetensors --prompt "ROMEO:"
+         --data data/tinyshakespeare.txt --plot thinking.png --ood /usr/share/common-licenses/GPL-3
+     ./build/ebt_lm sample --ckpt ebt.safetensors --prompt "ROMEO:" --trace --trace-png think.png
      ./build/ebt_lm train --data data/tinyshakespeare.txt --steps 5000 --resume
 
    NOTES
@@ -22,14 +24,11 @@
      /usr/share/games/fortunes (Debian package `fortunes`) not ending in .dat
      or .u8, in sorted name order. The first 90% of the bytes train, the
      last 10% validate.
-   - Budget: --minutes M (default 5) and/or --steps N. --steps is the total
-     number of optimiser steps (a resumed run continues up to it). With
-     --steps alone there is no time limit. The cosine schedule ends at
-     --steps; with only --minutes it ends at an estimate made after this
-     run's first 10 steps from their speed and the time of the validation
-     at the start (those 10 steps use the library's default total_steps;
-     for a fresh run they are in warm-up).
-     For a bit-exact resume give --steps (the estimate depends on speed).
+   - Budget: --minutes M (default 5; the final validation included) and/or
+     --steps N (the total number of optimiser steps; a resumed run continues
+     up to it). With --minutes alone the cosine schedule follows the elapsed
+     time (ebt_train_opts.progress); with --steps it ends at N, and a resume
+     is bit-exact.
    - Batch k is drawn from (seed, k) alone, so a resumed run sees the same
      batches as an uninterrupted one; the optimiser state and replay
      buffer come with the checkpoint.
