@@ -50,7 +50,7 @@ INSTALL    ?= install
 EXAMPLES = $(BUILD)/minimal $(BUILD)/ebt_lm
 TESTS    = $(BUILD)/test_fd $(BUILD)/test_ref $(BUILD)/test_ref_double $(BUILD)/test_shapes $(BUILD)/test_leak $(BUILD)/test_ckpt $(BUILD)/test_badinput $(BUILD)/test_safetensors $(BUILD)/test_train $(BUILD)/test_train_double $(BUILD)/test_think $(BUILD)/test_think_double $(BUILD)/test_think_rules $(BUILD)/test_think_rules_double $(BUILD)/test_alloc $(BUILD)/test_threads $(BUILD)/test_savefail \
            $(BUILD)/test_optim $(BUILD)/test_optim_double $(BUILD)/test_think_opts \
-           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths $(BUILD)/test_train_parts
+           $(BUILD)/test_energy $(BUILD)/test_energy_double $(BUILD)/test_generate $(BUILD)/test_errpaths $(BUILD)/test_train_parts $(BUILD)/test_kernels
 
 .PHONY: all test test-suite asan fuzz bench clean ref install uninstall mutate mpi pytest
 all: $(BUILD)/libebt.a $(BUILD)/libebt.so $(BUILD)/$(SONAME) $(EXAMPLES)
@@ -175,6 +175,10 @@ $(BUILD)/test_badinput: tests/test_badinput.c tests/test_util.h ebt.c ebt.h | $(
 $(BUILD)/test_alloc: tests/test_alloc.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
 
+# test_kernels includes ebt.c to reach its scalar kernels (exp, sigmoid)
+$(BUILD)/test_kernels: tests/test_kernels.c tests/test_util.h ebt.c ebt.h | $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
+
 # test_errpaths includes ebt.c to hash the training state and to fail the loader's reads
 $(BUILD)/test_errpaths: tests/test_errpaths.c tests/test_util.h ebt.c ebt.h | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(TESTLIBS)
@@ -230,7 +234,7 @@ pytest: $(BUILD)/libebt.so.$(VERSION) $(BUILD)/$(SONAME)
 # (the Python tests load the sanitized libebt.so into python3 with the
 # runtimes preloaded; Python's own allocations are not leak-checked)
 asan:
-	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 $(MAKE) test-suite BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all" \
 	  PYTEST_ENV="LD_PRELOAD=$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so) ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0"
 
 # `make fuzz`: the libFuzzer harnesses of tests/fuzz (checkpoint loader,
@@ -243,7 +247,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_FLAGS    = -std=c99 -Wall -Wextra -Wpedantic -g -O1 -fno-omit-frame-pointer \
-                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+                -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all
 FUZZ_ENV      = OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 \
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 FUZZ_HARNESSES = fuzz_load fuzz_st fuzz_lm_args fuzz_lm_text

@@ -219,7 +219,10 @@ static inline double ebt__exp(double x) { return exp(x); }
  * 88.376 (callers pass max-subtracted arguments <= 0, or -z in a sigmoid). */
 static inline float ebt__exp(float x)
 {
-    float xc = x > 88.3762626f ? 88.3762626f : x < -87.33654f ? -87.33654f : x;   /* n in [-126, 127] */
+    /* clamp so that n is in [-126, 127]; a NaN goes to the top (converting
+     * a NaN to an integer is undefined behaviour) and comes back below */
+    float xc = x < 88.3762626f ? x : 88.3762626f;
+    xc = xc > -87.33654f ? xc : -87.33654f;
     float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round(x / ln2) */
     float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;      /* x - n ln2, in two parts */
     float p = 1.9875691500e-4f, sc;
@@ -231,7 +234,7 @@ static inline float ebt__exp(float x)
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     memcpy(&sc, &bits, sizeof sc);
-    return x < -87.33654f ? 0.0f : p * sc;
+    return x != x ? x : x < -87.33654f ? 0.0f : p * sc;
 }
 #endif
 

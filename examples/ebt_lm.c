@@ -1255,13 +1255,19 @@ typedef struct {
     ebt_real *pchosen;       /* [n] probability of the chosen byte */
 } sample_log;
 
+/* floor(f * n) clamped to [0, n - 1]; a NaN (a diverged energy) gives 0
+ * (clamped before the conversion: a NaN or huge double to int is undefined) */
+static int bucket(double f, int n)
+{
+    double x = f * n;
+    return x >= 1 ? (x < n - 1 ? (int)x : n - 1) : 0;
+}
+
 /* 256-colour terminal background for an energy relative to [lo, hi] (green low, red high) */
 static int energy_colour(double e, double lo, double hi)
 {
     static const int ramp[6] = { 22, 28, 100, 136, 130, 124 };
-    double f = hi > lo ? (e - lo) / (hi - lo) : 0.5;
-    int i = (int)(f * 6);
-    return ramp[i < 0 ? 0 : i > 5 ? 5 : i];
+    return ramp[bucket(hi > lo ? (e - lo) / (hi - lo) : 0.5, 6)];
 }
 
 static void print_byte_escaped(FILE *f, int b)
@@ -1308,8 +1314,8 @@ static int sample_on_token(void *user, const ebt_gen_token *t)
 static unsigned long heat_colour(double f)
 {
     static const unsigned char a[5][3] = { {68,1,84}, {59,82,139}, {33,145,140}, {94,201,98}, {253,231,37} };
-    f = f < 0 ? 0 : f > 1 ? 1 : f;
-    int i = f >= 1 ? 3 : (int)(f * 4);
+    f = f > 0 ? (f < 1 ? f : 1) : 0;        /* NaN -> 0 */
+    int i = bucket(f, 4);
     double u = f * 4 - i;
     unsigned long c = 0;
     for (int ch = 0; ch < 3; ch++) c = c << 8 | (unsigned long)(a[i][ch] + u * (a[i + 1][ch] - a[i][ch]) + 0.5);

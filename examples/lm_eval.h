@@ -225,8 +225,8 @@ static int plot_steps(const char *path, const int *ks, const double *ce_k, const
         const double *ys = panel ? ce_r : ce_k;
         int X0 = panel ? 600 : 80, X1 = panel ? 810 : 520, Y0 = 50, Y1 = 350;
         double xmin = xs[0], xmax = xs[n - 1];
-        #define PX(x) (X0 + 15 + (int)(((x) - xmin) / (xmax - xmin) * (X1 - X0 - 30) + 0.5))
-        #define PY(y) (Y1 - (int)(((y) - lo) / (hi - lo) * (Y1 - Y0) + 0.5))
+        #define PX(x) (X0 + 15 + png_coord(((x) - xmin) / (xmax - xmin) * (X1 - X0 - 30)))
+        #define PY(y) (Y1 - png_coord(((y) - lo) / (hi - lo) * (Y1 - Y0)))
         for (int t = 0; t <= 4; t++) {          /* y grid, ticks and labels */
             double y = lo + (hi - lo) * t / 4;
             png_line(&im, X0 + 1, PY(y), X1, PY(y), GRAY, 0);
@@ -287,8 +287,8 @@ static int lineplot(const char *path, const char *title, const char *xl, const c
     if (!(yhi > ylo)) { ylo -= 0.05; yhi += 0.05; }
     { double px = 0.05 * (xhi - xlo), py = 0.08 * (yhi - ylo); xlo -= px; xhi += px; ylo -= py; yhi += py; }
     if (png_init(&im, 900, 440)) return -1;
-    #define LX(x) (X0 + (int)(((x) - xlo) / (xhi - xlo) * (X1 - X0) + 0.5))
-    #define LY(y) (Y1 - (int)(((y) - ylo) / (yhi - ylo) * (Y1 - Y0) + 0.5))
+    #define LX(x) (X0 + png_coord(((x) - xlo) / (xhi - xlo) * (X1 - X0)))
+    #define LY(y) (Y1 - png_coord(((y) - ylo) / (yhi - ylo) * (Y1 - Y0)))
     png_text(&im, 20, 14, title, 2, 0x000000);
     for (int t = 0; t <= 4; t++) {   /* grid and tick labels */
         double x = xlo + (xhi - xlo) * t / 4, y = ylo + (yhi - ylo) * t / 4;

@@ -18,6 +18,7 @@
 #define EXAMPLES_PNG_H
 
 #include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,13 @@ static const unsigned char png__font[][7] = {
     {4,4,4,4,4,4,4}, {0,0,8,21,2,0,0}, {4,10,17,0,0,0,0}, {8,4,2,0,0,0,0}, {2,4,4,8,4,4,2},
     {8,4,4,2,4,4,8},
 };
+
+/* a pixel coordinate from a double: rounded, clamped to +-1e6 (drawing
+ * clips), a NaN far off the canvas; never an out-of-range conversion */
+static int png_coord(double v)
+{
+    return v > -1e6 ? (v < 1e6 ? (int)floor(v + 0.5) : 1000000) : -1000000;
+}
 
 static int png_text_w(const char *s, int scale) { return (int)strlen(s) * 6 * scale; }
 
