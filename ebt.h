@@ -507,10 +507,12 @@ EBT_API ebt_status ebt_train_step(ebt_model *m, const ebt_train_opts *opts, cons
  * The randomness of a sequence (y_0, its step sizes, its Langevin noise)
  * derives from (seed, optimiser step, first_seq + b) and the number of
  * thinking steps from (seed, optimiser step), so the split does not change
- * what is computed; only the order of floating-point sums does. The replay
- * buffer is per model (per process): each micro-batch replays its own last
- * round(replay_frac * B) sequences from it, and ebt_train_apply pushes the
- * sequences this model accumulated. */
+ * what is computed; only the order of floating-point sums does. Replay is
+ * decided by global index too: the last round(replay_frac * G) sequences of
+ * the global batch continue from rows of the replay ring, so micro-batches
+ * of one model replay what the whole batch would. The ring is per model
+ * (per process): ebt_train_apply pushes the sequences this model
+ * accumulated, so with several processes each replays from its own ring. */
 
 /* The statistic sums ebt_train_accumulate adds behind the gradients. */
 #define EBT_TRAIN_NSUMS 6
