@@ -299,7 +299,13 @@ EBT_API ebt_status ebt_lm_backward(ebt_model *m, const int32_t *tokens, const in
  * below grad_tol, a shared budget of row evaluations); a stopped position
  * keeps its state and is no longer computed (only moving rows are
  * evaluated). With several starts, each position keeps the start whose
- * final energy is lowest (self-verification). */
+ * final energy is lowest (self-verification).
+ * Rounding: a row computed inside a differently shaped matrix product (the
+ * moving rows only, last_only, another batch size) may differ from the same
+ * row of a full run in the last bits, since a BLAS kernel may add in another
+ * order for another shape; so a position near a stopping threshold may
+ * stop one step apart. For fixed shapes, options and thread counts the
+ * results are the same bits on every run. */
 typedef struct {
     int steps;               /* K, updates per position (default 4) */
     double step_size;        /* alpha; <= 0: the model's max(alpha, 1e-4) (default 0) */

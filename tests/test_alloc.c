@@ -200,7 +200,7 @@ static struct {
     size_t old_n;
     /* outputs */
     ebt_real E[B2 * S2], g[B2 * S2 * V], hv[B2 * S2 * V], logits[B2 * S2 * V], loss;
-    ebt_real t_probs[B * S * V], t_logits[B * S * V], t_energy[B * S * (K + 1)], t_fin[B * S];
+    ebt_real t_probs[B * S * V], t_logits[B * S * V], t_energy[B * S * (K + 1)], t_fin[B * S], t_curv[B * S];
     int t_steps[B * S], t_win[B * S];
     ebt_think_result tr;
     int32_t out[NNEW];
@@ -311,6 +311,19 @@ static ebt_status call_think(const op *o)
     G.tr.steps_taken = G.t_steps; G.tr.winner = G.t_win;
     return ebt_think(G.ws, G.m, tok, B, S, &t, &G.tr);
 }
+/* the stopping rules of issue 12, keep_best and the curvature output
+ * (which computes H_pp v at the answers) */
+static ebt_status call_think_rules(const op *o)
+{
+    ebt_think_opts t = ebt_think_default();
+    (void)o;
+    t.steps = K; t.restarts = R; t.noise = 0.2; t.seed = 5;
+    t.rel_drop = 1e-3; t.grad_tol = 1e-4; t.row_budget = (long long)B * S * 3; t.clamp = 0.5; t.keep_best = 1;
+    memset(&G.tr, 0, sizeof G.tr);
+    G.tr.probs = G.t_probs; G.tr.logits = G.t_logits; G.tr.energy = G.t_energy; G.tr.final_energy = G.t_fin;
+    G.tr.steps_taken = G.t_steps; G.tr.winner = G.t_win; G.tr.curvature = G.t_curv;
+    return ebt_think(G.ws, G.m, tok, B, S, &t, &G.tr);
+}
 static uint64_t result_think(const op *o)
 {
     uint64_t h = TEST_FNV0;
@@ -318,6 +331,7 @@ static uint64_t result_think(const op *o)
     h = test_fnv(h, G.t_probs, sizeof G.t_probs); h = test_fnv(h, G.t_logits, sizeof G.t_logits);
     h = test_fnv(h, G.t_energy, sizeof G.t_energy); h = test_fnv(h, G.t_fin, sizeof G.t_fin);
     h = test_fnv(h, G.t_steps, sizeof G.t_steps); h = test_fnv(h, G.t_win, sizeof G.t_win);
+    h = test_fnv(h, G.t_curv, sizeof G.t_curv);
     HV(h, G.tr.rows_evaluated); HV(h, G.tr.rows_budget); HV(h, G.tr.diverged);
     return digest_model(h, G.m);
 }
@@ -567,6 +581,7 @@ static void test_think_generate(void **state)
     const op ops[] = {
         { "ebt_think (restarts 3, noise)", EBT_ARCH_EBT, 0, 0, 0, setup_model_ws, call_think, result_think, state_m, fail_ws_msg, 0, teardown_all, 0 },
         { "ebt_think (step embed, restarts 3, noise)", EBT_ARCH_EBT, 3, 1, 0, setup_model_ws, call_think, result_think, state_m, fail_ws_msg, 0, teardown_all, 0 },
+        { "ebt_think (stopping rules, keep_best, curvature)", EBT_ARCH_EBT, 3, 1, 0, setup_model_ws, call_think_rules, result_think, state_m, fail_ws_msg, 0, teardown_all, 0 },
         { "ebt_generate (ebt, KV cache)", EBT_ARCH_EBT, 0, 0, 0, setup_gen, call_generate, result_gen, state_m, fail_ws_msg, 0, teardown_all, 0 },
         { "ebt_generate (ebt, step embed)", EBT_ARCH_EBT, 2, 0, 0, setup_gen, call_generate, result_gen, state_m, fail_ws_msg, 0, teardown_all, 0 },
         { "ebt_generate (transformer++)", EBT_ARCH_TRANSFORMER, 0, 0, 0, setup_gen, call_generate, result_gen, state_m, fail_ws_msg, 0, teardown_all, 0 },

@@ -596,6 +596,11 @@ static void test_think_calls(void **state)
     BADTHINK(init_scale, -1, 1); BADTHINK(init_scale, NAN, 1); BADTHINK(init_scale, INFINITY, 1);
     BADTHINK(energy_threshold, NAN, 1);
     BADTHINK(tol, NAN, 1);
+    BADTHINK(rel_drop, NAN, 1); BADTHINK(rel_drop, INFINITY, 1);
+    BADTHINK(grad_tol, NAN, 1); BADTHINK(grad_tol, INFINITY, 1);
+    BADTHINK(row_budget, -1, 1); BADTHINK(row_budget, LLONG_MIN, 1);
+    BADTHINK(clamp, -0.5, 1); BADTHINK(clamp, NAN, 1); BADTHINK(clamp, INFINITY, 1);
+    BADTHINK(keep_best, 2, 1); BADTHINK(keep_best, -1, 1);
     BADTHINK(restarts, 0, 1); BADTHINK(restarts, -1, 1); BADTHINK(restarts, INT_MIN, 1);
     BADTHINK(restarts, 1 << 30, 1); BADTHINK(restarts, INT_MAX, 1);
     /* a flag: 0 or 1, as config.tie_pred_embed (generation implies last_only) */
