@@ -2968,7 +2968,7 @@ ebt_status ebt_generate(ebt_workspace *ws, const ebt_model *m, const int32_t *pr
     pr = (ebt__pair *)(void *)(((uintptr_t)(ctx + n_prompt + n_new) + 15) & ~(uintptr_t)15);
     q = (ebt_real *)(void *)(pr + V);
     hist = q + V;
-    if (n_prompt > 0) memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);   /* (checked: silences gcc -O3) */
+    if (prompt && n_prompt > 0) memcpy(ctx, prompt, sizeof(int32_t) * (size_t)n_prompt);   /* prompt: checked above; gcc -O3 wants to see it */
     ebt__rng_stream(&rng, o.seed, 0x73616d706c65ULL, 0);
     start = n_prompt > maxS ? n_prompt - maxS : 0;
     len = n_prompt - start;

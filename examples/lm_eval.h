@@ -326,7 +326,7 @@ static const unsigned long PALETTE[7] = { 0x1f5fbf, 0xc03030, 0x2a9d3a, 0x9467bd
 /* ---- uncertainty: is the energy a confidence signal? --------------------- */
 
 enum { U_FINAL, U_DROP, U_CURV, U_FIRST, NU };
-static const char *const U_NAME[NU] = { "final energy E_K", "energy drop E_0 - E_K", "curvature v.Hv/v.v (last move)",
+static const char *const U_NAME[NU] = { "final energy E_K", "energy drop E_0 - E_K", "curvature v.Hv/v.v",
                                         "start energy E_0" };
 
 /* per-position numbers of thinking K steps (1 start) on w: CE and the scores */
