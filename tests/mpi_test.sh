@@ -114,7 +114,9 @@ resume_check() {
 }
 
 if fault hang 3 STOP 2 3; then
-    if [ "$fault_rc" -ne 0 ] && grep -q "nothing for .* from rank 2; stopping every rank" "$dir/hang.log"; then
+    # rank 2 must be named; a rank blocked waiting for rank 2's part of the last
+    # sum (stopped between its messages to ranks 0 and 1) is unheard from too
+    if [ "$fault_rc" -ne 0 ] && grep -Eq "nothing for .* from ranks? ([0-9]+, )*2(, [0-9]+)*; stopping every rank" "$dir/hang.log"; then
         ok "rank 2 hung (SIGSTOP): stopped after $fault_secs s (timeout 3 s), exit $fault_rc: $(grep -m1 "nothing for" "$dir/hang.log")"
     else bad "hung rank: exit $fault_rc after $fault_secs s: $(tail -n 5 "$dir/hang.log" | tr '\n' ' ')"; fi
     resume_check hang 2
