@@ -88,12 +88,15 @@ alive() { [ -e "/proc/$1/status" ] && ! grep -q "^State:.*Z" "/proc/$1/status" 2
 # fault NAME NP SIGNAL RANK TIMEOUT: a long run; after its second checkpoint, SIGNAL to rank RANK;
 # the job must end (non-zero) within TIMEOUT + 5 s; sets $fault_rc and $fault_secs
 fault() {
-    local name=$1 np=$2 sig=$3 rank=$4 timeout=$5 pid rp t0 i
+    local name=$1 np=$2 sig=$3 rank=$4 timeout=$5 pid rp="" t0 i
     "${mr[@]}" -np "$np" "$lmm" train "${small[@]}" --steps 1000000 --save-every 20 --mpi-timeout "$timeout" \
         --out "$dir/$name.st" > "$dir/$name.log" 2>&1 &
     pid=$!
-    for i in $(seq 300); do [ -s "$dir/$name.st" ] && [ "$("$cdiff" --step "$dir/$name.st" 2>/dev/null)" -ge 40 ] 2>/dev/null && break; sleep 0.1; done
-    rp=$(rank_pid "$pid" "$rank") || { bad "$name: no rank $rank"; kill -9 "$pid"; wait "$pid"; return 1; }
+    for i in $(seq 600); do [ -s "$dir/$name.st" ] && [ "$("$cdiff" --step "$dir/$name.st" 2>/dev/null)" -ge 40 ] 2>/dev/null && break; sleep 0.1; done
+    for i in $(seq 50); do rp=$(rank_pid "$pid" "$rank") && break; sleep 0.1; done
+    [ -n "$rp" ] || {
+        bad "$name: no rank $rank (mpirun $(kill -0 "$pid" 2>/dev/null && echo running || echo gone), children: $(ps -o pid=,comm= --ppid "$pid" | tr '\n' ' '); log: $(tail -n 5 "$dir/$name.log" | tr '\n' ' ')"
+        kill -9 "$pid" 2>/dev/null; wait "$pid"; return 1; }
     t0=$(date +%s.%N)
     kill "-$sig" "$rp"
     for i in $(seq $(( (timeout + 5) * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
