@@ -301,15 +301,21 @@ static void setup_model_ws(const op *o)
     setup_model(o);
     assert_int_equal(ebt_workspace_create(G.m, B, S2, &G.ws), EBT_OK);
 }
+/* ebt_think into G's result arrays (curvature too when asked for) */
+static ebt_status think_into(const ebt_think_opts *t, int with_curvature)
+{
+    memset(&G.tr, 0, sizeof G.tr);
+    G.tr.probs = G.t_probs; G.tr.logits = G.t_logits; G.tr.energy = G.t_energy; G.tr.final_energy = G.t_fin;
+    G.tr.steps_taken = G.t_steps; G.tr.winner = G.t_win;
+    G.tr.curvature = with_curvature ? G.t_curv : NULL;
+    return ebt_think(G.ws, G.m, tok, B, S, t, &G.tr);
+}
 static ebt_status call_think(const op *o)
 {
     ebt_think_opts t = ebt_think_default();
     (void)o;
     t.steps = K; t.restarts = R; t.noise = 0.2; t.alpha_rand = 1.5; t.seed = 5;
-    memset(&G.tr, 0, sizeof G.tr);
-    G.tr.probs = G.t_probs; G.tr.logits = G.t_logits; G.tr.energy = G.t_energy; G.tr.final_energy = G.t_fin;
-    G.tr.steps_taken = G.t_steps; G.tr.winner = G.t_win;
-    return ebt_think(G.ws, G.m, tok, B, S, &t, &G.tr);
+    return think_into(&t, 0);
 }
 /* the stopping rules of issue 12, keep_best and the curvature output
  * (which computes H_pp v at the answers) */
@@ -319,10 +325,7 @@ static ebt_status call_think_rules(const op *o)
     (void)o;
     t.steps = K; t.restarts = R; t.noise = 0.2; t.seed = 5;
     t.rel_drop = 1e-3; t.grad_tol = 1e-4; t.row_budget = (long long)B * S * 3; t.clamp = 0.5; t.keep_best = 1;
-    memset(&G.tr, 0, sizeof G.tr);
-    G.tr.probs = G.t_probs; G.tr.logits = G.t_logits; G.tr.energy = G.t_energy; G.tr.final_energy = G.t_fin;
-    G.tr.steps_taken = G.t_steps; G.tr.winner = G.t_win; G.tr.curvature = G.t_curv;
-    return ebt_think(G.ws, G.m, tok, B, S, &t, &G.tr);
+    return think_into(&t, 1);
 }
 static uint64_t result_think(const op *o)
 {
